@@ -1,0 +1,169 @@
+"""The contract between the API and the workers: job payloads, stream events and Redis keys.
+
+Both sides import this module and nothing else of each other, so the API never pulls in llama_cpp
+and a worker never pulls in FastAPI. Payloads travel as JSON (RQ's JSONSerializer), events as one
+JSON document per Redis Stream entry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+# --- Redis keys -------------------------------------------------------------------------------------
+
+KEY_PREFIX = "herd:"
+# The RQ queue that any worker takes jobs from (a job for a model nobody holds).
+SHARED_QUEUE = "herd-shared"
+# Set of the RQ queue keys whose lengths together are the backlog that OLLAMA_MAX_QUEUE bounds.
+QUEUE_KEYS_SET = "herd:queue-keys"
+# Set of worker ids; each has a state key below that expires when its heartbeat stops.
+WORKERS_SET = "herd:workers"
+# Every event stream outlives its job by this much, so a slow reader still gets the end.
+EVENT_STREAM_TTL_S = 600
+# Job records (RQ hashes) are dropped this long after they finish.
+JOB_RESULT_TTL_S = 60
+
+JOB_FUNC_GENERATE = "workers.jobs.run_generate"
+JOB_FUNC_EMBED = "workers.jobs.run_embed"
+
+
+def rq_queue_key(queue_name: str) -> str:
+    """The Redis list behind an RQ queue of that name."""
+    return f"rq:queue:{queue_name}"
+
+
+def worker_queue_name(worker_id: str) -> str:
+    """The RQ queue that only this worker takes jobs from (jobs for models it holds)."""
+    return f"herd-worker-{worker_id}"
+
+
+def worker_state_key(worker_id: str) -> str:
+    """The JSON document a worker advertises (loaded models, slots), kept alive by its heartbeat."""
+    return f"herd:worker:{worker_id}"
+
+
+def events_key(job_id: str) -> str:
+    """The Redis Stream a worker writes a job's tokens, stats and errors to."""
+    return f"herd:events:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    """Present when the job's client went away: the worker stops at the next decode step."""
+    return f"herd:cancel:{job_id}"
+
+
+# --- Job payloads -----------------------------------------------------------------------------------
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(BaseModel):
+    function: ToolCallFunction
+
+
+class ChatMessage(BaseModel):
+    """One chat turn as Ollama's /api/chat takes it."""
+
+    role: str
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    thinking: str | None = None
+
+
+class GenerateJob(BaseModel):
+    """A text-generation job: /api/generate (prompt) or /api/chat (messages)."""
+
+    job_id: str
+    request_id: str
+    kind: Literal["generate", "chat"]
+    model: str  # canonical name, host/namespace/model:tag
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    context: list[int] | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Seconds; None keeps the loaded model's current rule, negative keeps it forever, 0 unloads after.
+    keep_alive: float | None = None
+    # Monotonic-free wall clock (ns) at admission, for total_duration.
+    admitted_ns: int
+
+
+class EmbedJob(BaseModel):
+    """An embedding job: /api/embed and the legacy /api/embeddings."""
+
+    job_id: str
+    request_id: str
+    model: str
+    inputs: list[str]
+    truncate: bool = True
+    dimensions: int | None = None
+    # /api/embed returns unit vectors; the legacy /api/embeddings returns them as the model gives them.
+    normalize: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+    keep_alive: float | None = None
+    admitted_ns: int
+
+
+# --- Events -----------------------------------------------------------------------------------------
+
+# "started" names the worker that took the job, so the API can tell when that worker dies.
+EventType = Literal["started", "token", "done", "error", "embedding"]
+
+
+def encode_event(kind: EventType, **fields: Any) -> dict[str, str]:
+    """One Redis Stream entry: the event's JSON under a single field."""
+    return {"e": json.dumps({"type": kind, **fields}, separators=(",", ":"))}
+
+
+def decode_event(entry: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
+    """The inverse of encode_event, for entries read with or without decode_responses."""
+    raw = entry.get(b"e") if b"e" in entry else entry.get("e")  # type: ignore[call-overload]
+    if raw is None:
+        raise ValueError("event stream entry without an 'e' field")
+    event: dict[str, Any] = json.loads(raw)
+    return event
+
+
+# --- Worker state -----------------------------------------------------------------------------------
+
+
+class LoadedModelState(BaseModel):
+    """What a worker advertises for each model it holds (feeds /api/ps and placement)."""
+
+    name: str
+    model: str
+    digest: str
+    size: int
+    size_vram: int = 0
+    expires_at: str  # RFC 3339; far future for pinned models
+    context_length: int
+    details: dict[str, Any] = Field(default_factory=dict)
+    busy: int = 0
+
+
+class WorkerState(BaseModel):
+    """The document under worker_state_key, refreshed on every heartbeat and model change."""
+
+    worker_id: str
+    pid: int
+    device: str  # "cpu" or "cuda:<index>"
+    queue: str
+    slots_total: int
+    slots_busy: int = 0
+    models: list[LoadedModelState] = Field(default_factory=list)
+    loads: int = 0  # models loaded since the worker started: consecutive requests must not reload
+    heartbeat_at: float

@@ -1,0 +1,105 @@
+"""Typed settings, read once per process from the environment.
+
+Ollama's variable names keep their meaning (OLLAMA_MODELS, OLLAMA_MAX_QUEUE, ...); Herd's own are HERD_*.
+A bad value stops the process at start with a message naming the variable (see load_settings).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.durations import parse_keep_alive
+
+
+def default_models_dir() -> Path:
+    """Ollama's default store location for the current user."""
+    return Path.home() / ".ollama" / "models"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every Herd process kind reads."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("HERD_REDIS_URL"),
+        description="Redis connection URL shared by the API and the workers.",
+    )
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        validation_alias=AliasChoices("OLLAMA_MODELS"),
+        description="The model store, in Ollama's layout (manifests/ and blobs/).",
+    )
+    debug: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OLLAMA_DEBUG"),
+        description="Log at debug level.",
+    )
+
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _debug_flag(cls, value: Any) -> Any:
+        # Ollama treats any non-empty value other than false/0 as on (OLLAMA_DEBUG=1, =2 for trace).
+        if isinstance(value, str):
+            return value.strip().lower() not in ("", "0", "false", "no", "off")
+        return value
+
+
+class ApiSettings(CommonSettings):
+    """Settings of the API process (gunicorn + uvicorn workers)."""
+
+    max_queue: int = Field(
+        default=512,
+        ge=1,
+        validation_alias=AliasChoices("OLLAMA_MAX_QUEUE"),
+        description="Most jobs admitted but not yet started; the next request gets 503.",
+    )
+    keep_alive_default: str = Field(
+        default="5m",
+        validation_alias=AliasChoices("OLLAMA_KEEP_ALIVE"),
+        description="How long a model stays loaded after a request that names no keep_alive.",
+    )
+    worker_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        validation_alias=AliasChoices("HERD_WORKER_TIMEOUT"),
+        description="Seconds without a worker heartbeat before a running job is failed.",
+    )
+    retry_after_s: int = Field(
+        default=2,
+        ge=1,
+        validation_alias=AliasChoices("HERD_RETRY_AFTER"),
+        description="The Retry-After value (seconds) sent with 503 when the queue is full.",
+    )
+
+    @field_validator("keep_alive_default")
+    @classmethod
+    def _keep_alive_parses(cls, value: str) -> str:
+        parse_keep_alive(value)
+        return value
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class SettingsError(SystemExit):
+    """A bad environment value: the process exits with a message naming the variable."""
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Read settings once at start; turn pydantic's errors into one message per bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            value = os.environ.get(name, error.get("input"))
+            lines.append(f"invalid value {value!r} for {name}: {error['msg']}")
+        raise SettingsError("herd: bad configuration\n  " + "\n  ".join(lines)) from None
