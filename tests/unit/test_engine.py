@@ -1,0 +1,176 @@
+"""The batching engine on the real bundled model: greedy determinism, batching, stops, cancel, slots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.engine import BatchEngine, DoneEvent, NoFreeSlot, SequenceRequest, TokenEvent, _stop_prefix_len
+from workers.llama import LlamaModel
+from workers.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three primary colours are",
+    "In 1969, the first humans",
+    "Water boils at",
+    "A haiku about the sea:",
+    "The quick brown fox",
+]
+
+
+@pytest.fixture(scope="module")
+def model(gemma_gguf: Path) -> Iterator[LlamaModel]:
+    m = LlamaModel(gemma_gguf)
+    yield m
+    m.close()
+
+
+def run_all(engine: BatchEngine) -> tuple[dict[str, str], dict[str, DoneEvent]]:
+    texts: dict[str, str] = {}
+    done: dict[str, DoneEvent] = {}
+    for _ in range(10_000):
+        if not engine.busy:
+            break
+        for event in engine.step():
+            if isinstance(event, TokenEvent):
+                texts[event.key] = texts.get(event.key, "") + event.text
+            else:
+                done[event.key] = event
+    return texts, done
+
+
+def _solo(model: LlamaModel, n_parallel: int) -> dict[str, str]:
+    engine = BatchEngine(model, n_ctx=256, n_parallel=n_parallel)
+    try:
+        out: dict[str, str] = {}
+        for i, prompt in enumerate(PROMPTS):
+            engine.submit(SequenceRequest(str(i), model.tokenize(prompt), GREEDY, max_tokens=24))
+            texts, _ = run_all(engine)
+            out.update(texts)
+        return out
+    finally:
+        engine.close()
+
+
+def test_greedy_output_does_not_depend_on_the_number_of_slots(model: LlamaModel) -> None:
+    assert _solo(model, 1) == _solo(model, 8)
+
+
+def test_eight_sequences_decode_together_to_their_full_length(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=256, n_parallel=8)
+    try:
+        for i, prompt in enumerate(PROMPTS):
+            engine.submit(SequenceRequest(str(i), model.tokenize(prompt), GREEDY, max_tokens=24))
+        assert engine.free_slots == 0
+        texts, done = run_all(engine)
+    finally:
+        engine.close()
+    assert sorted(done) == sorted(str(i) for i in range(len(PROMPTS)))
+    assert all(d.reason == "length" and d.eval_tokens == 24 for d in done.values())
+    assert all(texts[k].strip() for k in done)
+    assert engine.free_slots == 8
+
+
+def test_max_tokens_and_stats(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=256)
+    try:
+        prompt = model.tokenize(PROMPTS[1])
+        engine.submit(SequenceRequest("a", prompt, GREEDY, max_tokens=10))
+        _, done = run_all(engine)
+    finally:
+        engine.close()
+    event = done["a"]
+    assert event.reason == "length"
+    assert event.eval_tokens == 10
+    assert event.prompt_tokens == len(prompt)
+    assert event.tokens[: len(prompt)] == prompt and len(event.tokens) == len(prompt) + 10
+    assert event.prompt_ns > 0 and event.eval_ns > 0
+
+
+def test_stop_string_cuts_output(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=256)
+    try:
+        engine.submit(SequenceRequest("free", model.tokenize(PROMPTS[1]), GREEDY, max_tokens=40))
+        free, _ = run_all(engine)
+        text = free["free"]
+        # Stop on a word that the unconstrained output contains past its start.
+        word = next(w for w in text.split()[2:] if len(w) > 3)
+        engine.submit(
+            SequenceRequest("stopped", model.tokenize(PROMPTS[1]), GREEDY, max_tokens=40, stop=[word])
+        )
+        stopped, done = run_all(engine)
+    finally:
+        engine.close()
+    assert done["stopped"].reason == "stop"
+    assert word not in stopped.get("stopped", "")
+    assert text.startswith(stopped.get("stopped", ""))
+    assert stopped.get("stopped", "") == text[: text.index(word)]
+
+
+def test_cancel_frees_the_slot_at_the_next_step(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=256, n_parallel=1)
+    try:
+        engine.submit(SequenceRequest("a", model.tokenize(PROMPTS[0]), GREEDY))
+        engine.step()
+        with pytest.raises(NoFreeSlot):
+            engine.submit(SequenceRequest("b", model.tokenize(PROMPTS[0]), GREEDY))
+        engine.cancel("a")
+        events = engine.step()
+        assert [e.reason for e in events if isinstance(e, DoneEvent)] == ["cancel"]
+        assert engine.free_slots == 1 and engine.busy == 0
+        engine.submit(SequenceRequest("b", model.tokenize(PROMPTS[0]), GREEDY, max_tokens=3))
+        _, done = run_all(engine)
+        assert done["b"].eval_tokens == 3
+    finally:
+        engine.close()
+
+
+def test_context_full_ends_with_length(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=32)
+    try:
+        prompt = model.tokenize(PROMPTS[1])
+        engine.submit(SequenceRequest("a", prompt, GREEDY))
+        _, done = run_all(engine)
+    finally:
+        engine.close()
+    assert done["a"].reason in ("length", "stop")
+    assert len(done["a"].tokens) <= 32
+
+
+def test_prompt_longer_than_context_is_refused(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=16)
+    try:
+        with pytest.raises(ValueError, match="does not fit num_ctx 16"):
+            engine.submit(SequenceRequest("a", model.tokenize("word " * 40), GREEDY))
+    finally:
+        engine.close()
+
+
+def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model: LlamaModel) -> None:
+    engine = BatchEngine(model, n_ctx=1024, n_parallel=2, n_batch=64)
+    try:
+        engine.submit(SequenceRequest("short", model.tokenize(PROMPTS[0]), GREEDY, max_tokens=50))
+        engine.step()  # prefill of the short one
+        engine.submit(SequenceRequest("long", model.tokenize("word " * 400), GREEDY, max_tokens=2))
+        # While the long prompt is prefilled 64 tokens at a time, the short one still gets a token per step.
+        produced = 0
+        for _ in range(4):
+            produced += sum(1 for e in engine.step() if isinstance(e, TokenEvent) and e.key == "short")
+        assert produced >= 3
+        run_all(engine)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "held"),
+    [("hello wor", ["world"], 3), ("hello", ["xyz"], 0), ("ab<", ["<end>"], 1), ("", ["a"], 0)],
+)
+def test_stop_prefix_is_held_back(text: str, stops: list[str], held: int) -> None:
+    assert _stop_prefix_len(text, stops) == held

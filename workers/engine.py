@@ -1,0 +1,302 @@
+"""The batching engine: many sequences of one model decoded together in one llama.cpp context.
+
+One context holds `n_parallel` sequences of `n_ctx` cells each (Ollama's num_ctx × NUM_PARALLEL). Each
+step builds one llama_batch with the next token of every generating sequence plus a chunk of any prompt
+still being prefilled, decodes it once, and samples each sequence with its own sampler chain. A new
+sequence joins between steps; a finished or cancelled one frees its slot and its KV cells at once.
+Single-sequence decoding is simply a batch of one.
+
+The engine does no I/O: step() returns events and the caller (the worker's decode loop) publishes them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import llama_cpp as llama
+
+from workers.llama import LlamaModel
+from workers.sampling import SamplingParams, build_sampler
+
+log = logging.getLogger(__name__)
+
+DoneReason = Literal["stop", "length", "cancel", "error"]
+
+
+class NoFreeSlot(RuntimeError):
+    """Every sequence slot of the context is taken."""
+
+
+class ContextError(RuntimeError):
+    """llama.cpp could not create the context (usually not enough memory for num_ctx × parallel)."""
+
+
+@dataclass
+class SequenceRequest:
+    """What one generation asks of the engine."""
+
+    key: str  # the job id: events and cancellation refer to it
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int | None = None  # None: until a stop, an end token or the context is full
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TokenEvent:
+    key: str
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    key: str
+    reason: DoneReason
+    prompt_tokens: int
+    prompt_ns: int
+    eval_tokens: int
+    eval_ns: int
+    tokens: list[int]  # prompt + generated: Ollama's `context` on /api/generate
+    error: str | None = None
+
+
+Event = TokenEvent | DoneEvent
+
+
+@dataclass
+class _Sequence:
+    request: SequenceRequest
+    seq_id: int
+    sampler: llama.llama_sampler_p
+    submitted_ns: int
+    prefilled: int = 0  # prompt tokens already in the KV cache
+    n_past: int = 0
+    generated: list[int] = field(default_factory=list)
+    pending_token: int | None = None  # sampled, not yet decoded
+    first_token_ns: int = 0
+    held: str = ""  # text held back because it may be the start of a stop string
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+
+class BatchEngine:
+    """Continuous batching over one llama.cpp context for one loaded model."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        n_ctx: int,
+        n_parallel: int = 1,
+        n_batch: int = 512,
+        n_threads: int = 0,
+    ):
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_parallel = n_parallel
+        self.n_batch = n_batch
+        params = llama.llama_context_default_params()
+        params.n_ctx = n_ctx * n_parallel
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = n_parallel
+        # One KV stream per sequence: each slot gets exactly n_ctx cells, as Ollama documents.
+        params.kv_unified = False
+        if n_threads > 0:
+            params.n_threads = n_threads
+            params.n_threads_batch = n_threads
+        params.no_perf = True
+        ctx = llama.llama_init_from_model(model.handle, params)
+        if not ctx:
+            raise ContextError(
+                f"could not create a context of {n_ctx} tokens × {n_parallel} sequences for {model.path.name}"
+            )
+        self.ctx = ctx
+        self._memory = llama.llama_get_memory(ctx)
+        self._batch = llama.llama_batch_init(n_batch, 0, n_parallel)
+        self._free_ids: deque[int] = deque(range(n_parallel))
+        self._running: list[_Sequence] = []
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()  # submit/cancel come from other threads than step()
+
+    # --- slots -------------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    @property
+    def free_slots(self) -> int:
+        with self._lock:
+            return len(self._free_ids)
+
+    def submit(self, request: SequenceRequest) -> None:
+        """Add a sequence; it joins the batch at the next step. Raises NoFreeSlot when full."""
+        if len(request.prompt) == 0:
+            raise ValueError("a sequence needs at least one prompt token")
+        if len(request.prompt) >= self.n_ctx:
+            raise ValueError(f"prompt of {len(request.prompt)} tokens does not fit num_ctx {self.n_ctx}")
+        sampler = build_sampler(self.model, request.sampling, self.n_ctx)
+        with self._lock:
+            if not self._free_ids:
+                llama.llama_sampler_free(sampler)
+                raise NoFreeSlot(f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy")
+            seq_id = self._free_ids.popleft()
+            self._running.append(_Sequence(request, seq_id, sampler, time.perf_counter_ns()))
+
+    def cancel(self, key: str) -> None:
+        """Stop a sequence at the next step (its client went away)."""
+        with self._lock:
+            self._cancelled.add(key)
+
+    # --- decoding ----------------------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """Decode one batch over every running sequence; returns the tokens and completions it produced."""
+        events: list[Event] = []
+        with self._lock:
+            running = list(self._running)
+            cancelled, self._cancelled = self._cancelled, set()
+        for seq in running:
+            if seq.request.key in cancelled:
+                events.append(self._finish(seq, "cancel"))
+        running = [s for s in running if s.request.key not in cancelled]
+        if not running:
+            return events
+
+        batch = self._batch
+        n = 0
+        sample_at: list[tuple[_Sequence, int]] = []
+        # Generating sequences first: one token each, so a long prefill never starves them.
+        for seq in running:
+            if seq.pending_token is not None:
+                self._put(n, seq.pending_token, seq.n_past, seq.seq_id, True)
+                sample_at.append((seq, n))
+                n += 1
+        # Then prompt chunks, oldest first, in what is left of the batch.
+        for seq in running:
+            if seq.pending_token is not None or n >= self.n_batch:
+                continue
+            prompt = seq.request.prompt
+            take = min(len(prompt) - seq.prefilled, self.n_batch - n)
+            for i in range(take):
+                pos = seq.prefilled + i
+                last = pos == len(prompt) - 1
+                self._put(n, prompt[pos], pos, seq.seq_id, last)
+                if last:
+                    sample_at.append((seq, n))
+                n += 1
+            seq.prefilled += take
+            seq.n_past = seq.prefilled
+        batch.n_tokens = n
+
+        rc = llama.llama_decode(self.ctx, batch)
+        if rc != 0:
+            # 1: no KV slot; <0: a hard failure. Either way these sequences cannot go on.
+            message = f"llama_decode failed ({rc})"
+            log.error(message)
+            return events + [self._finish(s, "error", message) for s in running]
+
+        for seq, index in sample_at:
+            if seq.pending_token is not None:
+                seq.n_past += 1  # the decoded pending token is now in the cache
+            token = llama.llama_sampler_sample(seq.sampler, self.ctx, index)
+            events.extend(self._accept(seq, token))
+        return events
+
+    def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+
+    def _accept(self, seq: _Sequence, token: int) -> list[Event]:
+        now = time.perf_counter_ns()
+        if not seq.generated and seq.first_token_ns == 0:
+            seq.first_token_ns = now
+        if self.model.is_eog(token):
+            return [*self._flush(seq), self._finish(seq, "stop")]
+        seq.generated.append(token)
+        text = seq.held + seq.decoder.decode(self.model.piece(token))
+        seq.held = ""
+        events: list[Event] = []
+        stop_at = _find_stop(text, seq.request.stop)
+        if stop_at is not None:
+            if stop_at > 0:
+                events.append(TokenEvent(seq.request.key, text[:stop_at]))
+            return [*events, self._finish(seq, "stop")]
+        keep = _stop_prefix_len(text, seq.request.stop)
+        if keep:
+            text, seq.held = text[:-keep], text[-keep:]
+        if text:
+            events.append(TokenEvent(seq.request.key, text))
+        limit = seq.request.max_tokens
+        if limit is not None and len(seq.generated) >= limit:
+            return events + self._flush(seq) + [self._finish(seq, "length")]
+        if seq.n_past + 1 >= self.n_ctx:
+            return events + self._flush(seq) + [self._finish(seq, "length")]
+        seq.pending_token = token
+        return events
+
+    def _flush(self, seq: _Sequence) -> list[Event]:
+        """Release text held back for stop matching or an unfinished UTF-8 sequence."""
+        text = seq.held + seq.decoder.decode(b"", final=True)
+        seq.held = ""
+        return [TokenEvent(seq.request.key, text)] if text else []
+
+    def _finish(self, seq: _Sequence, reason: DoneReason, error: str | None = None) -> DoneEvent:
+        now = time.perf_counter_ns()
+        first = seq.first_token_ns or now
+        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        llama.llama_sampler_free(seq.sampler)
+        with self._lock:
+            self._running.remove(seq)
+            self._free_ids.append(seq.seq_id)
+        return DoneEvent(
+            key=seq.request.key,
+            reason=reason,
+            prompt_tokens=len(seq.request.prompt),
+            prompt_ns=max(first - seq.submitted_ns, 0),
+            eval_tokens=len(seq.generated),
+            eval_ns=max(now - first, 0),
+            tokens=[*seq.request.prompt, *seq.generated],
+            error=error,
+        )
+
+    def close(self) -> None:
+        """Free the context; every running sequence is dropped."""
+        with self._lock:
+            for seq in self._running:
+                llama.llama_sampler_free(seq.sampler)
+            self._running.clear()
+        if self.ctx:
+            llama.llama_batch_free(self._batch)
+            llama.llama_free(self.ctx)
+            self.ctx = None
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    """Index of the earliest stop string in text, if any."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of text that could be the start of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[-n:]):
+                best = n
+                break
+    return best

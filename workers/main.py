@@ -1,0 +1,67 @@
+"""The worker process: one per GPU (or the CPU), long-lived, models kept in memory between jobs."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from app.contracts import SHARED_QUEUE
+from app.logs import configure_logging
+from app.settings import load_settings
+from workers import jobs
+from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class HerdWorker(SimpleWorker):
+    """An RQ worker that never forks and takes a job only while it has a free sequence slot."""
+
+    def __init__(self, *args: object, runtime: WorkerRuntime, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.runtime = runtime
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # Waiting jobs stay in Redis (where OLLAMA_MAX_QUEUE counts them) until a slot is free here.
+        while not self.runtime.wait_for_free_slot(timeout=5.0):
+            self.heartbeat()
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+
+def main() -> None:
+    """Entry point of `herd worker` and `python -m workers.main`."""
+    settings = load_settings(WorkerSettings)
+    configure_logging("worker", settings.debug)
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    runtime = WorkerRuntime(settings, client)
+    jobs.bind_runtime(runtime)
+    runtime.start()
+    log.info(
+        "worker started",
+        extra={"worker": settings.worker_id, "device": settings.device, "models": str(settings.models_dir)},
+    )
+    worker = HerdWorker(
+        [runtime.queue_name, SHARED_QUEUE],
+        name=settings.worker_id,
+        connection=client,
+        serializer=JSONSerializer,
+        runtime=runtime,
+    )
+    try:
+        worker.work(logging_level="WARNING")
+    finally:
+        runtime.stop()
+        jobs.bind_runtime(None)
+        log.info("worker stopped", extra={"worker": settings.worker_id})
+
+
+if __name__ == "__main__":
+    main()

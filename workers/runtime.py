@@ -1,0 +1,413 @@
+"""A worker's runtime: prepares jobs, runs the decode loop, and advertises its state in Redis.
+
+Threads: RQ's loop runs job functions on the main thread (prepare: resolve, load, render, tokenize,
+submit); one decode thread steps every busy engine and publishes tokens; one heartbeat thread keeps
+this worker's state key alive. Models are only ever freed under the cache lock, which the decode
+thread holds around each step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from app.chat_templates import choose_template
+from app.contracts import (
+    QUEUE_KEYS_SET,
+    WORKERS_SET,
+    EmbedJob,
+    GenerateJob,
+    WorkerState,
+    cancel_key,
+    rq_queue_key,
+    worker_queue_name,
+    worker_state_key,
+)
+from app.durations import parse_keep_alive
+from app.names import InvalidModelName, ModelName
+from app.store import ModelNotFound, ModelStore, StoredModel
+from workers.cache import LoadedModel, ModelCache
+from workers.embedder import InputTooLong
+from workers.engine import ContextError, DoneEvent, SequenceRequest, TokenEvent
+from workers.grammar import FormatError, grammar_for_format
+from workers.llama import ModelLoadError
+from workers.prompt import TemplateError, generate_messages, render_chat
+from workers.publisher import Publisher
+from workers.sampling import GrammarError, SamplingParams
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+_SAMPLING_KEYS = {f for f in SamplingParams.__dataclass_fields__ if f != "grammar"}
+
+
+class JobError(Exception):
+    """A job that cannot run, with the HTTP status the API should answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class _Running:
+    job: GenerateJob
+    loaded: LoadedModel
+    load_ns: int
+
+
+class WorkerRuntime:
+    """Everything one worker process holds between jobs."""
+
+    def __init__(self, settings: WorkerSettings, client: redis.Redis):
+        self.settings = settings
+        self.client = client
+        self.store = ModelStore(settings.models_dir)
+        self.queue_name = worker_queue_name(settings.worker_id)
+        self.cache = ModelCache(
+            max_loaded=settings.max_loaded_models,
+            n_parallel=settings.num_parallel,
+            threads=settings.threads,
+            n_gpu_layers=settings.n_gpu_layers,
+            on_change=self._state_changed,
+        )
+        self.cache.default_keep_alive = parse_keep_alive(settings.keep_alive_default)
+        self._running: dict[str, _Running] = {}
+        self._running_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._state_dirty = threading.Event()
+        self._slot_freed = threading.Event()
+        self._job_publisher = Publisher(client)  # main thread only
+        self._loop_publisher = Publisher(client)  # decode thread only
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register this worker and start the decode and heartbeat threads."""
+        self.client.sadd(WORKERS_SET, self.settings.worker_id)
+        self.client.sadd(QUEUE_KEYS_SET, rq_queue_key(self.queue_name))
+        self.publish_state()
+        for target, name in ((self._decode_loop, "decode"), (self._heartbeat_loop, "heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the threads, free every model and withdraw this worker's state."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.cache.close()
+        try:
+            pipe = self.client.pipeline()
+            pipe.delete(worker_state_key(self.settings.worker_id))
+            pipe.srem(WORKERS_SET, self.settings.worker_id)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("could not withdraw worker state from Redis")
+
+    # --- slots -------------------------------------------------------------------------------------
+
+    @property
+    def slots_total(self) -> int:
+        return self.settings.num_parallel
+
+    @property
+    def slots_busy(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def has_free_slot(self) -> bool:
+        """RQ dequeues only while this is true, so the queue length stays the true backlog."""
+        return self.slots_busy < self.slots_total
+
+    def wait_for_free_slot(self, timeout: float) -> bool:
+        """Block until a sequence slot is free or the timeout passes."""
+        if self.has_free_slot():
+            return True
+        self._slot_freed.wait(timeout)
+        self._slot_freed.clear()
+        return self.has_free_slot()
+
+    # --- jobs --------------------------------------------------------------------------------------
+
+    def _cancelled(self, job_id: str) -> bool:
+        return bool(self.client.exists(cancel_key(job_id)))
+
+    def _resolve(self, raw: str) -> StoredModel:
+        try:
+            return self.store.get(ModelName.parse(raw), raw=raw)
+        except InvalidModelName as exc:
+            raise JobError(400, str(exc)) from exc
+        except ModelNotFound as exc:
+            raise JobError(404, str(exc)) from exc
+
+    def _n_ctx(self, options: dict[str, Any]) -> int:
+        return int(options.get("num_ctx") or self.settings.context_length)
+
+    def generate(self, job: GenerateJob) -> None:
+        """Prepare a generation and hand it to the decode loop; errors become an error event."""
+        if self._cancelled(job.job_id):
+            log.info("client left before the job started", extra={"request_id": job.request_id})
+            return
+        self._job_publisher.send(job.job_id, "started", worker=self.settings.worker_id)
+        try:
+            self._generate(job)
+        except JobError as exc:
+            self._job_publisher.send(job.job_id, "error", status=exc.status, error=exc.message)
+        except (FormatError, GrammarError, TemplateError) as exc:
+            self._job_publisher.send(job.job_id, "error", status=400, error=str(exc))
+        except (ModelLoadError, ContextError) as exc:
+            log.error("model load failed: %s", exc, extra={"request_id": job.request_id})
+            self._job_publisher.send(job.job_id, "error", status=500, error=str(exc))
+        except Exception as exc:
+            log.exception("job failed", extra={"request_id": job.request_id})
+            self._job_publisher.send(job.job_id, "error", status=500, error=f"internal error: {exc}")
+            raise
+
+    def _generate(self, job: GenerateJob) -> None:
+        stored = self._resolve(job.model)
+        options = {**stored.params, **job.options}
+        empty = not job.prompt if job.kind == "generate" else not job.messages
+        if empty and job.keep_alive == 0:
+            self.cache.unload(stored.name.canonical)
+            self._job_publisher.send(job.job_id, "done", done_reason="unload", load_duration=0)
+            return
+        grammar = grammar_for_format(job.format)
+        loaded, load_ns = self.cache.acquire(stored, n_ctx=self._n_ctx(options), keep_alive=job.keep_alive)
+        try:
+            if empty:
+                self._job_publisher.send(job.job_id, "done", done_reason="load", load_duration=load_ns)
+                self.cache.release(loaded)
+                return
+            tokens = self._prompt_tokens(job, loaded, options)
+            if len(tokens) >= loaded.n_ctx:
+                raise JobError(
+                    400,
+                    f"prompt is too long: {len(tokens)} tokens do not fit the context window "
+                    f"(num_ctx {loaded.n_ctx}); shorten the prompt or raise num_ctx",
+                )
+            sampling = SamplingParams(
+                **{k: options[k] for k in _SAMPLING_KEYS if options.get(k) is not None}, grammar=grammar
+            )
+            num_predict = int(options.get("num_predict", -1))
+            stop = options.get("stop") or loaded.template.default_stops
+            if num_predict == 0:
+                self._job_publisher.send(
+                    job.job_id,
+                    "done",
+                    done_reason="length",
+                    load_duration=load_ns,
+                    prompt_eval_count=len(tokens),
+                    context=tokens if job.kind == "generate" else None,
+                )
+                self.cache.release(loaded)
+                return
+            request = SequenceRequest(
+                key=job.job_id,
+                prompt=tokens,
+                sampling=sampling,
+                max_tokens=num_predict if num_predict > 0 else None,
+                stop=list(stop),
+            )
+            with self._running_lock:
+                self._running[job.job_id] = _Running(job, loaded, load_ns)
+            try:
+                with self.cache.lock:
+                    loaded.engine.submit(request)
+            except Exception:
+                with self._running_lock:
+                    self._running.pop(job.job_id, None)
+                raise
+        except BaseException:
+            if job.job_id not in self._running:
+                self.cache.release(loaded)
+            raise
+        self._state_dirty.set()
+        self._wake.set()
+
+    def _prompt_tokens(self, job: GenerateJob, loaded: LoadedModel, options: dict[str, Any]) -> list[int]:
+        model = loaded.llama
+        stored = loaded.stored
+        if job.kind == "generate" and job.raw:
+            return [*(job.context or []), *model.tokenize(job.prompt or "", add_special=not job.context)]
+        template = loaded.template
+        if job.kind == "generate" and job.template:
+            template = choose_template(
+                request_template=job.template, layer=None, gguf_template=None, architecture=""
+            )
+        if job.suffix and not template.supports_suffix:
+            raise JobError(400, f"{stored.name.display} does not support insert")
+        if job.kind == "generate":
+            messages = generate_messages(job.prompt or "", job.system or stored.system)
+        else:
+            messages = list(job.messages or [])
+            if stored.system and not any(m.role == "system" for m in messages):
+                messages.insert(0, generate_messages("", stored.system)[0])
+        bos = model.piece(model.bos).decode("utf-8", errors="replace") if model.bos >= 0 else ""
+        text = render_chat(template, messages, tools=job.tools, suffix=job.suffix or "", bos_token=bos)
+        if job.kind == "generate" and job.context:
+            return [*job.context, *model.tokenize(text, add_special=False)]
+        return model.tokenize(text, add_special=True)
+
+    def embed(self, job: EmbedJob) -> None:
+        """Embed every input now (embedding jobs are short and run on the job thread)."""
+        if self._cancelled(job.job_id):
+            return
+        self._job_publisher.send(job.job_id, "started", worker=self.settings.worker_id)
+        try:
+            stored = self._resolve(job.model)
+            options = {**stored.params, **job.options}
+            loaded, load_ns = self.cache.acquire(
+                stored, n_ctx=self._n_ctx(options), keep_alive=job.keep_alive
+            )
+            try:
+                if not job.inputs:
+                    result_vectors: list[list[float]] = []
+                    count, duration = 0, 0
+                else:
+                    with self.cache.lock:
+                        embedder = loaded.get_embedder(self.settings.threads)
+                        result = embedder.embed(
+                            job.inputs,
+                            truncate=job.truncate,
+                            normalize=job.normalize,
+                            dimensions=job.dimensions,
+                        )
+                    result_vectors, count, duration = result.vectors, result.prompt_tokens, result.duration_ns
+            finally:
+                self.cache.release(loaded)
+            self._job_publisher.send(
+                job.job_id,
+                "embedding",
+                embeddings=result_vectors,
+                prompt_eval_count=count,
+                load_duration=load_ns,
+                duration=duration,
+            )
+        except JobError as exc:
+            self._job_publisher.send(job.job_id, "error", status=exc.status, error=exc.message)
+        except InputTooLong as exc:
+            self._job_publisher.send(job.job_id, "error", status=400, error=str(exc))
+        except (ModelLoadError, ContextError) as exc:
+            self._job_publisher.send(job.job_id, "error", status=500, error=str(exc))
+        except Exception as exc:
+            log.exception("embedding job failed", extra={"request_id": job.request_id})
+            self._job_publisher.send(job.job_id, "error", status=500, error=f"internal error: {exc}")
+            raise
+
+    # --- decode loop -------------------------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        last_expire = 0.0
+        while not self._stop.is_set():
+            engines = self.cache.busy_engines()
+            if not engines:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+            else:
+                try:
+                    self._step(engines)
+                except redis.RedisError:
+                    # Redis is down: the API fails these requests; keep decoding what can still be sent.
+                    log.exception("could not publish events")
+                    time.sleep(0.2)
+            now = time.monotonic()
+            if now - last_expire >= 1.0:
+                last_expire = now
+                self.cache.expire()
+
+    def _step(self, engines: list[Any]) -> None:
+        publisher = self._loop_publisher
+        finished: list[_Running] = []
+        with self.cache.lock:
+            for engine in engines:
+                for event in engine.step():
+                    if isinstance(event, TokenEvent):
+                        publisher.add(event.key, "token", text=event.text)
+                    elif isinstance(event, DoneEvent):
+                        running = self._finish(event)
+                        if running is not None:
+                            finished.append(running)
+        with self._running_lock:
+            watch = list(self._running)
+        cancelled = publisher.flush(watch=watch)
+        if cancelled:
+            with self.cache.lock:
+                for job_id in cancelled:
+                    with self._running_lock:
+                        running = self._running.get(job_id)
+                    if running is not None:
+                        running.loaded.engine.cancel(job_id)
+        for running in finished:
+            self.cache.release(running.loaded)
+        if finished:
+            self._slot_freed.set()
+            self._state_dirty.set()
+
+    def _finish(self, event: DoneEvent) -> _Running | None:
+        with self._running_lock:
+            running = self._running.pop(event.key, None)
+        if running is None:
+            return None
+        if event.reason == "error":
+            self._loop_publisher.add(event.key, "error", status=500, error=event.error or "decode failed")
+        elif event.reason != "cancel":
+            self._loop_publisher.add(
+                event.key,
+                "done",
+                done_reason=event.reason,
+                load_duration=running.load_ns,
+                prompt_eval_count=event.prompt_tokens,
+                prompt_eval_duration=event.prompt_ns,
+                eval_count=event.eval_tokens,
+                eval_duration=event.eval_ns,
+                context=event.tokens if running.job.kind == "generate" else None,
+            )
+        else:
+            log.info("generation cancelled by its client", extra={"request_id": running.job.request_id})
+        return running
+
+    # --- advertised state --------------------------------------------------------------------------
+
+    def _state_changed(self) -> None:
+        self._state_dirty.set()
+
+    def state(self) -> WorkerState:
+        return WorkerState(
+            worker_id=self.settings.worker_id,
+            pid=os.getpid(),
+            device=self.settings.device,
+            queue=self.queue_name,
+            slots_total=self.slots_total,
+            slots_busy=self.slots_busy,
+            models=self.cache.states(),
+            loads=self.cache.loads,
+            heartbeat_at=time.time(),
+        )
+
+    def publish_state(self) -> None:
+        """Write this worker's state with a TTL of three heartbeats."""
+        ttl_ms = int(self.settings.heartbeat_s * 3000)
+        self.client.set(worker_state_key(self.settings.worker_id), self.state().model_dump_json(), px=ttl_ms)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            self._state_dirty.wait(timeout=self.settings.heartbeat_s)
+            self._state_dirty.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.publish_state()
+            except redis.RedisError:
+                log.warning("heartbeat failed: Redis unreachable")

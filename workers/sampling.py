@@ -1,0 +1,76 @@
+"""Per-sequence sampling: Ollama's options turned into a llama.cpp sampler chain."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import llama_cpp as llama
+
+from workers.llama import LlamaModel
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not compile the grammar built for `format`."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The sampling options of one request, with Ollama's defaults."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None
+
+
+def build_sampler(model: LlamaModel, params: SamplingParams, n_ctx: int) -> llama.llama_sampler_p:
+    """A sampler chain owned by one sequence; the caller frees it with llama_sampler_free."""
+    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+
+    def add(sampler: llama.llama_sampler_p | None, what: str) -> None:
+        if not sampler:
+            llama.llama_sampler_free(chain)
+            raise GrammarError(f"could not build the {what} sampler")
+        llama.llama_sampler_chain_add(chain, sampler)
+
+    # The grammar goes first so that every later stage only sees tokens that keep the output valid.
+    if params.grammar is not None:
+        add(llama.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root"), "grammar")
+    last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
+    if last_n > 0 and (
+        params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+    ):
+        add(
+            llama.llama_sampler_init_penalties(
+                model.n_vocab,
+                last_n,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            ),
+            "penalties",
+        )
+    if params.temperature <= 0:
+        add(llama.llama_sampler_init_greedy(), "greedy")
+        return chain
+    if params.top_k > 0:
+        add(llama.llama_sampler_init_top_k(params.top_k), "top_k")
+    if params.typical_p < 1.0:
+        add(llama.llama_sampler_init_typical(params.typical_p, 1), "typical_p")
+    if params.top_p < 1.0:
+        add(llama.llama_sampler_init_top_p(params.top_p, 1), "top_p")
+    if params.min_p > 0.0:
+        add(llama.llama_sampler_init_min_p(params.min_p, 1), "min_p")
+    add(llama.llama_sampler_init_temp(params.temperature), "temperature")
+    # Ollama's seed -1 means "random"; llama.cpp's default seed constant does the same but is opaque.
+    seed = params.seed if params.seed >= 0 else random.SystemRandom().randrange(1 << 32)
+    add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF), "dist")
+    return chain
