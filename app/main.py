@@ -1,0 +1,111 @@
+"""The API application: `create_app()` wires settings, Redis, the store and the routers together."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.admission import Admission
+from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.placement import WorkerDirectory
+from app.relay import EventRelay
+from app.routers import embed, generate, meta, models
+from app.services import Services
+from app.settings import ApiSettings, load_settings
+from app.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+class RequestIdMiddleware:
+    """Puts nginx's X-Request-ID (or a new one) on request.state and on the response.
+
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware wraps `receive`, which breaks disconnect
+    detection for streaming responses (a live client looked disconnected after the first chunk).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def build_services(settings: ApiSettings) -> Services:
+    """The process's runtime resources; nothing connects until first used."""
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        # Each streaming request blocks one connection in XREAD; the pool must hold a full queue of them.
+        max_connections=settings.max_queue + 256,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+    )
+    workers = WorkerDirectory(client)
+    return Services(
+        settings=settings,
+        redis=client,
+        store=ModelStore(settings.models_dir),
+        admission=Admission(client, settings.max_queue, settings.retry_after_s),
+        workers=workers,
+        relay=EventRelay(client, workers, settings.worker_timeout_s),
+    )
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The FastAPI app (gunicorn calls this as `app.main:create_app()`)."""
+    settings = settings or load_settings(ApiSettings)
+    configure_logging("api", settings.debug)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        log.info("api started", extra={"redis": settings.redis_url, "models": str(settings.models_dir)})
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="Herd",
+        version=__version__,
+        description="A self-hosted LLM server that speaks Ollama's API.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.exception_handler(aioredis.ConnectionError)
+    async def _redis_down(_: Request, exc: aioredis.ConnectionError) -> JSONResponse:
+        # Fail fast and retryably while Redis is away; the client pool reconnects by itself.
+        log.error("redis unreachable: %s", exc)
+        return JSONResponse(
+            {"error": "service unavailable: queue unreachable"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
+    app.add_middleware(RequestIdMiddleware)
+
+    for router in (meta.router, generate.router, embed.router, models.router):
+        app.include_router(router)
+    return app

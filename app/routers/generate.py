@@ -1,0 +1,108 @@
+"""POST /api/generate and POST /api/chat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.contracts import GenerateJob
+from app.durations import InvalidDuration, parse_keep_alive
+from app.errors import BadRequest
+from app.generation import created_at, run_generation
+from app.schemas import ChatRequest, GenerateRequest, Options
+from app.services import Services, get_services, new_job_id, now_ns, request_id
+
+router = APIRouter(tags=["generate"])
+
+
+def keep_alive_seconds(value: str | float | None) -> float | None:
+    """A request's keep_alive in seconds (negative: for ever), or None to keep the model's current rule."""
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except InvalidDuration as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def check_format(fmt: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """Ollama accepts "", "json" or a JSON schema object."""
+    if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
+        return fmt or None
+    raise BadRequest(f'invalid format {fmt!r}: format must be an empty string, "json", or a JSON schema')
+
+
+def _options(options: Options | None) -> dict[str, Any]:
+    return options.as_payload() if options is not None else {}
+
+
+async def _unload_without_worker(services: Services, display: str) -> bool:
+    """True when no worker holds the model, so an unload request has nothing to do."""
+    return not await services.workers.holders(display)
+
+
+def _unloaded(kind: str, model: str) -> JSONResponse:
+    body: dict[str, Any] = {"model": model, "created_at": created_at()}
+    if kind == "generate":
+        body["response"] = ""
+    else:
+        body["message"] = {"role": "assistant", "content": ""}
+    body.update(done=True, done_reason="unload")
+    return JSONResponse(body)
+
+
+@router.post("/api/generate")
+async def generate(
+    body: GenerateRequest, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    """Generate a completion for a prompt; an empty prompt loads (or, with keep_alive 0, unloads) the model."""
+    stored = services.resolve(body.model)
+    if body.raw and (body.template or body.system or body.context):
+        raise BadRequest("raw mode does not support template, system, or context")
+    keep_alive = keep_alive_seconds(body.keep_alive)
+    if not body.prompt and keep_alive == 0 and await _unload_without_worker(services, stored.name.display):
+        return _unloaded("generate", body.model)
+    job = GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="generate",
+        model=stored.name.canonical,
+        prompt=body.prompt,
+        suffix=body.suffix or None,
+        system=body.system or None,
+        template=body.template or None,
+        raw=body.raw,
+        context=body.context or None,
+        format=check_format(body.format),
+        options=_options(body.options),
+        keep_alive=keep_alive,
+        admitted_ns=now_ns(),
+    )
+    return await run_generation(services, request, job, body.model, body.stream)
+
+
+@router.post("/api/chat")
+async def chat(body: ChatRequest, request: Request, services: Services = Depends(get_services)) -> Response:
+    """Generate the next message of a chat; empty messages load (or, with keep_alive 0, unload) the model."""
+    stored = services.resolve(body.model)
+    keep_alive = keep_alive_seconds(body.keep_alive)
+    if not body.messages and keep_alive == 0 and await _unload_without_worker(services, stored.name.display):
+        return _unloaded("chat", body.model)
+    for i, message in enumerate(body.messages):
+        if message.role not in ("system", "user", "assistant", "tool"):
+            raise BadRequest(f"invalid role {message.role!r} in messages[{i}]")
+    job = GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="chat",
+        model=stored.name.canonical,
+        messages=body.messages,
+        tools=body.tools,
+        format=check_format(body.format),
+        options=_options(body.options),
+        keep_alive=keep_alive,
+        admitted_ns=now_ns(),
+    )
+    return await run_generation(services, request, job, body.model, body.stream)

@@ -1,0 +1,48 @@
+"""GET|HEAD /, GET /api/version, and the liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from app import __version__
+from app.services import Services, get_services
+
+router = APIRouter(tags=["meta"])
+
+# The Ollama API level Herd implements; clients gate features on /api/version, so report that level.
+OLLAMA_API_VERSION = "0.12.0"
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> str:
+    """Ollama's liveness answer, which clients probe before anything else."""
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    """The Ollama API version served (and Herd's own)."""
+    return {"version": OLLAMA_API_VERSION, "herd_version": __version__}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The API process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", response_model=None)
+async def ready(services: Services = Depends(get_services)) -> dict[str, Any] | JSONResponse:
+    """Ready when Redis answers and at least one worker heartbeats."""
+    try:
+        await services.redis.ping()
+        workers = await services.workers.states()
+    except (aioredis.RedisError, OSError) as exc:
+        return JSONResponse({"error": f"redis unreachable: {exc}"}, status_code=503)
+    if not workers:
+        return JSONResponse({"error": "no worker is running"}, status_code=503)
+    return {"status": "ready", "workers": [w.worker_id for w in workers]}

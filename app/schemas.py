@@ -1,0 +1,160 @@
+"""Request bodies of Ollama's native API, validated with the limits a clear 400 names."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.contracts import ChatMessage
+
+log = logging.getLogger(__name__)
+
+MAX_NUM_CTX = 1 << 20  # over a million tokens of context is never a real request on one server
+MAX_NUM_PREDICT = 1 << 20
+
+
+class Options(BaseModel):
+    """Runtime options Herd honours; the rest of Ollama's runner options are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    num_ctx: int | None = Field(default=None, ge=1, le=MAX_NUM_CTX)
+    # -1 generates until a stop or the context is full, -2 fills the context (Ollama's two specials).
+    num_predict: int | None = Field(default=None, ge=-2, le=MAX_NUM_PREDICT)
+    num_keep: int | None = Field(default=None, ge=-1)
+    temperature: float | None = Field(default=None, ge=0, le=100)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    typical_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = Field(default=None, ge=-(1 << 63), le=(1 << 64) - 1)
+    stop: list[str] | None = None
+    repeat_penalty: float | None = Field(default=None, ge=0, le=100)
+    repeat_last_n: int | None = Field(default=None, ge=-1, le=MAX_NUM_CTX)
+    presence_penalty: float | None = Field(default=None, ge=-100, le=100)
+    frequency_penalty: float | None = Field(default=None, ge=-100, le=100)
+    num_batch: int | None = Field(default=None, ge=1, le=1 << 16)
+    num_thread: int | None = Field(default=None, ge=0, le=1024)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_string(cls, value: Any) -> Any:
+        # Ollama's clients send a list; a bare string is the obvious intent, so take it too.
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("num_predict")
+    @classmethod
+    def _num_predict(cls, value: int | None) -> int | None:
+        if value is not None and value < -2:
+            raise ValueError("must be -1 (no limit), -2 (fill the context) or a count ≥ 0")
+        return value
+
+    @model_validator(mode="after")
+    def _log_ignored(self) -> Options:
+        extra = self.model_extra or {}
+        # Ollama logs and ignores options it does not know; its runner knobs are ignored here too.
+        for key in extra:
+            if key not in _ACCEPTED_IGNORED:
+                log.warning("invalid option provided", extra={"option": key})
+        return self
+
+    def as_payload(self) -> dict[str, Any]:
+        """Only the options the client set, for the worker to lay over the model's defaults."""
+        known = self.model_dump(exclude_none=True, exclude=set(self.model_extra or {}))
+        return known
+
+
+_ACCEPTED_IGNORED = frozenset(
+    {
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "use_mlock",
+        "low_vram",
+        "f16_kv",
+        "vocab_only",
+        "numa",
+        "logits_all",
+        "embedding_only",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "penalize_newline",
+        "tfs_z",
+    }
+)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="", description="Model name, e.g. gemma3:270m.")
+    keep_alive: str | float | None = Field(
+        default=None, description='How long to keep the model loaded: "5m", seconds, negative for ever, 0.'
+    )
+    options: Options | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_name(cls, data: Any) -> Any:
+        # Older clients send "name" instead of "model".
+        if isinstance(data, dict) and not data.get("model") and isinstance(data.get("name"), str):
+            data = {**data, "model": data["name"]}
+        return data
+
+
+class GenerateRequest(_Request):
+    """POST /api/generate."""
+
+    prompt: str = ""
+    suffix: str = ""
+    system: str = ""
+    template: str = ""
+    context: list[int] | None = None
+    stream: bool = True
+    raw: bool = False
+    format: str | dict[str, Any] | None = None
+    images: list[str] | None = None
+    think: bool | str | None = None
+
+
+class ChatRequest(_Request):
+    """POST /api/chat."""
+
+    messages: list[ChatMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    stream: bool = True
+    format: str | dict[str, Any] | None = None
+    think: bool | str | None = None
+
+
+class EmbedRequest(_Request):
+    """POST /api/embed."""
+
+    input: str | list[str] = ""
+    truncate: bool = True
+    dimensions: int | None = Field(default=None, ge=1, le=1 << 16)
+
+
+class EmbeddingsRequest(_Request):
+    """POST /api/embeddings (legacy: one prompt, one unnormalised vector)."""
+
+    prompt: str = ""
+
+
+class ShowRequest(BaseModel):
+    """POST /api/show."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    verbose: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("model") and isinstance(data.get("name"), str):
+            data = {**data, "model": data["name"]}
+        return data

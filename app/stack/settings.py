@@ -1,0 +1,169 @@
+"""Settings of the stack supervisor (``herd up``): where to listen, the internal ports, how many processes."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+
+from app.settings import CommonSettings
+
+# Ollama's defaults: OLLAMA_HOST with no host means 127.0.0.1, with no port means 11434.
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+DEFAULT_LISTEN_PORT = 11434
+
+
+def parse_ollama_host(raw: str) -> tuple[str, int]:
+    """Split an OLLAMA_HOST value into (host, port), filling Ollama's defaults for a missing part.
+
+    Accepts ``host``, ``host:port``, ``:port``, ``http://host:port`` and ``[::1]:port``. An IPv6 host is
+    returned without brackets. Raises ValueError with a short reason for anything else.
+    """
+    value = raw.strip()
+    if not value:
+        return DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        # The stack serves plain HTTP today; https:// would promise TLS it does not terminate yet.
+        if scheme != "http":
+            raise ValueError(f"unsupported scheme {scheme!r} (only http:// is served)")
+    elif value.count(":") > 1 and not value.startswith("["):
+        raise ValueError("an IPv6 address needs brackets, as in [::1]:11434")
+    else:
+        value = "http://" + value
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when the port is not a number in 0..65535
+    except ValueError as exc:
+        raise ValueError(f"not a host[:port] ({exc})") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("expected host[:port] with nothing else")
+    host = parts.hostname or DEFAULT_LISTEN_HOST
+    if port == 0:
+        raise ValueError("port 0 is not a port to listen on")
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif not _is_hostname_or_ipv4(host):
+        raise ValueError(f"{host!r} is not a host name or address (IPv6 needs brackets: [::1]:11434)")
+    return host, DEFAULT_LISTEN_PORT if port is None else port
+
+
+def _is_hostname_or_ipv4(host: str) -> bool:
+    """True for a dotted IPv4 address or a DNS name made of letters, digits, '-' and '.'."""
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return all(
+        label
+        and len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        for label in labels
+    )
+
+
+class StackSettings(CommonSettings):
+    """Settings of ``herd up``: the supervisor that runs redis-server, gunicorn, the workers and nginx."""
+
+    ollama_host: str = Field(
+        default=f"{DEFAULT_LISTEN_HOST}:{DEFAULT_LISTEN_PORT}",
+        validation_alias=AliasChoices("OLLAMA_HOST"),
+        description="Where nginx listens for clients: host, host:port, :port, http://host:port or [::1]:port.",
+    )
+    api_port: int = Field(
+        default=11435,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("HERD_API_PORT"),
+        description="The internal port gunicorn binds on 127.0.0.1; only nginx talks to it.",
+    )
+    redis_port: int = Field(
+        default=11436,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("HERD_REDIS_PORT"),
+        description="The port of the stack's own redis-server on 127.0.0.1.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("HERD_WORKERS"),
+        description="How many worker processes (each holds its own models) the stack runs.",
+    )
+    api_processes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("HERD_API_PROCESSES"),
+        description="How many gunicorn worker processes serve the API.",
+    )
+    run_dir: Path = Field(
+        default=Path(".run"),
+        validation_alias=AliasChoices("HERD_RUN_DIR"),
+        description="Where the stack keeps rendered configs, logs, pid files and Redis data.",
+    )
+
+    @field_validator("ollama_host")
+    @classmethod
+    def _ollama_host_parses(cls, value: str) -> str:
+        parse_ollama_host(value)
+        return value
+
+    @field_validator("run_dir", mode="after")
+    @classmethod
+    def _run_dir_absolute(cls, value: Path) -> Path:
+        # Children run with their own cwd and nginx resolves relative paths against its prefix,
+        # so every path handed to them must be absolute.
+        return value.expanduser().absolute()
+
+    @field_validator("api_port", "redis_port")
+    @classmethod
+    def _ports_distinct(cls, value: int, info: ValidationInfo) -> int:
+        # Two of the stack's processes cannot bind one port; say so at start, not as a bind error later.
+        # The message names both variables: the clash may come from a default, not from what was set.
+        this = "HERD_API_PORT" if info.field_name == "api_port" else "HERD_REDIS_PORT"
+        taken = {"HERD_API_PORT": info.data.get("api_port")}
+        host = info.data.get("ollama_host")
+        if host is not None:
+            taken["OLLAMA_HOST"] = parse_ollama_host(host)[1]
+        for name, port in taken.items():
+            if port == value:
+                raise ValueError(f"{this} and {name} are both port {value}")
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        """The host nginx listens on (IPv6 without brackets)."""
+        return parse_ollama_host(self.ollama_host)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """The port nginx listens on."""
+        return parse_ollama_host(self.ollama_host)[1]
+
+    @property
+    def stack_redis_url(self) -> str:
+        """The URL of the stack's own redis-server, handed to the API and the workers."""
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients use; a wildcard listen address is reached through loopback."""
+        host = self.listen_host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.listen_port}"
