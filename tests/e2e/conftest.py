@@ -1,0 +1,99 @@
+"""The real stack for end-to-end tests: redis-server, gunicorn, a worker and nginx on free ports.
+
+One stack serves the whole session (starting it costs seconds); tests that need other settings start
+their own with `start_stack`. Every stack is stopped, and its processes killed, however a test ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.names import ModelName
+from app.stack.settings import StackSettings
+from app.stack.setup import ensure_default_model
+from app.stack.supervisor import Stack
+from app.store import ModelStore
+from tests.support.ollama_store import write_ollama_model
+from tests.support.ports import free_port
+from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
+
+GEMMA = "gemma3:270m"
+HANDMADE = "someone/handmade:v1"
+# A prompt-style Go template like the ones older Ollama models ship.
+HANDMADE_TEMPLATE = "{{ if .System }}<|system|>{{ .System }}<|end|>{{ end }}<|user|>{{ .Prompt }}<|end|><|assistant|>{{ .Response }}<|end|>"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Path:
+    """A store with the bundled Gemma (as `make up` places it) and two tiny models."""
+    root = tmp_path_factory.mktemp("models")
+    store = ModelStore(root)
+    ensure_default_model(store)
+    ggufs = tmp_path_factory.mktemp("ggufs")
+    store.import_gguf(ModelName.parse("tiny-a:latest"), write_tiny_llama(ggufs / "a.gguf", seed=1))
+    store.import_gguf(
+        ModelName.parse("tiny-chat:latest"),
+        write_tiny_llama(ggufs / "chat.gguf", seed=2, chat_template=CHATML_TEMPLATE),
+    )
+    # Written byte for byte as Ollama lays a model out, by code that shares nothing with Herd's store.
+    write_ollama_model(
+        root,
+        ("registry.ollama.ai", "someone", "handmade", "v1"),
+        write_tiny_llama(ggufs / "handmade.gguf", seed=3),
+        template=HANDMADE_TEMPLATE,
+        system="You are terse.",
+        params={"stop": ["<|end|>"], "temperature": 0, "num_predict": 12},
+    )
+    return root
+
+
+@contextmanager
+def start_stack(
+    models_dir: Path, run_dir: Path, env: dict[str, str] | None = None, **overrides: object
+) -> Iterator[Stack]:
+    """A whole stack on free ports; stopped on exit."""
+    settings = StackSettings(
+        OLLAMA_HOST=f"127.0.0.1:{free_port()}",
+        HERD_API_PORT=free_port(),
+        HERD_REDIS_PORT=free_port(),
+        HERD_RUN_DIR=run_dir,
+        OLLAMA_MODELS=models_dir,
+        HERD_API_PROCESSES=1,
+        **overrides,
+    )
+    stack = Stack(settings, env={"HERD_HEARTBEAT": "0.5", **(env or {})})
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(models_dir, tmp_path_factory.mktemp("run"), env={"HERD_WORKER_TIMEOUT": "3"}) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def base_url(stack: Stack) -> str:
+    return stack.settings.base_url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
+def redis_client(stack: Stack) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(stack.settings.stack_redis_url, decode_responses=True)
+    yield r
+    r.close()
