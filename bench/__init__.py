@@ -1,0 +1,1 @@
+"""Herd benchmarks: `python -m bench` (make bench)."""
