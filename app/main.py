@@ -52,6 +52,27 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class JsonBodyMiddleware:
+    """Reads every /api body as JSON whatever its Content-Type, as Ollama does.
+
+    `curl -d '{...}'`, the form every Ollama example uses, sends application/x-www-form-urlencoded;
+    FastAPI would refuse that body.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/api/")
+            and not scope["path"].startswith("/api/blobs")
+        ):
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def build_services(settings: ApiSettings) -> Services:
     """The process's runtime resources; nothing connects until first used."""
     client = aioredis.Redis.from_url(
@@ -104,6 +125,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             {"error": "service unavailable: queue unreachable"}, status_code=503, headers={"Retry-After": "1"}
         )
 
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     for router in (meta.router, generate.router, embed.router, models.router):

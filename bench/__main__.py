@@ -207,7 +207,10 @@ Targets:
 
 Time to first token includes prompt evaluation ({len(PROMPT)} characters of prompt); for (c) it also
 includes the HTTP request through nginx, admission into Redis, the worker taking the job, and the relay
-of the first NDJSON line. Raw runs are in `benchmarks.json`.
+of the first NDJSON line. (a)'s time to first token is low because `Llama` keeps the previous run's KV
+cache and, for the identical prompt, evaluates only its last token; Herd's engine evaluates the whole
+prompt on every request (reusing a cached prefix across requests is left to the scheduling work).
+Raw runs are in `benchmarks.json`.
 """
     )
 

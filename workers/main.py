@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from rq.job import Job
@@ -10,7 +11,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from app.contracts import SHARED_QUEUE
+from app.contracts import SHARED_QUEUE, worker_state_key
 from app.logs import configure_logging
 from app.settings import load_settings
 from workers import jobs
@@ -36,11 +37,42 @@ class HerdWorker(SimpleWorker):
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
 
+class WorkerNameTaken(SystemExit):
+    """Another live worker heartbeats under this HERD_WORKER_ID."""
+
+
+def claim_worker_name(client: redis.Redis, settings: WorkerSettings) -> None:
+    """Take over this worker id from a dead predecessor, or refuse if a live worker holds it.
+
+    A worker killed outright (SIGKILL, OOM) leaves RQ's registration behind, and RQ then refuses a new
+    worker of the same name. Herd's own state key expires three heartbeats after its worker stops, so
+    once it is gone the old registration is known to be stale and is removed.
+    """
+    state = worker_state_key(settings.worker_id)
+    deadline = time.monotonic() + settings.heartbeat_s * 3 + 1
+    while client.exists(state):
+        if time.monotonic() > deadline:
+            raise WorkerNameTaken(
+                f"herd: a live worker already runs as HERD_WORKER_ID={settings.worker_id!r}; "
+                "give this one another id"
+            )
+        time.sleep(0.1)
+    stale = SimpleWorker.find_by_key(
+        f"{SimpleWorker.redis_worker_namespace_prefix}{settings.worker_id}",
+        connection=client,
+        serializer=JSONSerializer,
+    )
+    if stale is not None:
+        log.warning("recording the death of a worker that was killed", extra={"worker": settings.worker_id})
+        stale.register_death()
+
+
 def main() -> None:
     """Entry point of `herd worker` and `python -m workers.main`."""
     settings = load_settings(WorkerSettings)
     configure_logging("worker", settings.debug)
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    claim_worker_name(client, settings)
     runtime = WorkerRuntime(settings, client)
     jobs.bind_runtime(runtime)
     runtime.start()
