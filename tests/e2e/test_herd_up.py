@@ -33,7 +33,9 @@ def test_herd_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c(models_dir: P
         "HERD_API_PROCESSES": "1",
     }
     herd = Path(sys.executable).with_name("herd")
-    proc = subprocess.Popen([str(herd), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [str(herd), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert proc.stdout is not None
         curl_line = ""
@@ -46,7 +48,9 @@ def test_herd_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c(models_dir: P
                 curl_line = line.strip()
                 break
         assert f"http://127.0.0.1:{ports['OLLAMA_HOST']}" in curl_line
-        out = subprocess.run(shlex.split(curl_line), capture_output=True, text=True, timeout=120, check=True).stdout
+        out = subprocess.run(
+            shlex.split(curl_line), capture_output=True, text=True, timeout=120, check=True
+        ).stdout
         chunks = [line for line in out.splitlines() if line]
         assert re.search(r'"done":\s*true', chunks[-1]) and len(chunks) > 1
         proc.send_signal(signal.SIGINT)

@@ -17,7 +17,11 @@ import pytest
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 
-LONG = {"model": GEMMA, "prompt": "Tell me a very long story.", "options": {"temperature": 0, "num_predict": 3000}}
+LONG = {
+    "model": GEMMA,
+    "prompt": "Tell me a very long story.",
+    "options": {"temperature": 0, "num_predict": 3000},
+}
 SHORT = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 2}}
 
 
@@ -30,7 +34,10 @@ def small_stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def test_max_queue_bounds_waiting_requests_exactly(small_stack: Stack) -> None:
     base = small_stack.settings.base_url
-    with httpx.Client(base_url=base, timeout=60) as c, c.stream("POST", "/api/generate", json=LONG) as running:
+    with (
+        httpx.Client(base_url=base, timeout=60) as c,
+        c.stream("POST", "/api/generate", json=LONG) as running,
+    ):
         lines = running.iter_lines()
         assert next(line for line in lines if line)  # the only slot is now busy
         results: list[httpx.Response] = []
