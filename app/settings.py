@@ -13,8 +13,6 @@ from typing import Any, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.durations import parse_keep_alive
-
 
 def default_models_dir() -> Path:
     """Ollama's default store location for the current user."""
@@ -60,11 +58,6 @@ class ApiSettings(CommonSettings):
         validation_alias=AliasChoices("OLLAMA_MAX_QUEUE"),
         description="Most jobs admitted but not yet started; the next request gets 503.",
     )
-    keep_alive_default: str = Field(
-        default="5m",
-        validation_alias=AliasChoices("OLLAMA_KEEP_ALIVE"),
-        description="How long a model stays loaded after a request that names no keep_alive.",
-    )
     worker_timeout_s: float = Field(
         default=15.0,
         gt=0,
@@ -77,12 +70,6 @@ class ApiSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_RETRY_AFTER"),
         description="The Retry-After value (seconds) sent with 503 when the queue is full.",
     )
-
-    @field_validator("keep_alive_default")
-    @classmethod
-    def _keep_alive_parses(cls, value: str) -> str:
-        parse_keep_alive(value)
-        return value
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -99,8 +99,10 @@ class ModelCache:
         n_parallel: int,
         threads: int,
         n_gpu_layers: int,
+        default_keep_alive: float = 300.0,
         on_change: Callable[[], None] = lambda: None,
     ):
+        self.default_keep_alive = default_keep_alive
         self._max_loaded = max_loaded
         self._n_parallel = n_parallel
         self._threads = threads
@@ -181,8 +183,6 @@ class ModelCache:
         )
         self._on_change()
         return loaded, load_ns
-
-    default_keep_alive: float = 300.0
 
     def release(self, loaded: LoadedModel) -> None:
         """The job is done with the model: start its keep_alive clock, or unload it for keep_alive 0."""

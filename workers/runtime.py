@@ -76,9 +76,9 @@ class WorkerRuntime:
             n_parallel=settings.num_parallel,
             threads=settings.threads,
             n_gpu_layers=settings.n_gpu_layers,
+            default_keep_alive=parse_keep_alive(settings.keep_alive_default),
             on_change=self._state_changed,
         )
-        self.cache.default_keep_alive = parse_keep_alive(settings.keep_alive_default)
         self._running: dict[str, _Running] = {}
         self._running_lock = threading.Lock()
         self._wake = threading.Event()

@@ -284,6 +284,12 @@ def test_legacy_embeddings_is_not_normalised(client: httpx.Client) -> None:
         ("/api/chat", {"model": GEMMA, "messages": "hi"}, 400, "messages"),
         ("/api/embed", {"model": GEMMA, "input": 5}, 400, "input"),
         ("/api/show", {"model": "nope-model"}, 404, "not found"),
+        (
+            "/api/generate",
+            {"model": GEMMA, "prompt": "def f(", "suffix": "return 1"},
+            400,
+            "does not support insert",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(
@@ -318,3 +324,32 @@ def test_bad_input_leaves_nothing_waiting_in_redis(client: httpx.Client, redis_c
 def test_unknown_route_is_404_in_ollama_shape(client: httpx.Client) -> None:
     r = client.get("/api/nothing-here")
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_chat_with_a_gguf_jinja_template(client: httpx.Client) -> None:
+    """A model whose GGUF carries tokenizer.chat_template renders chat through that Jinja template."""
+    show = client.post("/api/show", json={"model": "tiny-chat"}).json()
+    assert "<|im_start|>" in show["template"] and "add_generation_prompt" in show["template"]
+    messages = [{"role": "system", "content": "Be short."}, {"role": "user", "content": "hello"}]
+    options = {"temperature": 0, "num_predict": 10}
+    chat = client.post(
+        "/api/chat", json={"model": "tiny-chat", "messages": messages, "stream": False, "options": options}
+    ).json()
+    rendered = (
+        "<|im_start|>system\nBe short.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    )
+    raw = client.post(
+        "/api/generate",
+        json={"model": "tiny-chat", "prompt": rendered, "raw": True, "stream": False, "options": options},
+    ).json()
+    assert chat["prompt_eval_count"] == raw["prompt_eval_count"]
+    assert chat["message"]["content"] == raw["response"] and chat["eval_count"] == 10
+
+
+def test_curl_style_form_content_type_is_read_as_json(client: httpx.Client) -> None:
+    r = client.post(
+        "/api/generate",
+        content=b'{"model": "tiny-a", "prompt": "hi", "stream": false, "options": {"num_predict": 3}}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200 and r.json()["eval_count"] == 3
