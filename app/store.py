@@ -36,6 +36,7 @@ import re
 import secrets
 import stat
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -171,6 +172,7 @@ class ModelStore:
     """Reads and writes models in an Ollama model directory (OLLAMA_MODELS)."""
 
     def __init__(self, root: Path) -> None:
+        self._held = threading.local()  # this thread's depth of _lock holds
         self.root = Path(root)
 
     @property
@@ -373,13 +375,28 @@ class ModelStore:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Exclusive flock on the root directory, shared by every process using this store."""
+        """Exclusive flock on the root directory, shared by every process using this store.
+
+        Re-entrant within a thread (import_gguf's slow path writes blobs and the manifest under one
+        hold); other threads and processes wait, since each hold opens its own file description.
+        """
+        if getattr(self._held, "depth", 0):
+            self._held.depth += 1
+            try:
+                yield
+            finally:
+                self._held.depth -= 1
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         # Locking the directory itself avoids adding a lock file to a store Ollama also reads.
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
         finally:
             os.close(fd)  # closing releases the lock
 
@@ -544,9 +561,8 @@ class ModelStore:
             "architecture": _GO_ARCH.get(platform.machine().lower(), platform.machine().lower()),
             "os": sys.platform if sys.platform != "win32" else "windows",
         }
-        # Blobs are written outside the store lock (a copy can take minutes), so a concurrent delete of
-        # another model sharing one of them can remove it before our manifest lands; write it again.
-        for attempt in range(3):
+
+        def write_layers() -> list[tuple[str, str, int]]:
             layers = [(MEDIA_MODEL, *self.write_blob_from_file(Path(gguf), link=link))]
             if template is not None:
                 layers.append((MEDIA_TEMPLATE, *self.write_blob_bytes(template.encode())))
@@ -556,13 +572,17 @@ class ModelStore:
                 body = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
                 layers.append((MEDIA_PARAMS, *self.write_blob_bytes(body.encode())))
             config["rootfs"] = {"type": "layers", "diff_ids": [d for _, d, _ in layers]}
-            try:
-                return self.write_manifest(name, config, layers)
-            except MissingBlob:
-                if attempt == 2:
-                    raise
-                logger.info("a blob of %s was removed concurrently; writing it again", name.display)
-        raise AssertionError("unreachable")
+            return layers
+
+        # Blobs are written outside the store lock (a copy can take minutes), so a concurrent delete of
+        # another model sharing one of them can remove it before our manifest lands. Then write them
+        # again holding the lock, which no delete can interleave with: one retry always suffices.
+        try:
+            return self.write_manifest(name, config, write_layers())
+        except MissingBlob:
+            logger.info("a blob of %s was removed concurrently; writing it again", name.display)
+        with self._lock():
+            return self.write_manifest(name, config, write_layers())
 
     # --- deleting ----------------------------------------------------------------------------------
 
