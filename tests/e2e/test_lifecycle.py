@@ -85,9 +85,9 @@ def test_preload_ps_and_unload(client: httpx.Client, redis_client: redis.Redis) 
 
 
 def test_keep_alive_expiry_pin_and_kept_rule(client: httpx.Client) -> None:
-    client.post("/api/generate", json={"model": GEMMA, "keep_alive": "1s"})
+    client.post("/api/generate", json={"model": GEMMA, "keep_alive": "4s"})
     assert GEMMA in ps(client)
-    assert wait_for(lambda: GEMMA not in ps(client), timeout=8)
+    assert wait_for(lambda: GEMMA not in ps(client), timeout=15)
     client.post("/api/generate", json={"model": GEMMA, "keep_alive": -1})
     expires = datetime.fromisoformat(ps(client)[GEMMA]["expires_at"].replace("Z", "+00:00"))
     assert (expires - datetime.now(UTC)).days > 365
