@@ -12,7 +12,8 @@ HERD := $(VENV)/bin/herd
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.herd-installed-$(PYPROJECT_HASH)
 BOOTSTRAP_PYTHON := $(shell command -v python3.11 || command -v python3.12 || command -v python3)
-SYSTEM_PACKAGES := redis-server nginx
+# chromium: the edge tests drive a real headless browser against the stack.
+SYSTEM_PACKAGES := redis-server nginx chromium
 
 .PHONY: help setup system-deps up test lint bench clean distclean
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.admission import Admission
+from app.auth import ApiKeyMiddleware
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.placement import WorkerDirectory
@@ -124,6 +125,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse(
             {"error": "service unavailable: queue unreachable"}, status_code=503, headers={"Retry-After": "1"}
         )
+
+    app.add_middleware(ApiKeyMiddleware, keys_file=settings.api_keys_file)
 
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(RequestIdMiddleware)

@@ -70,6 +70,11 @@ class ApiSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_RETRY_AFTER"),
         description="The Retry-After value (seconds) sent with 503 when the queue is full.",
     )
+    api_keys_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_API_KEYS_FILE"),
+        description="A file of API keys, one a line; when set, requests need Authorization: Bearer <key>.",
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import jinja2
 
-from app.stack.settings import StackSettings
+from app.stack.settings import StackSettings, origin_regex
+from app.stack.tls import ensure_tls_pair, tls_paths
 
 # Debian and most distributions put nginx in /usr/sbin, which is not on an ordinary user's PATH.
 _NGINX_FALLBACKS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -76,6 +77,7 @@ def render_nginx_conf(settings: StackSettings) -> str:
     """The complete nginx.conf for the stack's foreground nginx."""
     ndir = nginx_dir(settings)
     logs = logs_dir(settings)
+    tls_cert, tls_key = tls_paths(settings)
     return (
         _templates()
         .get_template("nginx.conf.j2")
@@ -89,16 +91,27 @@ def render_nginx_conf(settings: StackSettings) -> str:
             temp_dir=ndir / "temp",
             api_port=settings.api_port,
             listen=listen_address(settings),
+            origin_regexes=sorted({origin_regex(p) for p in settings.origin_patterns}),
+            check_host=settings.loopback_bind,
+            metrics_public=settings.metrics_public,
+            max_body_size=settings.max_body_size,
+            tls=settings.tls,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            loopback_listen=f"127.0.0.1:{settings.listen_port}",
         )
     )
 
 
 def write_nginx_conf(settings: StackSettings) -> Path:
-    """Render nginx.conf into the run dir, creating every directory nginx will write to."""
+    """Render nginx.conf into the run dir, creating every directory nginx will write to (and, serving
+    HTTPS without a configured certificate, the self-signed one)."""
     ndir = nginx_dir(settings)
     for name in _TEMP_DIRS:
         (ndir / "temp" / name).mkdir(parents=True, exist_ok=True)
     logs_dir(settings).mkdir(parents=True, exist_ok=True)
+    if settings.tls:
+        ensure_tls_pair(settings)
     path = ndir / "nginx.conf"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_nginx_conf(settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,6 +52,63 @@ def parse_ollama_host(raw: str) -> tuple[str, int]:
     elif not _is_hostname_or_ipv4(host):
         raise ValueError(f"{host!r} is not a host name or address (IPv6 needs brackets: [::1]:11434)")
     return host, DEFAULT_LISTEN_PORT if port is None else port
+
+
+# Ollama's built-in origins (envconfig.AllowedOrigins): the loopback and wildcard hosts with or without a
+# port over http and https, and the schemes of desktop and editor shells.
+DEFAULT_ORIGINS: tuple[str, ...] = (
+    *(
+        f"{scheme}://{host}{port}"
+        for host in ("localhost", "127.0.0.1", "0.0.0.0")
+        for scheme in ("http", "https")
+        for port in ("", ":*")
+    ),
+    "app://*",
+    "file://*",
+    "tauri://*",
+    "vscode-webview://*",
+    "vscode-file://*",
+)
+
+# What one OLLAMA_ORIGINS entry may hold: a scheme, "://", and an authority (host[:port]) with '*'
+# wildcards; no path, and nothing that could break out of the quoted regex nginx is given.
+_ORIGIN_RE = re.compile(r"^(?P<scheme>[A-Za-z*][A-Za-z0-9+.*-]*)://(?P<authority>[A-Za-z0-9.*_\[\]:-]*)$")
+# Host names that are loopback for the two rules that depend on it (the Host check and TLS).
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def parse_origins(raw: str) -> list[str]:
+    """OLLAMA_ORIGINS as a list of patterns: comma-separated, blanks dropped; ValueError naming a bad entry."""
+    patterns = [part.strip() for part in raw.split(",") if part.strip()]
+    for pattern in patterns:
+        if pattern != "*" and not _ORIGIN_RE.match(pattern):
+            raise ValueError(
+                f"{pattern!r} is not an origin pattern (scheme://host[:port], '*' wildcards, or *)"
+            )
+    return patterns
+
+
+def origin_regex(pattern: str) -> str:
+    """One origin pattern as an anchored regex: a '*' port matches digits only, a '*' elsewhere no '/' or ':'.
+
+    Ollama matches wildcards as a prefix and a suffix, so its ``http://localhost:*`` also admits
+    ``http://localhost.evil.com:1``; here every character outside a wildcard is literal and anchored.
+    """
+    if pattern == "*":
+        return "^.*$"
+    match = _ORIGIN_RE.match(pattern)
+    if match is None:
+        raise ValueError(f"{pattern!r} is not an origin pattern")
+    scheme = "[a-z0-9+.-]*".join(re.escape(part) for part in match["scheme"].split("*"))
+    authority = match["authority"]
+    if authority == "*":
+        rest = "[^/]*"  # scheme://* is any authority of that scheme, port included (app://*, chrome-extension://*)
+    else:
+        host, port_wild = (authority[:-2], True) if authority.endswith(":*") else (authority, False)
+        rest = "[^/:]*".join(re.escape(part) for part in host.split("*"))
+        if port_wild:
+            rest += ":[0-9]+"
+    return f"^{scheme}://{rest}$"
 
 
 def _is_hostname_or_ipv4(host: str) -> bool:
@@ -113,6 +171,59 @@ class StackSettings(CommonSettings):
         description="Where the stack keeps rendered configs, logs, pid files and Redis data.",
     )
 
+    ollama_origins: str = Field(
+        default="",
+        validation_alias=AliasChoices("OLLAMA_ORIGINS"),
+        description="Browser origins allowed besides Ollama's built-in ones: comma-separated, '*' wildcards, or *.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("HERD_METRICS_PUBLIC"),
+        description="Serve /metrics on the public listener (otherwise nginx answers 404 there).",
+    )
+    max_body_size: str = Field(
+        default="16m",
+        pattern=r"^[0-9]+[kKmMgG]?$",
+        validation_alias=AliasChoices("HERD_MAX_BODY_SIZE"),
+        description="The largest request body nginx accepts outside /api/blobs/ (nginx size: 16m, 512k).",
+    )
+
+    tls_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_TLS_CERT"),
+        description="PEM certificate (chain) nginx serves HTTPS with on a non-loopback bind; "
+        "unset: a self-signed one made at first start.",
+    )
+    tls_key: Path | None = Field(
+        default=None,
+        validate_default=True,
+        validation_alias=AliasChoices("HERD_TLS_KEY"),
+        description="The PEM private key of HERD_TLS_CERT; set both or neither.",
+    )
+
+    @field_validator("tls_cert", "tls_key", mode="after")
+    @classmethod
+    def _tls_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        this, other = (
+            ("HERD_TLS_CERT", "HERD_TLS_KEY")
+            if info.field_name == "tls_cert"
+            else ("HERD_TLS_KEY", "HERD_TLS_CERT")
+        )
+        if info.field_name == "tls_key" and (value is None) != (info.data.get("tls_cert") is None):
+            raise ValueError("HERD_TLS_CERT and HERD_TLS_KEY go together: set both or neither")
+        if value is None:
+            return None
+        value = value.expanduser().absolute()
+        if not value.is_file():
+            raise ValueError(f"{this} {value} is not a file (the pair with {other} nginx serves HTTPS with)")
+        return value
+
+    @field_validator("ollama_origins")
+    @classmethod
+    def _origins_parse(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
     @field_validator("ollama_host")
     @classmethod
     def _ollama_host_parses(cls, value: str) -> str:
@@ -152,13 +263,34 @@ class StackSettings(CommonSettings):
         return parse_ollama_host(self.ollama_host)[1]
 
     @property
+    def origin_patterns(self) -> list[str]:
+        """Every allowed origin pattern: Ollama's built-in ones, then OLLAMA_ORIGINS."""
+        return [*DEFAULT_ORIGINS, *parse_origins(self.ollama_origins)]
+
+    @property
+    def loopback_bind(self) -> bool:
+        """Whether nginx listens on 127.0.0.1, ::1 or localhost only (other 127/8 addresses count as not)."""
+        return self.listen_host.lower() in _LOOPBACK_HOSTS
+
+    @property
+    def tls(self) -> bool:
+        """Whether nginx serves HTTPS on OLLAMA_HOST: on every bind but a loopback one."""
+        return not self.loopback_bind
+
+    @property
     def stack_redis_url(self) -> str:
         """The URL of the stack's own redis-server, handed to the API and the workers."""
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def base_url(self) -> str:
-        """The URL clients use; a wildcard listen address is reached through loopback."""
+        """The URL clients on this machine use; a wildcard listen address is reached through loopback.
+
+        With TLS on, nginx also serves plain HTTP on 127.0.0.1 at the same port, for local clients and
+        the supervisor's probe (which cannot verify a self-signed certificate).
+        """
+        if self.tls:
+            return f"http://127.0.0.1:{self.listen_port}"
         host = self.listen_host
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
