@@ -17,9 +17,10 @@ from app.admission import Admission
 from app.auth import ApiKeyMiddleware
 from app.errors import install_error_handlers
 from app.logs import configure_logging
+from app.openai_errors import install_openai_error_handlers
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
-from app.routers import embed, generate, meta, models
+from app.routers import embed, generate, meta, models, openai
 from app.services import Services
 from app.settings import ApiSettings, load_settings
 from app.store import ModelStore
@@ -127,10 +128,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
 
     app.add_middleware(ApiKeyMiddleware, keys_file=settings.api_keys_file)
+    install_openai_error_handlers(app)  # after every handler: /v1 answers in OpenAI's shape
 
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
-    for router in (meta.router, generate.router, embed.router, models.router):
+    for router in (meta.router, generate.router, embed.router, models.router, openai.router):
         app.include_router(router)
     return app

@@ -1,0 +1,372 @@
+"""The OpenAI-compatible API's request bodies, their translation to Herd jobs, and its response objects.
+
+Requests are validated here and turned into the same `GenerateJob`/`EmbedJob` the native routes build;
+fields Herd cannot honour are refused with a 400 naming them rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.contracts import ChatMessage
+from app.openai_errors import OpenAIError, unsupported
+from app.schemas import MAX_NUM_PREDICT
+
+SYSTEM_FINGERPRINT = "fp_herd"
+_NOT_YET = "is not supported yet"
+_TOOLS_NOT_YET = "is not supported yet: tool calling is not available on this server"
+
+# --- Request bodies ---------------------------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class _Request(BaseModel):
+    """Fields shared by chat and text completions. Unknown fields are ignored, as OpenAI's clients add new
+    ones often; the known ones Herd cannot honour are refused in `refuse_unsupported`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="Model name, e.g. gemma3:270m.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NUM_PREDICT)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = Field(default=None, ge=-(1 << 63), le=(1 << 64) - 1)
+    stop: str | list[str] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = None
+    # Refused unless neutral: see refuse_unsupported.
+    n: int | None = Field(default=None, ge=1)
+    logit_bias: dict[str, float] | None = None
+
+
+class ChatMessageIn(BaseModel):
+    """One message of a chat completion request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[Any] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_Request):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessageIn]
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NUM_PREDICT)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[str] | None = None
+
+
+class CompletionRequest(_Request):
+    """POST /v1/completions (the legacy text completion)."""
+
+    prompt: str | list[Any]
+    suffix: str | None = None
+    echo: bool | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="Model name, e.g. gemma3:270m.")
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=1 << 16)
+    user: str | None = None
+
+
+# --- Translation ------------------------------------------------------------------------------------
+
+
+def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
+    """A 400 naming the first field whose value Herd cannot honour."""
+    if body.n not in (None, 1):
+        raise unsupported("n", "must be 1: this server returns one choice per request")
+    if body.logit_bias:
+        raise unsupported("logit_bias")
+    if isinstance(body, CompletionRequest):
+        if body.echo:
+            raise unsupported("echo", "is not supported: the prompt is not returned with the completion")
+        if body.logprobs is not None:
+            raise unsupported("logprobs", _NOT_YET)
+        if body.best_of not in (None, 1):
+            raise unsupported("best_of", "must be 1: this server returns one choice per request")
+        return
+    if body.logprobs:
+        raise unsupported("logprobs", _NOT_YET)
+    if body.top_logprobs is not None:
+        raise unsupported("top_logprobs", _NOT_YET)
+    if body.tools:
+        raise unsupported("tools", _TOOLS_NOT_YET)
+    if body.tool_choice not in (None, "none"):
+        raise unsupported("tool_choice", _TOOLS_NOT_YET)
+    if body.functions:
+        raise unsupported("functions", _TOOLS_NOT_YET)
+    if body.function_call not in (None, "none"):
+        raise unsupported("function_call", _TOOLS_NOT_YET)
+    if body.audio is not None:
+        raise unsupported("audio", "is not supported: this server generates text only")
+    if body.modalities not in (None, ["text"]):
+        raise unsupported("modalities", "is not supported: this server generates text only")
+
+
+def options(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """The worker options the request sets; unset ones keep the model's defaults."""
+    max_tokens = body.max_tokens
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        max_tokens = body.max_completion_tokens
+    out: dict[str, Any] = {
+        "num_predict": max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed,
+        "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
+        "frequency_penalty": body.frequency_penalty,
+        "presence_penalty": body.presence_penalty,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def response_format(body: ChatCompletionRequest) -> str | dict[str, Any] | None:
+    """`format` for the worker: "json" for json_object, the schema for json_schema."""
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        return "json"
+    schema = (rf.json_schema or {}).get("schema")
+    if schema is None:
+        return "json"
+    if not isinstance(schema, dict):
+        raise OpenAIError(
+            "'response_format.json_schema.schema' must be a JSON schema object",
+            param="response_format.json_schema.schema",
+            code="invalid_value",
+        )
+    return schema
+
+
+def _content(i: int, content: str | list[Any] | None) -> str:
+    """A message's content as text: a string, or the `text` parts of an array joined by newlines."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        param = f"messages[{i}].content[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise OpenAIError(f"'{param}' must be an object with a 'type'", param=param)
+        if part["type"] != "text":
+            raise OpenAIError(
+                f"content part type '{part['type']}' in '{param}' is not supported; only 'text' parts are",
+                param=f"{param}.type",
+                code="unsupported_content_type",
+            )
+        if not isinstance(part.get("text"), str):
+            raise OpenAIError(f"'{param}.text' must be a string", param=f"{param}.text")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+    """OpenAI messages as the chat template takes them (`developer` is a system turn)."""
+    if not body.messages:
+        raise OpenAIError("'messages' must contain at least one message", param="messages")
+    out: list[ChatMessage] = []
+    for i, message in enumerate(body.messages):
+        if message.role == "tool" or message.tool_calls:
+            raise unsupported(f"messages[{i}]", "is a tool call or result: " + _TOOLS_NOT_YET)
+        if message.role not in ("system", "developer", "user", "assistant"):
+            raise OpenAIError(
+                f"invalid role '{message.role}' in 'messages[{i}].role': expected system, developer, "
+                "user or assistant",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        role = "system" if message.role == "developer" else message.role
+        out.append(ChatMessage(role=role, content=_content(i, message.content)))
+    return out
+
+
+def completion_prompt(body: CompletionRequest) -> str:
+    """The one prompt of a text completion (a string, or a list holding one string)."""
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise OpenAIError(
+                "'prompt' must be a string or a list of one string: this server completes one prompt "
+                "per request",
+                param="prompt",
+                code="unsupported_parameter",
+            )
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise OpenAIError("'prompt' must be text: token arrays are not supported", param="prompt")
+    return prompt
+
+
+def embedding_inputs(body: EmbeddingRequest) -> list[str]:
+    """The texts to embed; empty input and token arrays are refused."""
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if not inputs:
+        raise OpenAIError("'input' must not be empty", param="input")
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise OpenAIError(
+                f"'input[{i}]' must be a string: token arrays are not supported", param=f"input[{i}]"
+            )
+        if not text:
+            raise OpenAIError(f"'input[{i}]' must not be an empty string", param=f"input[{i}]")
+    return inputs
+
+
+# --- Response objects -------------------------------------------------------------------------------
+
+
+def finish_reason(done_reason: str | None) -> str:
+    """Ollama's done_reason as OpenAI's finish_reason."""
+    return "length" if done_reason == "length" else "stop"
+
+
+def usage(done: dict[str, Any]) -> dict[str, int]:
+    prompt = int(done.get("prompt_eval_count") or 0)
+    completion = int(done.get("eval_count") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class ChatShape:
+    """Builds the `chat.completion` object and the `chat.completion.chunk`s of one request."""
+
+    def __init__(self, model: str, include_usage: bool = False):
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+    def complete(self, text: str, done: dict[str, Any]) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason(done.get("done_reason")),
+        }
+        return {**self._head("chat.completion"), "choices": [choice], "usage": usage(done)}
+
+    def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+        body = self._head("chat.completion.chunk")
+        body["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def opening(self) -> dict[str, Any] | None:
+        return self._chunk({"role": "assistant", "content": ""}, None)
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return self._chunk({"content": text}, None)
+
+    def finish(self, done: dict[str, Any]) -> dict[str, Any]:
+        return self._chunk({}, finish_reason(done.get("done_reason")))
+
+    def usage_chunk(self, done: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(done)}
+
+
+class CompletionShape(ChatShape):
+    """The `text_completion` object and its stream chunks."""
+
+    def __init__(self, model: str, include_usage: bool = False):
+        super().__init__(model, include_usage)
+        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+
+    def complete(self, text: str, done: dict[str, Any]) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish_reason(done.get("done_reason")),
+        }
+        return {**self._head("text_completion"), "choices": [choice], "usage": usage(done)}
+
+    def _text_chunk(self, text: str, reason: str | None) -> dict[str, Any]:
+        body = self._head("text_completion")
+        body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def opening(self) -> dict[str, Any] | None:
+        return None
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return self._text_chunk(text, None)
+
+    def finish(self, done: dict[str, Any]) -> dict[str, Any]:
+        return self._text_chunk("", finish_reason(done.get("done_reason")))
+
+    def usage_chunk(self, done: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head("text_completion"), "choices": [], "usage": usage(done)}
+
+
+def embedding_list(
+    model: str, vectors: list[list[float]], prompt_tokens: int, encoding: str
+) -> dict[str, Any]:
+    """The `list` of `embedding` objects; base64 is the little-endian float32 bytes of each vector."""
+
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -1,0 +1,251 @@
+"""The OpenAI-compatible API under /v1: chat completions, completions, embeddings and models.
+
+Requests become the same jobs the native routes admit; only the request and response shapes differ
+(`app/openai_compat.py`), and errors are answered in OpenAI's shape (`app/openai_errors.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from app.contracts import JOB_FUNC_EMBED, EmbedJob, GenerateJob
+from app.errors import BadRequest, ModelNotFoundError
+from app.generation import Generation
+from app.openai_compat import (
+    ChatCompletionRequest,
+    ChatShape,
+    CompletionRequest,
+    CompletionShape,
+    EmbeddingRequest,
+    chat_messages,
+    completion_prompt,
+    embedding_inputs,
+    embedding_list,
+    options,
+    refuse_unsupported,
+    response_format,
+)
+from app.openai_errors import OpenAIError, error_body, openai_error_response
+from app.services import Services, get_services, new_job_id, now_ns, request_id
+from app.store import StoredModel
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _resolve(services: Services, model: str) -> StoredModel:
+    """The stored model, or OpenAI's 404 naming it."""
+    try:
+        return services.resolve(model)
+    except BadRequest as exc:  # an empty or invalid name
+        raise OpenAIError(exc.message, param="model", code="invalid_value") from exc
+    except ModelNotFoundError as exc:
+        raise OpenAIError(
+            f"The model '{model}' does not exist",
+            status_code=404,
+            param="model",
+            code="model_not_found",
+        ) from exc
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+class OpenAIGeneration(Generation):
+    """A generation relayed as one OpenAI object or as server-sent events of chunks."""
+
+    def __init__(
+        self, services: Services, request: Request, job: GenerateJob, shape: ChatShape | CompletionShape
+    ):
+        super().__init__(services, request, job, shape.model)
+        self.shape = shape
+
+    async def respond(self, stream: bool) -> Response:
+        """The first event decides the status; then one object, or an SSE stream ending with [DONE]."""
+        try:
+            first = await self._next()
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+        if first["type"] == "gone":
+            self.abandon()
+            return Response(status_code=499)
+        if first["type"] == "error":
+            self._done = True
+            return openai_error_response(int(first.get("status", 500)), str(first.get("error")))
+        if stream:
+            return StreamingResponse(
+                self._sse_stream(first), media_type="text/event-stream", headers=_SSE_HEADERS
+            )
+        parts: list[str] = []
+        event = first
+        try:
+            while event["type"] == "token":
+                parts.append(event["text"])
+                event = await self._next()
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+        if event["type"] == "gone":
+            self.abandon()
+            return Response(status_code=499)
+        self._done = True
+        if event["type"] == "error":
+            return openai_error_response(int(event.get("status", 500)), str(event.get("error")))
+        return JSONResponse(self.shape.complete("".join(parts), event))
+
+    async def _sse_stream(self, event: dict[str, Any]) -> AsyncIterator[bytes]:
+        try:
+            opening = self.shape.opening()
+            if opening is not None:
+                yield _sse(opening)
+            while True:
+                if event["type"] == "token":
+                    if event["text"]:
+                        yield _sse(self.shape.piece(event["text"]))
+                elif event["type"] == "done":
+                    self._done = True
+                    yield _sse(self.shape.finish(event))
+                    if self.shape.include_usage:
+                        yield _sse(self.shape.usage_chunk(event))
+                    yield b"data: [DONE]\n\n"
+                    return
+                elif event["type"] == "gone":
+                    return
+                else:
+                    self._done = True
+                    status = int(event.get("status", 500))
+                    yield _sse(error_body(status, str(event.get("error", "generation failed"))))
+                    return
+                event = await self._next()
+        finally:
+            # Reached without `done` only when the client disconnected mid-stream.
+            self.abandon()
+
+
+async def _generate(
+    services: Services,
+    request: Request,
+    job: GenerateJob,
+    stored: StoredModel,
+    shape: ChatShape | CompletionShape,
+    stream: bool,
+) -> Response:
+    generation = OpenAIGeneration(services, request, job, shape)
+    await generation.admit(await services.workers.queue_for(stored.name.display))
+    return await generation.respond(stream)
+
+
+def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    return bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    """Create a chat completion (OpenAI's `chat.completion`, or `chat.completion.chunk` events)."""
+    stored = _resolve(services, body.model)
+    refuse_unsupported(body)
+    job = GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="chat",
+        model=stored.name.canonical,
+        messages=chat_messages(body),
+        format=response_format(body),
+        options=options(body),
+        admitted_ns=now_ns(),
+    )
+    shape = ChatShape(body.model, _include_usage(body))
+    return await _generate(services, request, job, stored, shape, body.stream)
+
+
+@router.post("/completions")
+async def completions(
+    body: CompletionRequest, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    """Create a text completion for one prompt (OpenAI's legacy `text_completion`)."""
+    stored = _resolve(services, body.model)
+    refuse_unsupported(body)
+    job = GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="generate",
+        model=stored.name.canonical,
+        prompt=completion_prompt(body),
+        suffix=body.suffix or None,
+        options=options(body),
+        admitted_ns=now_ns(),
+    )
+    shape = CompletionShape(body.model, _include_usage(body))
+    return await _generate(services, request, job, stored, shape, body.stream)
+
+
+async def _embed(services: Services, request: Request, job: EmbedJob, display: str) -> dict[str, Any]:
+    await services.admission.admit(JOB_FUNC_EMBED, job, await services.workers.queue_for(display))
+
+    async def gone() -> bool:
+        return await request.is_disconnected()
+
+    async for event in services.relay.events(job.job_id, gone):
+        if event["type"] == "embedding":
+            return event
+        if event["type"] == "error":
+            raise OpenAIError(str(event.get("error")), status_code=int(event.get("status", 500)))
+        if event["type"] == "gone":
+            if not await services.admission.withdraw(job.job_id):
+                await services.relay.cancel(job.job_id)
+            raise OpenAIError("client closed the request", status_code=499)
+    raise OpenAIError("the event stream ended early", status_code=500)
+
+
+@router.post("/embeddings")
+async def embeddings(
+    body: EmbeddingRequest, request: Request, services: Services = Depends(get_services)
+) -> JSONResponse:
+    """Embed a string or a list of strings as unit vectors (floats, or base64 little-endian float32)."""
+    stored = _resolve(services, body.model)
+    job = EmbedJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        model=stored.name.canonical,
+        inputs=embedding_inputs(body),
+        dimensions=body.dimensions,
+        admitted_ns=now_ns(),
+    )
+    event = await _embed(services, request, job, stored.name.display)
+    return JSONResponse(
+        embedding_list(
+            body.model, event["embeddings"], int(event.get("prompt_eval_count") or 0), body.encoding_format
+        )
+    )
+
+
+def _model_object(model: StoredModel) -> dict[str, Any]:
+    return {
+        "id": model.name.display,
+        "object": "model",
+        "created": int(model.modified_at.timestamp()),
+        "owned_by": model.name.namespace,
+    }
+
+
+@router.get("/models")
+async def list_models(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """The models in the store, newest first."""
+    return {"object": "list", "data": [_model_object(m) for m in services.store.list()]}
+
+
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, services: Services = Depends(get_services)) -> dict[str, Any]:
+    """One model; names with a namespace (`someone/handmade:v1`) work as they are."""
+    return _model_object(_resolve(services, model))
