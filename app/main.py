@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
-    """Puts nginx's X-Request-ID (or a new one) on request.state and on the response.
+    """Puts nginx's X-Request-ID (or a new one) on request.state and the response, and logs the request.
 
     A plain ASGI middleware: Starlette's BaseHTTPMiddleware wraps `receive`, which breaks disconnect
     detection for streaming responses (a live client looked disconnected after the first chunk).
@@ -46,12 +47,30 @@ class RequestIdMiddleware:
         rid = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
 
+        started = time.perf_counter()
+        status = 0
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            # One line per request, carrying the id nginx logged too (the worker logs it as well).
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                    "request_id": rid,
+                },
+            )
 
 
 class JsonBodyMiddleware:

@@ -161,6 +161,7 @@ class WorkerRuntime:
             log.info("client left before the job started", extra={"request_id": job.request_id})
             return
         self._job_publisher.send(job.job_id, "started", worker=self.settings.worker_id)
+        log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": job.kind})
         try:
             self._generate(job)
         except JobError as exc:
@@ -265,6 +266,7 @@ class WorkerRuntime:
         if self._cancelled(job.job_id):
             return
         self._job_publisher.send(job.job_id, "started", worker=self.settings.worker_id)
+        log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": "embed"})
         try:
             stored = self._resolve(job.model)
             options = {**stored.params, **job.options}
@@ -360,6 +362,16 @@ class WorkerRuntime:
             running = self._running.pop(event.key, None)
         if running is None:
             return None
+        log.info(
+            "job finished",
+            extra={
+                "request_id": running.job.request_id,
+                "job": event.key,
+                "reason": event.reason,
+                "prompt_tokens": event.prompt_tokens,
+                "tokens": event.eval_tokens,
+            },
+        )
         if event.reason == "error":
             self._loop_publisher.add(event.key, "error", status=500, error=event.error or "decode failed")
         elif event.reason != "cancel":

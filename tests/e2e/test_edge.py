@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import os
 import re
 import shutil
 import socket
@@ -222,6 +223,49 @@ def page_server(host: str, page: str) -> Iterator[int]:
         server.server_close()
 
 
+# Streams a chat reply from /api/chat with fetch() and renders each NDJSON chunk of it.
+CHAT_PAGE = """<!doctype html>
+<html><body style="font: 16px sans-serif"><h3>Herd chat from %(origin)s</h3>
+<pre id="reply" style="white-space: pre-wrap"></pre><pre id="result">pending</pre><script>
+(async () => {
+  const reply = document.getElementById("reply");
+  let chunks = 0;
+  try {
+    const r = await fetch("%(api)s/api/chat", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({model: "tiny-chat", messages: [{role: "user", content: "hello"}],
+                            options: {temperature: 0, num_predict: 24}})});
+    // The NDJSON stream, chunk by chunk (Chromium's virtual time, which --dump-dom needs, stalls a
+    // body reader, so the page reads the whole stream and then renders each chunk).
+    for (const text of (await r.text()).split("\\n")) {
+      if (!text) continue;
+      const line = JSON.parse(text);
+      if (!line.done) { chunks += 1; reply.textContent += line.message.content; }
+    }
+    document.getElementById("result").textContent = "streamed " + chunks;
+  } catch (e) { document.getElementById("result").textContent = "blocked " + e.name; }
+})();
+</script></body></html>
+"""
+
+ARTIFACTS = Path(
+    os.environ.get("HERD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".run" / "test-artifacts")
+)
+
+
+def chromium_screenshot(url: str, profile: Path, out: Path) -> None:
+    """A PNG of the page at ``url`` after its scripts ran, kept as a test artifact."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert binary is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=15000",
+        "--window-size=900,500", f"--screenshot={out}", url,
+    ]  # fmt: skip
+    subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert out.exists() and out.stat().st_size > 1000, f"no screenshot at {out}"
+
+
 def chromium_result(url: str, profile: Path) -> str:
     """What the page at ``url`` wrote into #result, run by headless Chromium."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -247,3 +291,18 @@ def test_a_browser_page_from_an_allowed_origin_reads_the_api(base_url: str, tmp_
     with page_server("127.0.0.2", page) as port:
         refused = chromium_result(f"http://127.0.0.2:{port}/index.html", tmp_path / "profile-b")
     assert refused == "blocked TypeError"
+
+
+@pytest.mark.slow
+def test_a_browser_page_streams_a_chat_only_from_an_allowed_origin(base_url: str, tmp_path: Path) -> None:
+    for host, name in (("127.0.0.1", "allowed"), ("127.0.0.2", "refused")):
+        page_host = "localhost" if name == "allowed" else host
+        page = CHAT_PAGE % {"api": base_url, "origin": page_host}
+        with page_server(host, page) as port:
+            url = f"http://{page_host}:{port}/index.html"
+            result = chromium_result(url, tmp_path / f"profile-{name}")
+            chromium_screenshot(url, tmp_path / f"shot-{name}", ARTIFACTS / f"browser-chat-{name}.png")
+        if name == "allowed":
+            assert result.startswith("streamed ") and int(result.split()[1]) >= 10, result
+        else:
+            assert result == "blocked TypeError", result
