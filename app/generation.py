@@ -136,7 +136,8 @@ class Generation:
             return await self._collect(kind, first)
         return StreamingResponse(self._stream(kind, first), media_type="application/x-ndjson")
 
-    async def _collect(self, kind: Kind, event: dict[str, Any]) -> Response:
+    async def gather(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The text up to the terminal event (done, error, or "gone" when the client left), and that event."""
         parts: list[str] = []
         try:
             while event["type"] == "token":
@@ -147,11 +148,17 @@ class Generation:
             raise
         if event["type"] == "gone":
             self.abandon()
+        else:
+            self._done = True
+        return "".join(parts), event
+
+    async def _collect(self, kind: Kind, event: dict[str, Any]) -> Response:
+        text, event = await self.gather(event)
+        if event["type"] == "gone":
             return Response(status_code=499)
-        self._done = True
         if event["type"] == "error":
             return error_response(int(event.get("status", 500)), str(event.get("error")))
-        return JSONResponse(final_chunk(kind, self.model, event, "".join(parts), self._total_ns()))
+        return JSONResponse(final_chunk(kind, self.model, event, text, self._total_ns()))
 
     async def _stream(self, kind: Kind, event: dict[str, Any]) -> AsyncIterator[bytes]:
         try:

@@ -87,22 +87,26 @@ _ACCEPTED_IGNORED = frozenset(
 )
 
 
-class _Request(BaseModel):
+class _Named(BaseModel):
+    """A body that names a model; older clients send "name" instead of "model"."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(default="", description="Model name, e.g. gemma3:270m.")
-    keep_alive: str | float | None = Field(
-        default=None, description='How long to keep the model loaded: "5m", seconds, negative for ever, 0.'
-    )
-    options: Options | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _legacy_name(cls, data: Any) -> Any:
-        # Older clients send "name" instead of "model".
         if isinstance(data, dict) and not data.get("model") and isinstance(data.get("name"), str):
             data = {**data, "model": data["name"]}
         return data
+
+
+class _Request(_Named):
+    keep_alive: str | float | None = Field(
+        default=None, description='How long to keep the model loaded: "5m", seconds, negative for ever, 0.'
+    )
+    options: Options | None = None
 
 
 class GenerateRequest(_Request):
@@ -144,17 +148,7 @@ class EmbeddingsRequest(_Request):
     prompt: str = ""
 
 
-class ShowRequest(BaseModel):
+class ShowRequest(_Named):
     """POST /api/show."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = ""
     verbose: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _legacy_name(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("model") and isinstance(data.get("name"), str):
-            data = {**data, "model": data["name"]}
-        return data

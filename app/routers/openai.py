@@ -85,22 +85,12 @@ class OpenAIGeneration(Generation):
             return StreamingResponse(
                 self._sse_stream(first), media_type="text/event-stream", headers=_SSE_HEADERS
             )
-        parts: list[str] = []
-        event = first
-        try:
-            while event["type"] == "token":
-                parts.append(event["text"])
-                event = await self._next()
-        except asyncio.CancelledError:
-            self.abandon()
-            raise
+        text, event = await self.gather(first)
         if event["type"] == "gone":
-            self.abandon()
             return Response(status_code=499)
-        self._done = True
         if event["type"] == "error":
             return openai_error_response(int(event.get("status", 500)), str(event.get("error")))
-        return JSONResponse(self.shape.complete("".join(parts), event))
+        return JSONResponse(self.shape.complete(text, event))
 
     async def _sse_stream(self, event: dict[str, Any]) -> AsyncIterator[bytes]:
         try:
