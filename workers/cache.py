@@ -86,7 +86,7 @@ class LoadedModel:
 
 def _kv_bytes(model: LoadedModel) -> int:
     """The KV cache the engine's context holds: every cell of every sequence slot."""
-    return model.llama.kv_bytes_per_token() * model.n_ctx * model.engine.n_parallel
+    return model.llama.kv_bytes_per_token * model.n_ctx * model.engine.n_parallel
 
 
 class ModelCache:
@@ -256,8 +256,11 @@ class ModelCache:
             return [m.engine for m in self._models.values() if m.engine.busy]
 
     def states(self) -> list[LoadedModelState]:
-        with self.lock:
-            return [m.state() for m in self._models.values()]
+        """What /api/ps shows, read without the lock so that a heartbeat never waits for a decode step.
+
+        Copying the dict's values is atomic under the GIL, and state() only reads fields.
+        """
+        return [m.state() for m in list(self._models.values())]
 
     def close(self) -> None:
         with self._changed:

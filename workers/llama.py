@@ -64,6 +64,8 @@ class LlamaModel:
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
         self.has_encoder = bool(llama.llama_model_has_encoder(handle))
         self._piece_buf = ctypes.create_string_buffer(256)
+        # Read once: the worker's state (heartbeat thread) uses it without touching the C model.
+        self.kv_bytes_per_token = self._kv_bytes_per_token()
 
     def meta(self, key: str) -> str | None:
         """One GGUF metadata value as text, or None."""
@@ -76,7 +78,7 @@ class LlamaModel:
             llama.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
 
-    def kv_bytes_per_token(self) -> int:
+    def _kv_bytes_per_token(self) -> int:
         """Bytes of K and V cache per token across all layers (f16 cache, llama.cpp's default)."""
         arch = self.meta("general.architecture") or ""
         n_layer = int(llama.llama_model_n_layer(self.handle))

@@ -413,21 +413,6 @@ class WorkerRuntime:
         ttl_ms = int(self.settings.heartbeat_s * 3000)
         self.client.set(worker_state_key(self.settings.worker_id), self.state().model_dump_json(), px=ttl_ms)
 
-    def _heartbeat(self) -> None:
-        """Refresh the state; while a long decode step holds the cache lock, at least keep it alive.
-
-        Liveness must never wait for decoding: the API takes a state key that expires for a dead
-        worker, and a slow step (a grammar over a 262k vocabulary on a busy CPU) is not death.
-        """
-        if self.cache.lock.acquire(timeout=min(0.05, self.settings.heartbeat_s / 4)):
-            try:
-                self.publish_state()
-            finally:
-                self.cache.lock.release()
-        else:
-            ttl_ms = int(self.settings.heartbeat_s * 3000)
-            self.client.pexpire(worker_state_key(self.settings.worker_id), ttl_ms)
-
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
             self._state_dirty.wait(timeout=self.settings.heartbeat_s)
@@ -435,6 +420,7 @@ class WorkerRuntime:
             if self._stop.is_set():
                 break
             try:
-                self._heartbeat()
+                # Never under the cache lock: liveness must not wait for a (slow) decode step.
+                self.publish_state()
             except redis.RedisError:
                 log.warning("heartbeat failed: Redis unreachable")
