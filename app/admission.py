@@ -24,6 +24,7 @@ from app.contracts import (
     rq_queue_key,
 )
 from app.errors import ServerBusy
+from app.metrics import REJECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Admission:
             )
         )
         if waiting < 0:
+            REJECTIONS.inc()
             log.info("queue full, request refused", extra={"request_id": payload.request_id})
             raise ServerBusy(self._retry_after_s)
         return waiting

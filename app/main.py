@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import __version__
+from app import __version__, metrics
 from app.admission import Admission
 from app.auth import ApiKeyMiddleware
 from app.errors import install_error_handlers
@@ -60,6 +60,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            metrics.observe_request(scope["method"], scope["path"], status)
             # One line per request, carrying the id nginx logged too (the worker logs it as well).
             log.info(
                 "request",

@@ -6,9 +6,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import __version__
+from app import __version__, metrics
 from app.services import Services, get_services
 
 router = APIRouter(tags=["meta"])
@@ -46,3 +47,9 @@ async def ready(services: Services = Depends(get_services)) -> dict[str, Any] | 
     if not workers:
         return JSONResponse({"error": "no worker is running"}, status_code=503)
     return {"status": "ready", "workers": [w.worker_id for w in workers]}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(services: Services = Depends(get_services)) -> Response:
+    """Prometheus metrics (nginx serves them on its internal listener only, unless HERD_METRICS_PUBLIC)."""
+    return Response(await metrics.render(services), media_type=CONTENT_TYPE_LATEST)

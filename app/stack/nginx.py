@@ -94,6 +94,7 @@ def render_nginx_conf(settings: StackSettings) -> str:
             origin_regexes=sorted({origin_regex(p) for p in settings.origin_patterns}),
             check_host=settings.loopback_bind,
             metrics_public=settings.metrics_public,
+            metrics_listen=f"127.0.0.1:{settings.metrics_port}",
             max_body_size=settings.max_body_size,
             tls=settings.tls,
             tls_cert=tls_cert,

@@ -151,6 +151,13 @@ class StackSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_REDIS_PORT"),
         description="The port of the stack's own redis-server on 127.0.0.1.",
     )
+    metrics_port: int = Field(
+        default=11437,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("HERD_METRICS_PORT"),
+        description="nginx's internal listener on 127.0.0.1 that serves /metrics to Prometheus.",
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -237,13 +244,15 @@ class StackSettings(CommonSettings):
         # so every path handed to them must be absolute.
         return value.expanduser().absolute()
 
-    @field_validator("api_port", "redis_port")
+    @field_validator("api_port", "redis_port", "metrics_port")
     @classmethod
     def _ports_distinct(cls, value: int, info: ValidationInfo) -> int:
         # Two of the stack's processes cannot bind one port; say so at start, not as a bind error later.
         # The message names both variables: the clash may come from a default, not from what was set.
-        this = "HERD_API_PORT" if info.field_name == "api_port" else "HERD_REDIS_PORT"
-        taken = {"HERD_API_PORT": info.data.get("api_port")}
+        this = {"api_port": "HERD_API_PORT", "redis_port": "HERD_REDIS_PORT"}.get(
+            info.field_name or "", "HERD_METRICS_PORT"
+        )
+        taken = {"HERD_API_PORT": info.data.get("api_port"), "HERD_REDIS_PORT": info.data.get("redis_port")}
         host = info.data.get("ollama_host")
         if host is not None:
             taken["OLLAMA_HOST"] = parse_ollama_host(host)[1]

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -198,6 +199,7 @@ class Stack:
             ("OLLAMA_HOST", s.listen_host, s.listen_port),
             ("HERD_API_PORT", "127.0.0.1", s.api_port),
             ("HERD_REDIS_PORT", "127.0.0.1", s.redis_port),
+            ("HERD_METRICS_PORT", "127.0.0.1", s.metrics_port),
         ):
             if _port_in_use(host, port):
                 raise StackError(
@@ -234,8 +236,17 @@ class Stack:
             self.redis.wait_ready(self._redis_ready, timeout=30)
 
             (s.run_dir / "api").mkdir(parents=True, exist_ok=True)
+            # gunicorn's processes share their Prometheus counters through files here; a stale set from
+            # an earlier run would add its counts to this one.
+            prom_dir = s.run_dir / "api" / "prometheus"
+            shutil.rmtree(prom_dir, ignore_errors=True)
+            prom_dir.mkdir(parents=True)
             self.api = ManagedProcess(
-                "api", self.api_argv(), log_path=logs / "api.log", env=env, cwd=_SOURCE_ROOT
+                "api",
+                self.api_argv(),
+                log_path=logs / "api.log",
+                env={**env, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
+                cwd=_SOURCE_ROOT,
             )
             self.api.start()
             self.api.wait_ready(self._api_live, timeout=60)

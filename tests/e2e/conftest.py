@@ -62,6 +62,7 @@ def start_stack(
         OLLAMA_HOST=f"127.0.0.1:{free_port()}",
         HERD_API_PORT=free_port(),
         HERD_REDIS_PORT=free_port(),
+        HERD_METRICS_PORT=free_port(),
         HERD_RUN_DIR=run_dir,
         OLLAMA_MODELS=models_dir,
         HERD_API_PROCESSES=1,

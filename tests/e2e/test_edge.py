@@ -161,6 +161,7 @@ def test_a_lan_bind_serves_the_api_over_https(
         OLLAMA_HOST=f"127.0.0.2:{free_port()}",
         HERD_API_PORT=free_port(),
         HERD_REDIS_PORT=free_port(),
+        HERD_METRICS_PORT=free_port(),
         HERD_RUN_DIR=tmp_path / "run",
         OLLAMA_MODELS=models_dir,
         HERD_API_PROCESSES=1,

@@ -22,12 +22,18 @@ def _port_open(port: int) -> bool:
 
 
 def test_herd_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c(models_dir: Path, tmp_path: Path) -> None:
-    ports = {"OLLAMA_HOST": free_port(), "HERD_API_PORT": free_port(), "HERD_REDIS_PORT": free_port()}
+    ports = {
+        "OLLAMA_HOST": free_port(),
+        "HERD_API_PORT": free_port(),
+        "HERD_REDIS_PORT": free_port(),
+        "HERD_METRICS_PORT": free_port(),
+    }
     env = {
         **os.environ,
         "OLLAMA_HOST": f"127.0.0.1:{ports['OLLAMA_HOST']}",
         "HERD_API_PORT": str(ports["HERD_API_PORT"]),
         "HERD_REDIS_PORT": str(ports["HERD_REDIS_PORT"]),
+        "HERD_METRICS_PORT": str(ports["HERD_METRICS_PORT"]),
         "HERD_RUN_DIR": str(tmp_path / "run"),
         "OLLAMA_MODELS": str(models_dir),
         "HERD_API_PROCESSES": "1",

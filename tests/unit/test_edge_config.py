@@ -415,5 +415,6 @@ def test_rendered_edge_config_passes_real_nginx_t(tmp_path: Path) -> None:
     )
     conf = render_nginx_conf(settings)
     assert '"~*^https://[^/:]*\\.example\\.com$" 1;' in conf
-    assert "location = /metrics" not in conf
+    # Only the internal listener's: the public server passes /metrics through to the API.
+    assert conf.count("location = /metrics") == 1
     check_nginx_conf(write_nginx_conf(settings), nginx_dir(settings))
