@@ -195,12 +195,16 @@ class Stack:
 
     def _check_ports(self) -> None:
         s = self.settings
-        for variable, host, port in (
+        checks = [
             ("OLLAMA_HOST", s.listen_host, s.listen_port),
             ("HERD_API_PORT", "127.0.0.1", s.api_port),
             ("HERD_REDIS_PORT", "127.0.0.1", s.redis_port),
             ("HERD_METRICS_PORT", "127.0.0.1", s.metrics_port),
-        ):
+        ]
+        if not s.loopback_bind:
+            # With TLS off loopback, nginx also serves plain HTTP on 127.0.0.1 at the same port.
+            checks.append(("OLLAMA_HOST", "127.0.0.1", s.listen_port))
+        for variable, host, port in checks:
             if _port_in_use(host, port):
                 raise StackError(
                     f"port {port} on {host} ({variable}) is already in use: another server (an Ollama, "

@@ -178,6 +178,10 @@ def test_a_lan_bind_serves_the_api_over_https(
             assert response.status_code == 200
             assert response.json()["done"] is True
             assert "strict-transport-security" in response.headers
+        # Plain HTTP to the LAN address is only ever redirected to HTTPS.
+        plain = httpx.get(f"http://127.0.0.2:{settings.listen_port}/api/tags", trust_env=False, timeout=10)
+        assert plain.status_code == 308
+        assert plain.headers["location"] == f"https://127.0.0.2:{settings.listen_port}/api/tags"
         # The operator can compare what a client is shown with the fingerprint logged at start.
         assert f"sha256 fingerprint {fingerprint(cert)}" in caplog.text
     finally:
