@@ -39,6 +39,11 @@ _UNSUPPORTED = frozenset(
 )
 
 
+# Integer ranges up to this many values are enforced by listing them; wider bounds are refused.
+MAX_ENUMERATED_RANGE = 1000
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
 class FormatError(ValueError):
     """A `format` value that is not "json", a JSON schema, or a schema this server can enforce."""
 
@@ -55,6 +60,37 @@ def _check_supported(node: Any, path: str) -> None:
             _check_supported(value, f"{path}/{i}")
 
 
+def _enforce_bounds(node: Any, path: str) -> Any:
+    """A copy of the schema whose integer bounds the grammar converter can enforce.
+
+    The converter ignores minimum/maximum, which would let "age": 43774 through a 0..120 schema. A
+    bounded integer becomes the enum of its values; any other numeric bound is refused by name.
+    """
+    if isinstance(node, list):
+        return [_enforce_bounds(v, f"{path}/{i}") for i, v in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    # Under "properties" the keys are property names, which may well be "minimum".
+    names = path.endswith("/properties")
+    out = {k: _enforce_bounds(v, f"{path}/{k}") for k, v in node.items() if names or k not in _BOUNDS}
+    bounds = {} if names else {k: node[k] for k in _BOUNDS if k in node}
+    if not bounds:
+        return out
+    low = bounds.get("minimum", bounds["exclusiveMinimum"] + 1 if "exclusiveMinimum" in bounds else None)
+    high = bounds.get("maximum", bounds["exclusiveMaximum"] - 1 if "exclusiveMaximum" in bounds else None)
+    integral = node.get("type") == "integer" and all(isinstance(v, int) for v in bounds.values())
+    if not integral or low is None or high is None or high - low + 1 > MAX_ENUMERATED_RANGE:
+        feature = next(iter(bounds))
+        raise FormatError(
+            f"unsupported JSON schema feature {feature!r} at {path or '/'}: only integer ranges of at most "
+            f"{MAX_ENUMERATED_RANGE} values can be enforced"
+        )
+    if high < low:
+        raise FormatError(f"empty integer range at {path or '/'}: minimum {low} > maximum {high}")
+    out.pop("type", None)
+    return {**out, "enum": list(range(low, high + 1))}
+
+
 def grammar_for_format(fmt: str | dict[str, Any] | None) -> str | None:
     """The GBNF grammar for a request's `format`, or None for free text."""
     if fmt is None or fmt == "":
@@ -64,7 +100,8 @@ def grammar_for_format(fmt: str | dict[str, Any] | None) -> str | None:
     if isinstance(fmt, str):
         raise FormatError(f'invalid format {fmt!r}: format must be an empty string, "json", or a JSON schema')
     _check_supported(fmt, "")
+    schema = _enforce_bounds(fmt, "")
     try:
-        return json_schema_to_gbnf(json.dumps(fmt))
+        return json_schema_to_gbnf(json.dumps(schema))
     except (ValueError, KeyError, TypeError, NotImplementedError, AssertionError) as exc:
         raise FormatError(f"unsupported JSON schema: {exc}") from exc
