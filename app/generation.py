@@ -118,9 +118,24 @@ class Generation:
     def _total_ns(self) -> int:
         return max(time.time_ns() - self.job.admitted_ns, 0)
 
+    # --- what differs between the native API and /v1 (OpenAIGeneration overrides these) --------------
+
+    def error(self, status: int, message: str) -> Response:
+        """An error answered before any output: Ollama's `{"error": ...}`."""
+        return error_response(status, message)
+
+    def complete(self, text: str, event: dict[str, Any]) -> Response:
+        """The whole answer of a non-streaming request."""
+        return JSONResponse(final_chunk(self.job.kind, self.model, event, text, self._total_ns()))
+
+    def stream(self, first: dict[str, Any]) -> Response:
+        """The streaming answer, starting with the first event."""
+        return StreamingResponse(self._stream(self.job.kind, first), media_type="application/x-ndjson")
+
+    # --- shared ------------------------------------------------------------------------------------
+
     async def respond(self, stream: bool) -> Response:
-        """The HTTP response: one JSON object, or an NDJSON stream."""
-        kind: Kind = self.job.kind
+        """The HTTP response: the first event decides the status; then one object, or a stream."""
         try:
             first = await self._next()
         except asyncio.CancelledError:
@@ -131,10 +146,15 @@ class Generation:
             return Response(status_code=499)
         if first["type"] == "error":
             self._done = True
-            return error_response(int(first.get("status", 500)), str(first.get("error")))
-        if not stream:
-            return await self._collect(kind, first)
-        return StreamingResponse(self._stream(kind, first), media_type="application/x-ndjson")
+            return self.error(int(first.get("status", 500)), str(first.get("error")))
+        if stream:
+            return self.stream(first)
+        text, event = await self.gather(first)
+        if event["type"] == "gone":
+            return Response(status_code=499)
+        if event["type"] == "error":
+            return self.error(int(event.get("status", 500)), str(event.get("error")))
+        return self.complete(text, event)
 
     async def gather(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The text up to the terminal event (done, error, or "gone" when the client left), and that event."""
@@ -151,14 +171,6 @@ class Generation:
         else:
             self._done = True
         return "".join(parts), event
-
-    async def _collect(self, kind: Kind, event: dict[str, Any]) -> Response:
-        text, event = await self.gather(event)
-        if event["type"] == "gone":
-            return Response(status_code=499)
-        if event["type"] == "error":
-            return error_response(int(event.get("status", 500)), str(event.get("error")))
-        return JSONResponse(final_chunk(kind, self.model, event, text, self._total_ns()))
 
     async def _stream(self, kind: Kind, event: dict[str, Any]) -> AsyncIterator[bytes]:
         try:

@@ -6,7 +6,6 @@ Requests become the same jobs the native routes admit; only the request and resp
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -68,29 +67,19 @@ class OpenAIGeneration(Generation):
         super().__init__(services, request, job, shape.model)
         self.shape = shape
 
-    async def respond(self, stream: bool) -> Response:
-        """The first event decides the status; then one object, or an SSE stream ending with [DONE]."""
-        try:
-            first = await self._next()
-        except asyncio.CancelledError:
-            self.abandon()
-            raise
-        if first["type"] == "gone":
-            self.abandon()
-            return Response(status_code=499)
-        if first["type"] == "error":
-            self._done = True
-            return openai_error_response(int(first.get("status", 500)), str(first.get("error")))
-        if stream:
-            return StreamingResponse(
-                self._sse_stream(first), media_type="text/event-stream", headers=_SSE_HEADERS
-            )
-        text, event = await self.gather(first)
-        if event["type"] == "gone":
-            return Response(status_code=499)
-        if event["type"] == "error":
-            return openai_error_response(int(event.get("status", 500)), str(event.get("error")))
+    def error(self, status: int, message: str) -> Response:
+        """An error before any output, in OpenAI's shape."""
+        return openai_error_response(status, message)
+
+    def complete(self, text: str, event: dict[str, Any]) -> Response:
+        """One chat.completion or text_completion object."""
         return JSONResponse(self.shape.complete(text, event))
+
+    def stream(self, first: dict[str, Any]) -> Response:
+        """Server-sent chunk events ending with [DONE]."""
+        return StreamingResponse(
+            self._sse_stream(first), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
 
     async def _sse_stream(self, event: dict[str, Any]) -> AsyncIterator[bytes]:
         try:
