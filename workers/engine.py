@@ -22,7 +22,7 @@ from typing import Literal
 import llama_cpp as llama
 
 from workers.llama import LlamaModel
-from workers.sampling import SamplingParams, build_sampler
+from workers.sampling import SamplingParams, SequenceSampler
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ Event = TokenEvent | DoneEvent
 class _Sequence:
     request: SequenceRequest
     seq_id: int
-    sampler: llama.llama_sampler_p
+    sampler: SequenceSampler
     submitted_ns: int
     prefilled: int = 0  # prompt tokens already in the KV cache
     n_past: int = 0
@@ -144,10 +144,10 @@ class BatchEngine:
             raise ValueError("a sequence needs at least one prompt token")
         if len(request.prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(request.prompt)} tokens does not fit num_ctx {self.n_ctx}")
-        sampler = build_sampler(self.model, request.sampling, self.n_ctx)
+        sampler = SequenceSampler(self.model, request.sampling, self.n_ctx)
         with self._lock:
             if not self._free_ids:
-                llama.llama_sampler_free(sampler)
+                sampler.free_all()
                 raise NoFreeSlot(f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy")
             seq_id = self._free_ids.popleft()
             self._running.append(_Sequence(request, seq_id, sampler, time.perf_counter_ns()))
@@ -208,7 +208,7 @@ class BatchEngine:
         for seq, index in sample_at:
             if seq.pending_token is not None:
                 seq.n_past += 1  # the decoded pending token is now in the cache
-            token = llama.llama_sampler_sample(seq.sampler, self.ctx, index)
+            token = seq.sampler.sample(self.ctx, index)
             events.extend(self._accept(seq, token))
         return events
 
@@ -258,7 +258,7 @@ class BatchEngine:
         now = time.perf_counter_ns()
         first = seq.first_token_ns or now
         llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        llama.llama_sampler_free(seq.sampler)
+        seq.sampler.free_all()
         with self._lock:
             self._running.remove(seq)
             self._free_ids.append(seq.seq_id)
@@ -277,7 +277,7 @@ class BatchEngine:
         """Free the context; every running sequence is dropped."""
         with self._lock:
             for seq in self._running:
-                llama.llama_sampler_free(seq.sampler)
+                seq.sampler.free_all()
             self._running.clear()
         if self.ctx:
             llama.llama_batch_free(self._batch)

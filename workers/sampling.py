@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import math
 import random
 from dataclasses import dataclass
 
@@ -31,8 +33,56 @@ class SamplingParams:
     grammar: str | None = None
 
 
-def build_sampler(model: LlamaModel, params: SamplingParams, n_ctx: int) -> llama.llama_sampler_p:
-    """A sampler chain owned by one sequence; the caller frees it with llama_sampler_free."""
+class SequenceSampler:
+    """One sequence's sampling: its chain, and for `format` a grammar checked the cheap way.
+
+    Applying a grammar to all of a large vocabulary (262k tokens for Gemma) costs more than the decode
+    itself on a CPU. As llama.cpp's own common sampler does, sample without the grammar first and ask
+    the grammar about that one token; only when it refuses, sample again with the grammar applied.
+    """
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, n_ctx: int):
+        self.free = _build_chain(model, params, n_ctx, grammar=None)
+        self.constrained: llama.llama_sampler_p | None = None
+        if params.grammar is not None:
+            try:
+                self.constrained = _build_chain(model, params, n_ctx, grammar=params.grammar)
+            except GrammarError:
+                llama.llama_sampler_free(self.free)
+                raise
+            # The grammar is the first sampler of the constrained chain (see _build_chain).
+            self._grammar = llama.llama_sampler_chain_get(self.constrained, 0)
+            self._one = (llama.llama_token_data * 1)()
+            self._one_array = llama.llama_token_data_array(self._one, 1, -1, False)
+
+    def sample(self, ctx: llama.llama_context_p, index: int) -> int:
+        """The next token from the logits at batch index `index`."""
+        token = int(llama.llama_sampler_sample(self.free, ctx, index))
+        if self.constrained is None:
+            return token
+        self._one[0].id = token  # type: ignore[assignment]  # ctypes converts the int
+        self._one[0].logit = 1.0
+        self._one[0].p = 0.0
+        self._one_array.size = 1
+        self._one_array.selected = -1
+        llama.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
+        if not math.isinf(self._one[0].logit):
+            llama.llama_sampler_accept(self.constrained, token)
+            return token
+        # Refused: sample again among the tokens the grammar allows (this also accepts the token).
+        return int(llama.llama_sampler_sample(self.constrained, ctx, index))
+
+    def free_all(self) -> None:
+        """Free the native samplers."""
+        llama.llama_sampler_free(self.free)
+        if self.constrained is not None:
+            llama.llama_sampler_free(self.constrained)
+
+
+def _build_chain(
+    model: LlamaModel, params: SamplingParams, n_ctx: int, grammar: str | None
+) -> llama.llama_sampler_p:
+    """A native sampler chain; with a grammar, the grammar comes first."""
     chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
 
     def add(sampler: llama.llama_sampler_p | None, what: str) -> None:
@@ -42,8 +92,8 @@ def build_sampler(model: LlamaModel, params: SamplingParams, n_ctx: int) -> llam
         llama.llama_sampler_chain_add(chain, sampler)
 
     # The grammar goes first so that every later stage only sees tokens that keep the output valid.
-    if params.grammar is not None:
-        add(llama.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root"), "grammar")
+    if grammar is not None:
+        add(llama.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root"), "grammar")
     last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
     if last_n > 0 and (
         params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0

@@ -174,3 +174,19 @@ def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model: Llama
 )
 def test_stop_prefix_is_held_back(text: str, stops: list[str], held: int) -> None:
     assert _stop_prefix_len(text, stops) == held
+
+
+def test_grammar_holds_whichever_token_the_free_chain_would_pick(model: LlamaModel) -> None:
+    """The grammar is checked on the freely sampled token and re-sampled on refusal: output stays valid."""
+    engine = BatchEngine(model, n_ctx=256, n_parallel=8)
+    try:
+        for seed in range(8):
+            sampling = SamplingParams(temperature=1.5, seed=seed, grammar='root ::= "yes" | "no" | "maybe"')
+            engine.submit(
+                SequenceRequest(str(seed), model.tokenize("Is the sky green?"), sampling, max_tokens=20)
+            )
+        texts, done = run_all(engine)
+    finally:
+        engine.close()
+    assert all(d.reason == "stop" for d in done.values())
+    assert {texts.get(str(s), "") for s in range(8)} <= {"yes", "no", "maybe"}
