@@ -51,10 +51,6 @@ class ServerBusy(HerdError):
         )
 
 
-class ServiceUnavailable(HerdError):
-    status_code = 503
-
-
 def _describe_validation_error(error: dict[str, Any]) -> str:
     """One readable line naming the field at fault, e.g. "options.num_ctx: must be ≤ 1048576"."""
     loc = [str(part) for part in error.get("loc", ()) if part != "body"]

@@ -66,6 +66,11 @@ class Options(BaseModel):
         return known
 
 
+def options_payload(options: Options | None) -> dict[str, Any]:
+    """A request's options for the job payload ({} when it sent none)."""
+    return options.as_payload() if options is not None else {}
+
+
 _ACCEPTED_IGNORED = frozenset(
     {
         "num_gpu",

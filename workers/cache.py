@@ -247,10 +247,6 @@ class ModelCache:
 
     # --- views -------------------------------------------------------------------------------------
 
-    def get(self, name: str) -> LoadedModel | None:
-        with self.lock:
-            return self._models.get(name)
-
     def busy_engines(self) -> list[BatchEngine]:
         with self.lock:
             return [m.engine for m in self._models.values() if m.engine.busy]

@@ -10,14 +10,14 @@ from fastapi.responses import JSONResponse
 from app.contracts import JOB_FUNC_EMBED, EmbedJob
 from app.errors import HerdError
 from app.routers.generate import keep_alive_seconds
-from app.schemas import EmbeddingsRequest, EmbedRequest, Options
+from app.schemas import EmbeddingsRequest, EmbedRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
 
 router = APIRouter(tags=["embed"])
 
 
-async def _run(services: Services, request: Request, job: EmbedJob) -> dict[str, Any]:
-    queue = await services.workers.queue_for(services.resolve(job.model).name.display)
+async def _run(services: Services, request: Request, job: EmbedJob, display: str) -> dict[str, Any]:
+    queue = await services.workers.queue_for(display)
     await services.admission.admit(JOB_FUNC_EMBED, job, queue)
 
     async def gone() -> bool:
@@ -36,10 +36,6 @@ async def _run(services: Services, request: Request, job: EmbedJob) -> dict[str,
     raise HerdError("the event stream ended early")
 
 
-def _options(options: Options | None) -> dict[str, Any]:
-    return options.as_payload() if options is not None else {}
-
-
 @router.post("/api/embed")
 async def embed(
     body: EmbedRequest, request: Request, services: Services = Depends(get_services)
@@ -55,11 +51,11 @@ async def embed(
         inputs=inputs,
         truncate=body.truncate,
         dimensions=body.dimensions,
-        options=_options(body.options),
+        options=options_payload(body.options),
         keep_alive=keep_alive_seconds(body.keep_alive),
         admitted_ns=now_ns(),
     )
-    event = await _run(services, request, job)
+    event = await _run(services, request, job, stored.name.display)
     return JSONResponse(
         {
             "model": body.model,
@@ -83,10 +79,10 @@ async def embeddings(
         model=stored.name.canonical,
         inputs=[body.prompt] if body.prompt else [],
         normalize=False,
-        options=_options(body.options),
+        options=options_payload(body.options),
         keep_alive=keep_alive_seconds(body.keep_alive),
         admitted_ns=now_ns(),
     )
-    event = await _run(services, request, job)
+    event = await _run(services, request, job, stored.name.display)
     vectors = event["embeddings"]
     return JSONResponse({"embedding": vectors[0] if vectors else []})

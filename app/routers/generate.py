@@ -11,7 +11,7 @@ from app.contracts import GenerateJob
 from app.durations import InvalidDuration, parse_keep_alive
 from app.errors import BadRequest
 from app.generation import created_at, run_generation
-from app.schemas import ChatRequest, GenerateRequest, Options
+from app.schemas import ChatRequest, GenerateRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
 
 router = APIRouter(tags=["generate"])
@@ -32,10 +32,6 @@ def check_format(fmt: str | dict[str, Any] | None) -> str | dict[str, Any] | Non
     if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
         return fmt or None
     raise BadRequest(f'invalid format {fmt!r}: format must be an empty string, "json", or a JSON schema')
-
-
-def _options(options: Options | None) -> dict[str, Any]:
-    return options.as_payload() if options is not None else {}
 
 
 async def _unload_without_worker(services: Services, display: str) -> bool:
@@ -76,7 +72,7 @@ async def generate(
         raw=body.raw,
         context=body.context or None,
         format=check_format(body.format),
-        options=_options(body.options),
+        options=options_payload(body.options),
         keep_alive=keep_alive,
         admitted_ns=now_ns(),
     )
@@ -101,7 +97,7 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
         messages=body.messages,
         tools=body.tools,
         format=check_format(body.format),
-        options=_options(body.options),
+        options=options_payload(body.options),
         keep_alive=keep_alive,
         admitted_ns=now_ns(),
     )
