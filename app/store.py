@@ -519,21 +519,47 @@ class ModelStore:
                 "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": cfg_digest, "size": cfg_size},
                 "layers": [{"mediaType": m, "digest": d, "size": s} for m, d, s in norm],
             }
-            path = self._find_manifest(name) or self.manifest_path(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A leading "." makes the temp name an invalid tag, so neither we nor Ollama list it.
-            tmp = path.parent / f".{path.name}.partial-{secrets.token_hex(8)}"
-            try:
-                with open(tmp, "xb") as f:
-                    f.write(json.dumps(manifest, separators=(",", ":")).encode())
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                _fsync_dir(path.parent)
-            finally:
-                tmp.unlink(missing_ok=True)
-            on_disk = ModelName.from_parts(*path.relative_to(self.manifests_dir).parts)
-            return self._load(path, on_disk)
+            return self._replace_manifest(name, json.dumps(manifest, separators=(",", ":")).encode())
+
+    def write_manifest_bytes(self, name: ModelName, raw: bytes) -> StoredModel:
+        """Write ``raw`` (a manifest as a registry served it, or another model's) as ``name``, byte for byte.
+
+        Pulls and copies keep the exact bytes so the manifest's own digest stays what the registry says.
+        Every blob it names (config included) must already be in the store with its stated size.
+        """
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"the manifest for {name.display} is not JSON: {exc}") from exc
+        items = [doc.get("config"), *(doc.get("layers") or [])] if isinstance(doc, dict) else []
+        if not items or not all(isinstance(i, dict) for i in items):
+            raise StoreError(f"the manifest for {name.display} has no config or layers")
+        with self._lock():
+            for item in items:
+                digest, size = item.get("digest"), item.get("size")
+                if not isinstance(digest, str) or not isinstance(size, int):
+                    raise StoreError(f"the manifest for {name.display} has a layer without digest/size")
+                if not self._blob_is_complete(_digest_hex(digest), size):
+                    raise MissingBlob(f"blob {digest} ({size} bytes) is not in the store")
+            return self._replace_manifest(name, raw)
+
+    def _replace_manifest(self, name: ModelName, raw: bytes) -> StoredModel:
+        """Atomically put ``raw`` at ``name``'s manifest path (the caller holds the store lock)."""
+        path = self._find_manifest(name) or self.manifest_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A leading "." makes the temp name an invalid tag, so neither we nor Ollama list it.
+        tmp = path.parent / f".{path.name}.partial-{secrets.token_hex(8)}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        on_disk = ModelName.from_parts(*path.relative_to(self.manifests_dir).parts)
+        return self._load(path, on_disk)
 
     def import_gguf(
         self,
