@@ -57,7 +57,7 @@ $(PY):
 # The first install builds llama-cpp-python from source: use every core.
 $(STAMP): | $(PY)
 	@echo "==> installing Herd and its dev tools into $(VENV)"
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e '.[dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e '.[dev,worker]'
 	rm -f $(VENV)/.herd-installed-*
 	touch $@
 
