@@ -72,6 +72,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _cmd_store_worker(args: argparse.Namespace) -> int:
+    """Run the store worker (the stack starts one itself)."""
+    import workers.store_worker
+
+    workers.store_worker.main()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", _cmd_serve, "Start the stack (redis, API, workers, nginx) and supervise it", aliases=["up"])
     add("setup", _cmd_setup, "Place the bundled default model (gemma3:270m) in the store")
     add("worker", _cmd_worker, "Run one worker process")
+    add("store-worker", _cmd_store_worker, "Run the store worker (pull, push and create jobs)")
     return parser
 
 

@@ -121,7 +121,8 @@ class EmbedJob(BaseModel):
 # --- Events -----------------------------------------------------------------------------------------
 
 # "started" names the worker that took the job, so the API can tell when that worker dies.
-EventType = Literal["started", "token", "done", "error", "embedding"]
+# "progress" carries one Ollama progress object (pull, push, create) under "data".
+EventType = Literal["started", "token", "done", "error", "embedding", "progress"]
 
 
 def encode_event(kind: EventType, **fields: Any) -> dict[str, str]:
@@ -167,3 +168,37 @@ class WorkerState(BaseModel):
     models: list[LoadedModelState] = Field(default_factory=list)
     loads: int = 0  # models loaded since the worker started: consecutive requests must not reload
     heartbeat_at: float
+
+
+# --- Model jobs (pull, push, create) ------------------------------------------------------------------
+
+# The RQ queue of the store worker (`herd store-worker`). Not in QUEUE_KEYS_SET: a long download must
+# not count against OLLAMA_MAX_QUEUE, which bounds inference.
+MODELS_QUEUE = "herd-models"
+JOB_FUNC_PULL = "workers.store_jobs.run_pull"
+JOB_FUNC_PUSH = "workers.store_jobs.run_push"
+JOB_FUNC_CREATE = "workers.store_jobs.run_create"
+
+
+class CreateSpec(BaseModel):
+    """The parts of an /api/create request the store worker builds the model from."""
+
+    from_model: str | None = None  # canonical name of the base model
+    files: dict[str, str] = Field(default_factory=dict)  # file name -> "sha256:<hex>" blob
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    license: list[str] | None = None
+    quantize: str | None = None  # upper-case llama.cpp type name, e.g. "Q4_K_M"
+
+
+class ModelJob(BaseModel):
+    """A store job run by the store worker: pull or push through a registry, or create."""
+
+    job_id: str
+    request_id: str
+    kind: Literal["pull", "push", "create"]
+    model: str  # canonical name
+    insecure: bool = False
+    create: CreateSpec | None = None

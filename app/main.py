@@ -21,7 +21,7 @@ from app.logs import configure_logging
 from app.openai_errors import install_openai_error_handlers
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
-from app.routers import embed, generate, meta, models, openai
+from app.routers import embed, generate, manage, meta, models, openai
 from app.services import Services
 from app.settings import ApiSettings, load_settings
 from app.store import ModelStore
@@ -153,6 +153,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
-    for router in (meta.router, generate.router, embed.router, models.router, openai.router):
+    for router in (meta.router, generate.router, embed.router, models.router, manage.router, openai.router):
         app.include_router(router)
     return app

@@ -157,3 +157,40 @@ class ShowRequest(_Named):
     """POST /api/show."""
 
     verbose: bool = False
+
+
+class PullRequest(_Named):
+    """POST /api/pull and POST /api/push."""
+
+    insecure: bool = False
+    stream: bool = True
+
+
+class CreateRequest(_Named):
+    """POST /api/create, the JSON form of Ollama's current API (a Modelfile is parsed by the client)."""
+
+    from_: str | None = Field(default=None, alias="from", description="An existing model to build on.")
+    files: dict[str, str] | None = Field(default=None, description="GGUF file name -> uploaded blob digest.")
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[ChatMessage] | None = None
+    license: str | list[str] | None = None
+    quantize: str | None = Field(default=None, description="q4_K_M, q8_0, ... for an F16 or F32 source.")
+    # Older clients say "quantization".
+    quantization: str | None = None
+    stream: bool = True
+
+
+class CopyRequest(BaseModel):
+    """POST /api/copy."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    source: str = ""
+    destination: str = ""
+
+
+class DeleteRequest(_Named):
+    """DELETE /api/delete."""

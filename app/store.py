@@ -669,3 +669,72 @@ class ModelStore:
                     pass
                 except OSError as exc:
                     logger.warning("cannot remove blob sha256:%s: %s", hexd, exc)
+
+    # --- model management (create, copy, blob uploads) -------------------------------------------
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the store lock across several writes (layers, then the manifest) so no delete interleaves."""
+        return self._lock()
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob for ``digest`` is in the store; ValueError for a malformed digest."""
+        return self.blob_path(digest).is_file()
+
+    def manifest_bytes(self, name: ModelName) -> bytes:
+        """The manifest of ``name`` exactly as stored (for copies and pushes); ModelNotFound if absent."""
+        path = self._find_manifest(name)
+        if path is None:
+            raise ModelNotFound(name.display)
+        return path.read_bytes()
+
+    def blob_refs(self, name: ModelName) -> set[str]:
+        """Hex digests the manifest of ``name`` references (config included); empty when it has none."""
+        path = self._find_manifest(name)
+        return (self._manifest_refs(path) or set()) if path is not None else set()
+
+    def remove_unreferenced(self, hexds: set[str]) -> builtins.list[str]:
+        """Remove those of ``hexds`` that no manifest references any more; returns the removed ones."""
+        removed: list[str] = []
+        with self._lock():
+            others: set[str] = set()
+            for _, path in self._iter_manifest_files():
+                refs = self._manifest_refs(path)
+                if refs is None:
+                    if path.name.startswith("."):
+                        continue  # a stale temp file from a crashed write, never a live manifest
+                    logger.warning("not removing blobs: cannot read manifest %s", path)
+                    return removed
+                others |= refs
+            for hexd in sorted(hexds - others):
+                with contextlib.suppress(FileNotFoundError):
+                    self.blob_path(f"sha256:{hexd}").unlink()
+                    removed.append(hexd)
+        return removed
+
+    def new_blob_partial(self, digest: str) -> Path:
+        """A fresh temp path beside the blob for ``digest``, for a caller that writes and verifies it."""
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        return self._new_partial(_digest_hex(digest))
+
+    def publish_blob(self, partial: Path, digest: str) -> None:
+        """Rename a partial the caller has verified to hash to ``digest`` to its final blob name."""
+        self._publish(partial, _digest_hex(digest))
+
+    # --- resumable downloads (pulls) ---------------------------------------------------------------
+
+    def resumable_partial_path(self, digest: str) -> Path:
+        """A stable partial file for a blob being downloaded, so an interrupted pull can resume it.
+
+        Unlike the random ``-partial-<hex>`` temp names above, every puller of one digest agrees on
+        this path, which lets them share (and lock) one download.
+        """
+        return self.blobs_dir / f"sha256-{_digest_hex(digest)}-partial"
+
+    def blob_is_complete(self, digest: str, size: int) -> bool:
+        """Whether the blob for ``digest`` is in the store with exactly ``size`` bytes."""
+        return self._blob_is_complete(_digest_hex(digest), size)
+
+    def publish_verified(self, partial: Path, digest: str) -> Path:
+        """Rename ``partial``, whose sha256 the caller has verified to be ``digest``, to its blob name."""
+        self._publish(partial, _digest_hex(digest))
+        return self.blob_path(digest)

@@ -94,6 +94,8 @@ class Stack:
         self.redis: ManagedProcess | None = None
         self.api: ManagedProcess | None = None
         self.workers: list[ManagedProcess] = []
+        # Runs pull/push/create jobs (queue herd-models); supervised and restarted like the workers.
+        self.store_worker: ManagedProcess | None = None
         self.nginx: ManagedProcess | None = None
         self._lock_file: IO[bytes] | None = None
         self._stop_requested = threading.Event()
@@ -268,6 +270,14 @@ class Stack:
             ]
             for worker in self.workers:
                 worker.start()
+            self.store_worker = ManagedProcess(
+                "store-worker",
+                [sys.executable, "-m", "workers.store_worker"],
+                log_path=logs / "store-worker.log",
+                env=env,
+                cwd=_SOURCE_ROOT,
+            )
+            self.store_worker.start()
 
             self.nginx = ManagedProcess(
                 "nginx",
@@ -295,9 +305,10 @@ class Stack:
         if self.api is not None:
             self.api.stop(_STOP_TIMEOUT_S["api"])
         # All workers finish their current decode step in parallel rather than one after another.
-        for worker in self.workers:
+        supervised = [*self.workers, *([self.store_worker] if self.store_worker is not None else [])]
+        for worker in supervised:
             worker.terminate()
-        for worker in self.workers:
+        for worker in supervised:
             worker.stop(_STOP_TIMEOUT_S["worker"])
         if self.redis is not None:
             self.redis.stop(_STOP_TIMEOUT_S["redis"])
@@ -359,6 +370,8 @@ class Stack:
         now = time.monotonic()
         for worker in self.workers:
             self._supervise_worker(worker, now)
+        if self.store_worker is not None:
+            self._supervise_worker(self.store_worker, now)
 
     def run_forever(self, install_signal_handlers: bool = True) -> int:
         """Supervise until SIGINT/SIGTERM (returns 0) or a vital process dies (returns 1); then stop."""
