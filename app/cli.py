@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("setup", _cmd_setup, "Place the bundled default model (gemma3:270m) in the store")
     add("worker", _cmd_worker, "Run one worker process")
     add("store-worker", _cmd_store_worker, "Run the store worker (pull, push and create jobs)")
+    # Ollama's client commands (run, pull, list, ...); the module imports only argparse until one runs.
+    from app.client.commands import register
+
+    register(add)
     return parser
 
 
