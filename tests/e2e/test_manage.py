@@ -1,0 +1,283 @@
+"""Blobs, create, copy and delete through the real stack (nginx, the API, the store worker, a worker).
+
+Every model made here has a `c-` name of its own and is deleted before the test ends, since the session
+stack is shared with the other tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.stack.supervisor import Stack
+from tests.support.tiny_gguf import write_tiny_llama
+
+CHATML = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _blob_file(models_dir: Path, digest: str) -> Path:
+    return models_dir / "blobs" / digest.replace(":", "-")
+
+
+def _manifest_digests(models_dir: Path, name: str, tag: str) -> set[str]:
+    doc = json.loads((models_dir / "manifests/registry.ollama.ai/library" / name / tag).read_bytes())
+    return {doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])}
+
+
+def _upload(client: httpx.Client, data: bytes) -> str:
+    digest = _digest(data)
+    response = client.post(f"/api/blobs/{digest}", content=data)
+    assert response.status_code in (200, 201), response.text
+    return digest
+
+
+def _lines(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.iter_lines() if line]
+
+
+def _create(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with client.stream("POST", "/api/create", json=body) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"] == "application/x-ndjson"
+        return _lines(response)
+
+
+@pytest.fixture
+def gguf(tmp_path: Path) -> Iterator[Any]:
+    """Writes a distinct tiny F16 GGUF per seed and returns its bytes."""
+
+    def make(seed: int) -> bytes:
+        return write_tiny_llama(tmp_path / f"m{seed}.gguf", seed=seed).read_bytes()
+
+    yield make
+
+
+def test_blob_upload_checks_the_digest_and_leaves_nothing_behind(
+    client: httpx.Client, models_dir: Path, gguf: Any
+) -> None:
+    data = gguf(101)
+    digest = _digest(data)
+    assert client.head(f"/api/blobs/{digest}").status_code == 404
+
+    wrong = client.post(f"/api/blobs/{_digest(b'something else')}", content=data)
+    assert wrong.status_code == 400
+    assert (
+        wrong.json()["error"] == f'digest mismatch, expected "{_digest(b"something else")}", got "{digest}"'
+    )
+    assert not list((models_dir / "blobs").glob("*partial*"))
+    assert client.head(f"/api/blobs/{_digest(b'something else')}").status_code == 404
+
+    # Chunked upload through nginx (no Content-Length), as a client streaming a large file sends it.
+    chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))
+    assert client.post(f"/api/blobs/{digest}", content=chunks).status_code == 201
+    assert client.head(f"/api/blobs/{digest}").status_code == 200
+    assert _blob_file(models_dir, digest).read_bytes() == data
+    assert client.post(f"/api/blobs/{digest}", content=data).status_code == 200  # already there
+
+    assert client.head("/api/blobs/sha256:xyz").status_code == 400
+    bad = client.post("/api/blobs/md5:abc", content=b"x")
+    assert bad.status_code == 400 and "invalid digest format" in bad.json()["error"]
+    _blob_file(models_dir, digest).unlink()  # unreferenced; nobody else uses it
+
+
+def test_create_from_an_uploaded_gguf_then_generate(client: httpx.Client, gguf: Any) -> None:
+    digest = _upload(client, gguf(102))
+    lines = _create(
+        client,
+        {
+            "model": "c-files:v1",
+            "files": {"model.gguf": digest},
+            "template": CHATML,
+            "parameters": {"num_predict": 6, "temperature": 0, "stop": "<|im_end|>"},
+        },
+    )
+    statuses = [line["status"] for line in lines]
+    assert statuses[0] == "parsing GGUF"
+    assert f"using existing layer {digest}" in statuses
+    assert sum(s.startswith("creating new layer sha256:") for s in statuses) == 2  # template, params
+    assert statuses[-2:] == ["writing manifest", "success"]
+    try:
+        assert "c-files:v1" in [m["name"] for m in client.get("/api/tags").json()["models"]]
+        show = client.post("/api/show", json={"model": "c-files:v1"}).json()
+        assert show["template"] == CHATML
+        assert "stop" in show["parameters"] and show["details"]["quantization_level"] == "F16"
+        out = client.post("/api/generate", json={"model": "c-files:v1", "prompt": "hi", "stream": False})
+        assert out.status_code == 200, out.text
+        assert out.json()["eval_count"] == 6  # the model's own num_predict applies
+    finally:
+        assert client.request("DELETE", "/api/delete", json={"model": "c-files:v1"}).status_code == 200
+
+
+def test_create_from_a_model_without_streaming_answers_the_last_status(client: httpx.Client) -> None:
+    response = client.post(
+        "/api/create",
+        json={
+            "model": "c-derived",
+            "from": "tiny-a",
+            "system": "You are a pirate.",
+            "parameters": {"top_k": 7},
+            "messages": [{"role": "user", "content": "ahoy"}, {"role": "assistant", "content": "arr"}],
+            "license": "MIT",
+            "stream": False,
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "success"}
+    try:
+        show = client.post("/api/show", json={"model": "c-derived"}).json()
+        assert show["system"] == "You are a pirate."
+        assert show["license"] == "MIT"
+        assert "top_k" in show["parameters"]
+        assert show["messages"] == [
+            {"role": "user", "content": "ahoy"},
+            {"role": "assistant", "content": "arr"},
+        ]
+        tiny = client.post("/api/show", json={"model": "tiny-a"}).json()
+        assert show["model_info"] == tiny["model_info"]  # same weights
+    finally:
+        client.request("DELETE", "/api/delete", json={"model": "c-derived"})
+
+
+def test_copy_and_delete_count_blob_references(client: httpx.Client, models_dir: Path, gguf: Any) -> None:
+    digest = _upload(client, gguf(103))
+    _create(client, {"model": "c-orig:v1", "files": {"m.gguf": digest}, "system": "only mine"})
+    blobs = _manifest_digests(models_dir, "c-orig", "v1")
+    assert digest in blobs
+
+    assert (
+        client.post("/api/copy", json={"source": "c-orig:v1", "destination": "c-copy:v2"}).status_code == 200
+    )
+    assert _manifest_digests(models_dir, "c-copy", "v2") == blobs
+    a = client.post("/api/show", json={"model": "c-orig:v1"}).json()
+    b = client.post("/api/show", json={"model": "c-copy:v2"}).json()
+    assert a["system"] == b["system"] == "only mine"
+
+    # The copy still needs every blob: deleting the original removes none.
+    assert client.request("DELETE", "/api/delete", json={"model": "c-orig:v1"}).status_code == 200
+    assert all(_blob_file(models_dir, d).is_file() for d in blobs)
+    assert client.post("/api/show", json={"model": "c-orig:v1"}).status_code == 404
+
+    # The last reference gone, the blobs go too; tiny-a's blobs are untouched.
+    tiny_blobs = _manifest_digests(models_dir, "tiny-a", "latest")
+    assert client.request("DELETE", "/api/delete", json={"model": "c-copy:v2"}).status_code == 200
+    assert not any(_blob_file(models_dir, d).exists() for d in blobs)
+    assert all(_blob_file(models_dir, d).is_file() for d in tiny_blobs)
+
+    gone = client.request("DELETE", "/api/delete", json={"model": "c-copy:v2"})
+    assert gone.status_code == 404 and gone.json() == {"error": "model 'c-copy:v2' not found"}
+    missing = client.post("/api/copy", json={"source": "c-nothing", "destination": "c-x"})
+    assert missing.status_code == 404 and missing.json() == {"error": 'model "c-nothing" not found'}
+    assert client.post("/api/copy", json={"source": "tiny-a", "destination": "bad name!"}).status_code == 400
+
+
+def test_quantize_an_f16_upload_to_q8_0_and_generate_with_it(client: httpx.Client, gguf: Any) -> None:
+    digest = _upload(client, gguf(104))
+    lines = _create(client, {"model": "c-q8", "files": {"m.gguf": digest}, "quantize": "q8_0"})
+    quantizing = [line for line in lines if line["status"] == "quantizing F16 model to Q8_0"]
+    assert (
+        quantizing
+        and quantizing[0]["completed"] == 0
+        and quantizing[-1]["completed"] == quantizing[-1]["total"]
+    )
+    assert lines[-1] == {"status": "success"}
+    try:
+        show = client.post("/api/show", json={"model": "c-q8"}).json()
+        assert show["details"]["quantization_level"] == "Q8_0"
+        out = client.post(
+            "/api/generate",
+            json={"model": "c-q8", "prompt": "hello", "stream": False, "options": {"num_predict": 8}},
+        )
+        assert out.status_code == 200, out.text
+        assert out.json()["eval_count"] == 8 and out.json()["response"]
+
+        # An already quantized model is refused before any progress: a plain 400.
+        again = client.post("/api/create", json={"model": "c-q4", "from": "c-q8", "quantize": "q4_K_M"})
+        assert again.status_code == 400
+        assert again.json() == {
+            "error": "quantization is only supported for F16 and F32 models, this one is Q8_0"
+        }
+    finally:
+        client.request("DELETE", "/api/delete", json={"model": "c-q8"})
+
+
+def test_deleting_a_loaded_model_unloads_it(client: httpx.Client) -> None:
+    assert client.post("/api/copy", json={"source": "tiny-a", "destination": "c-loaded"}).status_code == 200
+    loaded = client.post("/api/generate", json={"model": "c-loaded", "keep_alive": "10m"})
+    assert loaded.status_code == 200 and loaded.json()["done_reason"] == "load"
+
+    def in_memory() -> list[str]:
+        return [m["name"] for m in client.get("/api/ps").json()["models"]]
+
+    deadline = time.monotonic() + 10
+    while "c-loaded:latest" not in in_memory() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "c-loaded:latest" in in_memory()
+    assert client.request("DELETE", "/api/delete", json={"model": "c-loaded"}).status_code == 200
+    deadline = time.monotonic() + 10
+    while "c-loaded:latest" in in_memory() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "c-loaded:latest" not in in_memory()
+    assert client.post("/api/generate", json={"model": "c-loaded"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"files": {}}, "model is required"),
+        ({"model": "c-v"}, "neither 'from' or 'files' was specified"),
+        ({"model": "c-v", "from": "tiny-a", "quantize": "q9_k"}, "unsupported quantization type 'q9_k'"),
+        ({"model": "c-v", "from": "tiny-a", "adapters": {"a.gguf": "sha256:" + "1" * 64}}, "adapters"),
+        ({"model": "c-v", "from": "tiny-a", "parameters": {"top_k": "many"}}, "parameter 'top_k'"),
+        ({"model": "c-v", "files": {"m.gguf": "sha256:" + "2" * 64}}, "not found; upload it"),
+        ({"model": "c-v", "files": {"../m.gguf": "sha256:" + "2" * 64}}, "invalid file name '../m.gguf'"),
+        ({"model": "c-v", "from": "tiny-a", "template": "{{ .Prompt "}, "template error"),
+    ],
+)
+def test_create_refusals_name_the_bad_value(client: httpx.Client, body: dict[str, Any], message: str) -> None:
+    response = client.post("/api/create", json=body)
+    assert 400 <= response.status_code < 600 and response.status_code != 200
+    assert message in response.json()["error"]
+    assert client.post("/api/show", json={"model": "c-v"}).status_code == 404
+
+
+def test_a_client_that_leaves_before_its_create_starts_never_gets_the_model_made(
+    stack: Stack, base_url: str, redis_client: redis.Redis, gguf: Any, client: httpx.Client
+) -> None:
+    digest = _upload(client, gguf(105))
+    assert stack.store_worker is not None and stack.store_worker.pid is not None
+    pid = stack.store_worker.pid
+    # A frozen store worker: the job waits (RQ may already have moved it to its intermediate list).
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with (
+            httpx.Client(base_url=base_url, timeout=httpx.Timeout(10, read=1.5)) as impatient,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            impatient.post("/api/create", json={"model": "c-left", "files": {"m.gguf": digest}})
+        # The API notices the client left: the job is withdrawn from the queue or flagged cancelled.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            redis_client.keys("herd:cancel:*") or not redis_client.lrange("rq:queue:herd-models", 0, -1)
+        ):
+            time.sleep(0.1)
+        assert redis_client.keys("herd:cancel:*") or not redis_client.llen("rq:queue:herd-models")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The store worker runs on (jobs in order): once the next create is served, the abandoned one is settled.
+    assert _create(client, {"model": "c-after", "from": "tiny-a"})[-1] == {"status": "success"}
+    assert client.post("/api/show", json={"model": "c-left"}).status_code == 404
+    client.request("DELETE", "/api/delete", json={"model": "c-after"})
