@@ -13,7 +13,8 @@ PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.herd-installed-$(PYPROJECT_HASH)
 BOOTSTRAP_PYTHON := $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 # chromium: the edge tests drive a real headless browser against the stack.
-SYSTEM_PACKAGES := redis-server nginx chromium
+# squid: the registry tests pull through a real forward proxy (tests/support/proxy.py).
+SYSTEM_PACKAGES := redis-server nginx chromium squid
 
 .PHONY: help setup system-deps up test lint bench clean distclean
 
