@@ -193,8 +193,12 @@ class RegistryClient:
             raise self.translate(exc, request.url) from exc
 
     def _fetch_token(self, url: str, scope: str, challenge: dict[str, str]) -> None:
-        params = {k: v for k, v in (("service", challenge.get("service")),) if v}
-        params["scope"] = challenge.get("scope") or scope
+        # Ask for what this session needs as well as what the challenge names: a push's first request
+        # (HEAD blob) is challenged for pull only, and a pull-only token would be refused at upload.
+        scopes = list(dict.fromkeys(s for s in (scope, challenge.get("scope")) if s))
+        params: dict[str, str | list[str]] = {"scope": scopes}
+        if challenge.get("service"):
+            params["service"] = challenge["service"]
         realm = challenge["realm"]
         host = urlsplit(url).netloc
         try:
@@ -203,7 +207,7 @@ class RegistryClient:
             raise self.translate(exc, httpx.URL(realm)) from exc
         if response.status_code != 200:
             raise RegistryError(
-                f"{host}: token server {urlsplit(realm).netloc} refused a token for {params['scope']} "
+                f"{host}: token server {urlsplit(realm).netloc} refused a token for {' '.join(scopes)} "
                 f"(HTTP {response.status_code})",
                 status=401,
             )

@@ -288,7 +288,9 @@ def test_token_auth(
         store.get(ModelName.parse(f"{registry.host}/someone/tiny")).model_path.read_bytes()
         == gguf.read_bytes()
     )
-    assert registry.token_requests[0] == {"service": REGISTRY_HOST, "scope": "repository:someone/tiny:pull"}
+    assert registry.token_requests == [
+        {"service": [REGISTRY_HOST], "scope": ["repository:someone/tiny:pull"]}
+    ]
     # Only the first request of the session went without a token.
     assert sum(1 for h in registry.hits if h.status == 401) == 1
 

@@ -75,10 +75,11 @@ class OciRegistry:
     slow_s: float = 0.0
     hits: list[Hit] = field(default_factory=list)
     served: dict[str, int] = field(default_factory=dict)
-    token_requests: list[dict[str, str]] = field(default_factory=list)
+    token_requests: list[dict[str, list[str]]] = field(default_factory=list)
     uploads: dict[str, bytearray] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _tokens: set[str] = field(default_factory=set)
+    # token → the (repository, action) pairs it grants
+    _tokens: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -134,15 +135,25 @@ class OciRegistry:
                     return raw
             return None
 
-    def issue_token(self) -> str:
+    def issue_token(self, scopes: list[str]) -> str:
+        """A token granting ``repository:<repo>:<actions>`` scopes (the Docker token protocol)."""
+        grants: set[tuple[str, str]] = set()
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            repo, _, actions = rest.rpartition(":")
+            if kind == "repository":
+                grants |= {(repo, a) for a in actions.split(",")}
         token = secrets.token_hex(8)
         with self.lock:
-            self._tokens.add(token)
+            self._tokens[token] = grants
         return token
 
-    def token_ok(self, header: str | None) -> bool:
+    def token_ok(self, header: str | None, repo: str, action: str) -> bool:
+        """Whether ``header`` carries a token granting ``action`` on ``repo``."""
+        if header is None or not header.startswith("Bearer "):
+            return False
         with self.lock:
-            return header is not None and header.startswith("Bearer ") and header[7:] in self._tokens
+            return all((repo, a) in self._tokens.get(header[7:], set()) for a in action.split(","))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -188,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _unauthorized(self, repo: str, action: str) -> bool:
         """Answer 401 with a Bearer challenge unless the request carries a token we issued."""
-        if not self.reg.require_token or self.reg.token_ok(self.headers.get("Authorization")):
+        if not self.reg.require_token or self.reg.token_ok(self.headers.get("Authorization"), repo, action):
             return False
         realm = f"{self.reg.scheme}://{self.reg.host}/token"
         challenge = f'Bearer realm="{realm}",service="{self.reg.hostname}",scope="repository:{repo}:{action}"'
@@ -205,10 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/token":
-            params = {k: v[0] for k, v in parse_qs(url.query).items()}
+            params = parse_qs(url.query)
             with self.reg.lock:
                 self.reg.token_requests.append(params)
-            body = json.dumps({"token": self.reg.issue_token()}).encode()
+            body = json.dumps({"token": self.reg.issue_token(params.get("scope", []))}).encode()
             self._send(200, body, {"Content-Type": "application/json"})
             return
         m = _PATH.match(url.path)
@@ -367,6 +378,7 @@ class _Server(ThreadingHTTPServer):
 
 @dataclass
 class TestCA:
+    __test__ = False  # a fixture type, not a test class
     """The test CA: its PEM file (for HERD_CA_BUNDLE) and the trustme object to issue more certs."""
 
     ca: trustme.CA
