@@ -54,9 +54,11 @@ def _state_path(partial: Path) -> Path:
 
 
 def _plan(size: int, part_size: int) -> list[_Part]:
-    count = max(1, -(-size // part_size))
+    if size == 0:
+        return [_Part(0, 0)]  # an empty blob (an empty system prompt layer): nothing to fetch
+    count = -(-size // part_size)
     base = -(-size // count)
-    return [_Part(offset=o, length=min(base, size - o)) for o in range(0, size, base)] or [_Part(0, 0)]
+    return [_Part(offset=o, length=min(base, size - o)) for o in range(0, size, base)]
 
 
 def _load_parts(partial: Path, digest: str, size: int) -> list[_Part] | None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.names import ModelName
-from app.registry import RegistryError, RegistrySettings, pull_model
+from app.registry import RegistryCancelled, RegistryError, RegistrySettings, pull_model
 from app.store import ModelStore
 from tests.integration.conftest import REGISTRY_HOST
 from tests.support.proxy import Squid, running_squid
@@ -355,3 +355,39 @@ def test_plain_http_registry_needs_insecure(
         assert store.get(ModelName.parse(name)).model_path.read_bytes() == gguf.read_bytes()
         assert digest_of(gguf.read_bytes()) in plain.blobs
         squid.wait_for_log(f"GET http://{REGISTRY_HOST}:{plain.port}/v2/library/tiny/manifests/latest")
+
+
+def test_a_cancelled_pull_stops_and_keeps_its_partial_for_the_next(
+    registry: OciRegistry,
+    squid: Squid,
+    store: ModelStore,
+    test_ca: Any,
+    gguf: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry.add_model("library/tiny", "latest", gguf)
+    registry.slow_s = 0.1  # per 64 KiB: the blob takes about half a second in one part
+    settings = RegistrySettings(ca_bundle=test_ca.pem, part_size=16 * 1024 * 1024)
+    digest, size = _model_digest(registry, "library/tiny", "latest")
+    monkeypatch.setenv("HTTPS_PROXY", squid.url)
+    name = ModelName.parse(f"{registry.host}/library/tiny")
+    seen: list[dict[str, Any]] = []
+
+    def cancelled() -> bool:
+        # The client goes away once some bytes of the model blob have arrived.
+        return any(e.get("digest") == digest and e["completed"] > 0 for e in seen)
+
+    with pytest.raises(RegistryCancelled) as err:
+        pull_model(store, name, insecure=False, settings=settings, progress=seen.append, cancelled=cancelled)
+    assert err.value.status == 499
+    assert store.list() == []
+    assert store.resumable_partial_path(digest).exists()
+    got_first = registry.served[digest]
+    assert 0 < got_first < size
+
+    registry.slow_s = 0
+    events = _pull(store, f"{registry.host}/library/tiny", settings)
+    first = next(e for e in events if e.get("digest") == digest)
+    assert first["completed"] > 0  # resumed, not restarted
+    assert registry.served[digest] < size + got_first
+    assert store.get(name).model_path.read_bytes() == gguf.read_bytes()
