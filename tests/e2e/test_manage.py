@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from app.stack.supervisor import Stack
+from tests.support.registry import OciRegistry, running_registry
 from tests.support.tiny_gguf import write_tiny_llama
 
 CHATML = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
@@ -281,3 +282,129 @@ def test_a_client_that_leaves_before_its_create_starts_never_gets_the_model_made
     assert _create(client, {"model": "c-after", "from": "tiny-a"})[-1] == {"status": "success"}
     assert client.post("/api/show", json={"model": "c-left"}).status_code == 404
     client.request("DELETE", "/api/delete", json={"model": "c-after"})
+
+
+# --- pull and push through a real registry (plain HTTP, hence "insecure") --------------------------
+
+
+@pytest.fixture
+def registry() -> Iterator[OciRegistry]:
+    with running_registry("127.0.0.1", None) as reg:
+        yield reg
+
+
+def _manifest_bytes(models_dir: Path, host: str, repo: str, tag: str) -> bytes:
+    return (models_dir / "manifests" / host / repo / tag).read_bytes()
+
+
+def test_pull_then_push_round_trip(
+    client: httpx.Client, models_dir: Path, registry: OciRegistry, tmp_path: Path
+) -> None:
+    raw = registry.add_model("library/c-remote", "v1", write_tiny_llama(tmp_path / "r.gguf", seed=106))
+    name = f"{registry.host}/library/c-remote:v1"
+    with client.stream("POST", "/api/pull", json={"model": name, "insecure": True}) as response:
+        assert response.status_code == 200
+        lines = _lines(response)
+    statuses = [line["status"] for line in lines]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert "verifying sha256 digest" in statuses and "writing manifest" in statuses
+    assert any(line.get("completed") == line.get("total") and "digest" in line for line in lines)
+    pushed = f"{registry.host}/library/c-pushed:v2"
+    try:
+        assert _manifest_bytes(models_dir, registry.host, "library/c-remote", "v1") == raw
+        out = client.post(
+            "/api/generate",
+            json={"model": name, "prompt": "a", "stream": False, "options": {"num_predict": 4}},
+        )
+        assert out.status_code == 200, out.text
+
+        assert client.post("/api/copy", json={"source": name, "destination": pushed}).status_code == 200
+        response = client.post("/api/push", json={"model": pushed, "insecure": True, "stream": False})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "success"}
+        assert registry.manifests[("library/c-pushed", "v2")] == raw  # the same bytes, under a new name
+    finally:
+        client.request("DELETE", "/api/delete", json={"model": name})
+        client.request("DELETE", "/api/delete", json={"model": pushed})
+
+
+def test_pull_and_push_errors_carry_the_registrys_status(client: httpx.Client, registry: OciRegistry) -> None:
+    name = f"{registry.host}/library/c-absent:v1"
+    answer = client.post("/api/pull", json={"model": name, "insecure": True, "stream": False})
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]
+    # Streamed, the status line is already out: the error ends the stream.
+    with client.stream("POST", "/api/pull", json={"model": name, "insecure": True}) as response:
+        assert response.status_code == 200
+        lines = _lines(response)
+    assert lines[0] == {"status": "pulling manifest"} and "error" in lines[-1]
+    assert client.post("/api/push", json={"model": "c-not-here"}).status_code == 404
+    assert client.post("/api/pull", json={"model": "bad name!"}).status_code == 400
+
+
+def test_a_client_that_leaves_mid_pull_stops_it_and_a_new_pull_finishes(
+    client: httpx.Client, base_url: str, models_dir: Path, registry: OciRegistry, stack: Stack, tmp_path: Path
+) -> None:
+    gguf_path = write_tiny_llama(tmp_path / "s.gguf", seed=107)
+    registry.add_model("library/c-slow", "v1", gguf_path)
+    model_blob = _blob_file(models_dir, _digest(gguf_path.read_bytes()))
+    name = f"{registry.host}/library/c-slow:v1"
+    registry.slow_s = 0.5  # about 2 s per blob of the tiny model
+    with (
+        httpx.Client(base_url=base_url, timeout=30) as leaving,
+        leaving.stream("POST", "/api/pull", json={"model": name, "insecure": True}) as response,
+    ):
+        for line in response.iter_lines():
+            progress = json.loads(line)
+            if progress.get("digest") == f"sha256:{model_blob.name[7:]}" and progress.get("completed"):
+                break  # the model's bytes are arriving: leave now
+    assert stack.store_worker is not None
+    deadline = time.monotonic() + 15
+    while "model job cancelled" not in stack.store_worker.log_tail(50) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "model job cancelled" in stack.store_worker.log_tail(50)
+    assert not (models_dir / "manifests" / registry.host).exists() or not any(
+        (models_dir / "manifests" / registry.host).rglob("v1")
+    )
+    # Ollama's behaviour: the download stops, and what arrived stays as a partial for the next pull.
+    assert not model_blob.exists()
+    assert model_blob.with_name(model_blob.name + "-partial").exists()
+    registry.slow_s = 0
+    try:
+        again = client.post("/api/pull", json={"model": name, "insecure": True, "stream": False})
+        assert again.status_code == 200, again.text
+        assert client.post("/api/show", json={"model": name}).status_code == 200
+        assert model_blob.is_file() and not model_blob.with_name(model_blob.name + "-partial").exists()
+    finally:
+        client.request("DELETE", "/api/delete", json={"model": name})
+
+
+def test_a_killed_store_worker_ends_its_jobs_stream_and_is_restarted(
+    client: httpx.Client, models_dir: Path, registry: OciRegistry, stack: Stack, tmp_path: Path
+) -> None:
+    registry.add_model("library/c-killed", "v1", write_tiny_llama(tmp_path / "k.gguf", seed=108))
+    registry.slow_s = 1.0
+    store_worker = stack.store_worker
+    assert store_worker is not None and store_worker.pid is not None
+    old_pid = store_worker.pid
+    name = f"{registry.host}/library/c-killed:v1"
+    started = time.monotonic()
+    with client.stream("POST", "/api/pull", json={"model": name, "insecure": True}) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines)) == {"status": "pulling manifest"}
+        os.kill(old_pid, signal.SIGKILL)
+        rest = [json.loads(line) for line in lines]
+    # The store worker's heartbeat stops, so the API ends the stream instead of waiting for ever.
+    assert rest[-1] == {"error": "the worker running this request stopped"}
+    assert time.monotonic() - started < 15
+    registry.slow_s = 0
+    deadline = time.monotonic() + 15
+    while not (store_worker.alive and store_worker.pid != old_pid) and time.monotonic() < deadline:
+        stack.check_once()  # the supervisor's pass, as run_forever makes it
+        time.sleep(0.2)
+    assert store_worker.alive and store_worker.pid != old_pid
+    try:
+        again = client.post("/api/pull", json={"model": name, "insecure": True, "stream": False})
+        assert again.status_code == 200, again.text
+    finally:
+        client.request("DELETE", "/api/delete", json={"model": name})
