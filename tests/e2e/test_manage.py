@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 import redis
 
@@ -408,3 +409,36 @@ def test_a_killed_store_worker_ends_its_jobs_stream_and_is_restarted(
         assert again.status_code == 200, again.text
     finally:
         client.request("DELETE", "/api/delete", json={"model": name})
+
+
+def test_the_official_ollama_client_creates_copies_and_deletes(base_url: str, tmp_path: Path) -> None:
+    client = ollama.Client(host=base_url)
+    path = write_tiny_llama(tmp_path / "o.gguf", seed=109)
+    digest = client.create_blob(path)
+    assert digest == _digest(path.read_bytes())
+
+    parts = list(
+        client.create(
+            model="c-client:v1",
+            files={"o.gguf": digest},
+            quantize="q8_0",
+            system="Be short.",
+            parameters={"num_predict": 3, "stop": ["\n"]},
+            stream=True,
+        )
+    )
+    assert parts[-1].status == "success"
+    try:
+        client.copy("c-client:v1", "c-client:v2")
+        names = [m.model for m in client.list().models]
+        assert "c-client:v1" in names and "c-client:v2" in names
+        shown = client.show("c-client:v2")
+        assert 'SYSTEM """Be short."""' in (shown.modelfile or "")
+        assert shown.details is not None and shown.details.quantization_level == "Q8_0"
+        assert client.generate(model="c-client:v2", prompt="x").eval_count == 3
+        client.delete("c-client:v2")
+        with pytest.raises(ollama.ResponseError) as missing:
+            client.delete("c-client:v2")
+        assert missing.value.status_code == 404
+    finally:
+        client.delete("c-client:v1")

@@ -168,7 +168,8 @@ def redis_client(store: ModelStore) -> Iterator[redis.Redis]:
 
 
 def _events(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
-    return [decode_event(fields) for _, fields in client.xrange(events_key(job_id))]  # type: ignore[union-attr]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(events_key(job_id))  # type: ignore[assignment]
+    return [decode_event(fields) for _, fields in entries]
 
 
 def _job(job_id: str, model: str, spec: CreateSpec) -> dict[str, Any]:
