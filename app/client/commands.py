@@ -42,6 +42,11 @@ def _reports_errors(func: Command) -> Command:
 
         try:
             return func(args)
+        except BrokenPipeError:
+            # The reader went away (`herd list | head -1`): stop quietly with SIGPIPE's status, as Go's
+            # runtime does, and keep Python from complaining again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         except (ClientError, ModelfileError, OSError) as exc:
             print(f"Error: {_os_error_text(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
             return 1
@@ -251,7 +256,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     prompts: list[str] = list(args.prompt)
     if not sys.stdin.isatty():
-        prompts.insert(0, sys.stdin.read())
+        # Piped text comes first, then the arguments (Ollama's order); an empty pipe adds nothing.
+        piped = sys.stdin.read()
+        if piped:
+            prompts.insert(0, piped)
     with connect() as client:
         try:
             info = client.call("POST", "/api/show", {"model": args.model})
