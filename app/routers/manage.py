@@ -200,8 +200,15 @@ async def push(body: PullRequest, request: Request, services: Services = Depends
 @router.post("/api/copy")
 async def copy(body: CopyRequest, services: Services = Depends(get_services)) -> Response:
     """Copy a model under a new name; the two share every blob."""
-    source = _name(body.source, "source")
-    destination = _name(body.destination, "destination")
+    # Ollama's wording for these two.
+    try:
+        source = ModelName.parse(body.source)
+    except InvalidModelName as exc:
+        raise BadRequest(f'source "{body.source}" is invalid') from exc
+    try:
+        destination = ModelName.parse(body.destination)
+    except InvalidModelName as exc:
+        raise BadRequest(f'destination "{body.destination}" is invalid') from exc
     try:
         raw = services.store.manifest_bytes(source)
     except ModelNotFound as exc:

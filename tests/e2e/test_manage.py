@@ -183,7 +183,8 @@ def test_copy_and_delete_count_blob_references(client: httpx.Client, models_dir:
     assert gone.status_code == 404 and gone.json() == {"error": "model 'c-copy:v2' not found"}
     missing = client.post("/api/copy", json={"source": "c-nothing", "destination": "c-x"})
     assert missing.status_code == 404 and missing.json() == {"error": 'model "c-nothing" not found'}
-    assert client.post("/api/copy", json={"source": "tiny-a", "destination": "bad name!"}).status_code == 400
+    bad = client.post("/api/copy", json={"source": "tiny-a", "destination": "bad name!"})
+    assert bad.status_code == 400 and bad.json() == {"error": 'destination "bad name!" is invalid'}
 
 
 def test_quantize_an_f16_upload_to_q8_0_and_generate_with_it(client: httpx.Client, gguf: Any) -> None:
