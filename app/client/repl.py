@@ -147,40 +147,42 @@ class Session:
         self.preload()
         while True:
             try:
-                text = self._read_input()
+                text, quoted = self._read_input()
             except EOFError:
                 self.out.write("\n")
                 return 0
             except KeyboardInterrupt:
                 self.out.write("\nUse Ctrl + d or /bye to exit.\n")
                 continue
-            text_stripped = text.strip()
-            if not text_stripped:
+            if not text.strip():
                 continue
-            if text_stripped.startswith("/") and not text.startswith("\n"):
-                if self._command(text_stripped) == "exit":
+            # A message in """ quotes is a message even when it starts with "/".
+            if not quoted and text.lstrip().startswith("/"):
+                if self._command(text.strip()) == "exit":
                     return 0
                 continue
             self._converse(text)
 
-    def _read_input(self) -> str:
-        """One prompt; a line opening with \"\"\" goes on (``... ``) until a line ending with \"\"\"."""
+    def _read_input(self) -> tuple[str, bool]:
+        """One input and whether it was a quoted message; a line opening with \"\"\" goes on (``... ``)
+        until a line ending with \"\"\" (after ``/set system `` too, for a multi-line system message)."""
         line = input(PROMPT)
         prefix = ""
         body = line
         if line.startswith("/set system "):
             prefix, body = "/set system ", line[len("/set system ") :].lstrip()
         if not body.startswith('"""'):
-            return line
+            return line, False
         body = body[3:]
+        quoted = not prefix
         if body.endswith('"""') and len(body) >= 3:
-            return prefix + body[:-3]
+            return prefix + body[:-3], quoted
         lines = [body]
         while True:
             more = input(CONTINUATION)
             if more.endswith('"""'):
                 lines.append(more[:-3])
-                return prefix + "\n".join(lines)
+                return prefix + "\n".join(lines), quoted
             lines.append(more)
 
     def _converse(self, text: str) -> None:
