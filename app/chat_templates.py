@@ -51,6 +51,11 @@ class ChatTemplate:
         return "Suffix" in self.source or "suffix" in self.source
 
     @property
+    def supports_tools(self) -> bool:
+        """Whether the template renders tool definitions (Go: `.Tools`; Jinja: `tools`)."""
+        return ".Tools" in self.source if self.kind == "go" else "tools" in self.source
+
+    @property
     def default_stops(self) -> list[str]:
         """Stops a built-in template needs when the model's parameters name none."""
         if self.origin != "builtin":

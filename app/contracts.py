@@ -96,6 +96,8 @@ class GenerateJob(BaseModel):
     tools: list[dict[str, Any]] | None = None
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # None: no log probabilities; n >= 0: each token's, with its n likeliest alternatives.
+    logprobs: int | None = None
     # Seconds; None keeps the loaded model's current rule, negative keeps it forever, 0 unloads after.
     keep_alive: float | None = None
     # Monotonic-free wall clock (ns) at admission, for total_duration.
@@ -122,7 +124,8 @@ class EmbedJob(BaseModel):
 
 # "started" names the worker that took the job, so the API can tell when that worker dies.
 # "progress" carries one Ollama progress object (pull, push, create) under "data".
-EventType = Literal["started", "token", "done", "error", "embedding", "progress"]
+# "token" carries text (and `logprobs` when asked); "tool_call" one whole call parsed from the output.
+EventType = Literal["started", "token", "tool_call", "done", "error", "embedding", "progress"]
 
 
 def encode_event(kind: EventType, **fields: Any) -> dict[str, str]:

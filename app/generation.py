@@ -41,20 +41,40 @@ def created_at() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def chunk(kind: Kind, model: str, text: str) -> dict[str, Any]:
-    """One streamed piece of output."""
+def chunk(
+    kind: Kind,
+    model: str,
+    text: str,
+    *,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One streamed piece of output: text, whole tool calls, and log probabilities when asked for."""
     body: dict[str, Any] = {"model": model, "created_at": created_at()}
     if kind == "generate":
         body["response"] = text
     else:
         body["message"] = {"role": "assistant", "content": text}
+        if tool_calls:
+            body["message"]["tool_calls"] = tool_calls
     body["done"] = False
+    if logprobs:
+        body["logprobs"] = logprobs
     return body
 
 
-def final_chunk(kind: Kind, model: str, event: dict[str, Any], text: str, total_ns: int) -> dict[str, Any]:
+def final_chunk(
+    kind: Kind,
+    model: str,
+    event: dict[str, Any],
+    text: str,
+    total_ns: int,
+    *,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The closing object: done_reason and the timing statistics."""
-    body = chunk(kind, model, text)
+    body = chunk(kind, model, text, tool_calls=tool_calls, logprobs=logprobs)
     body["done"] = True
     body["done_reason"] = event.get("done_reason", "stop")
     if body["done_reason"] in ("load", "unload"):
@@ -81,6 +101,9 @@ class Generation:
         self.model = display_model
         self._events: AsyncIterator[dict[str, Any]] | None = None
         self._done = False
+        # What a non-streaming answer gathers besides its text.
+        self.tool_calls: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] = []
 
     async def _client_gone(self) -> bool:
         return await self.request.is_disconnected()
@@ -126,7 +149,17 @@ class Generation:
 
     def complete(self, text: str, event: dict[str, Any]) -> Response:
         """The whole answer of a non-streaming request."""
-        return JSONResponse(final_chunk(self.job.kind, self.model, event, text, self._total_ns()))
+        return JSONResponse(
+            final_chunk(
+                self.job.kind,
+                self.model,
+                event,
+                text,
+                self._total_ns(),
+                tool_calls=self.tool_calls,
+                logprobs=self.logprobs,
+            )
+        )
 
     def stream(self, first: dict[str, Any]) -> Response:
         """The streaming answer, starting with the first event."""
@@ -160,8 +193,12 @@ class Generation:
         """The text up to the terminal event (done, error, or "gone" when the client left), and that event."""
         parts: list[str] = []
         try:
-            while event["type"] == "token":
-                parts.append(event["text"])
+            while event["type"] in ("token", "tool_call"):
+                if event["type"] == "token":
+                    parts.append(event["text"])
+                    self.logprobs.extend(event.get("logprobs") or ())
+                else:
+                    self.tool_calls.append(event["call"])
                 event = await self._next()
         except asyncio.CancelledError:
             self.abandon()
@@ -176,7 +213,9 @@ class Generation:
         try:
             while True:
                 if event["type"] == "token":
-                    yield _ndjson(chunk(kind, self.model, event["text"]))
+                    yield _ndjson(chunk(kind, self.model, event["text"], logprobs=event.get("logprobs")))
+                elif event["type"] == "tool_call":
+                    yield _ndjson(chunk(kind, self.model, "", tool_calls=[event["call"]]))
                 elif event["type"] == "done":
                     self._done = True
                     yield _ndjson(final_chunk(kind, self.model, event, "", self._total_ns()))

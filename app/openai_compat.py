@@ -7,6 +7,7 @@ fields Herd cannot honour are refused with a 400 naming them rather than silentl
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import uuid
@@ -14,13 +15,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.contracts import ChatMessage
+from app.contracts import ChatMessage, ToolCall, ToolCallFunction
 from app.openai_errors import OpenAIError, unsupported
-from app.schemas import MAX_NUM_PREDICT
+from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS
 
 SYSTEM_FINGERPRINT = "fp_herd"
-_NOT_YET = "is not supported yet"
-_TOOLS_NOT_YET = "is not supported yet: tool calling is not available on this server"
+_LEGACY_FUNCTIONS = "is not supported: use 'tools' (the legacy function-calling fields are deprecated)"
+# The legacy completions API caps logprobs at 5.
+MAX_COMPLETION_LOGPROBS = 5
 
 # --- Request bodies ---------------------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NUM_PREDICT)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -97,7 +99,7 @@ class CompletionRequest(_Request):
     prompt: str | list[Any]
     suffix: str | None = None
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
 
 
@@ -125,23 +127,21 @@ def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
     if isinstance(body, CompletionRequest):
         if body.echo:
             raise unsupported("echo", "is not supported: the prompt is not returned with the completion")
-        if body.logprobs is not None:
-            raise unsupported("logprobs", _NOT_YET)
         if body.best_of not in (None, 1):
             raise unsupported("best_of", "must be 1: this server returns one choice per request")
         return
-    if body.logprobs:
-        raise unsupported("logprobs", _NOT_YET)
-    if body.top_logprobs is not None:
-        raise unsupported("top_logprobs", _NOT_YET)
-    if body.tools:
-        raise unsupported("tools", _TOOLS_NOT_YET)
-    if body.tool_choice not in (None, "none"):
-        raise unsupported("tool_choice", _TOOLS_NOT_YET)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise OpenAIError(
+            "'top_logprobs' needs 'logprobs' set to true", param="top_logprobs", code="invalid_value"
+        )
+    if body.tool_choice not in (None, "none", "auto"):
+        raise unsupported(
+            "tool_choice", "is supported as 'auto' or 'none' only: the model decides whether to call a tool"
+        )
     if body.functions:
-        raise unsupported("functions", _TOOLS_NOT_YET)
+        raise unsupported("functions", _LEGACY_FUNCTIONS)
     if body.function_call not in (None, "none"):
-        raise unsupported("function_call", _TOOLS_NOT_YET)
+        raise unsupported("function_call", _LEGACY_FUNCTIONS)
     if body.audio is not None:
         raise unsupported("audio", "is not supported: this server generates text only")
     if body.modalities not in (None, ["text"]):
@@ -163,6 +163,36 @@ def options(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
         "presence_penalty": body.presence_penalty,
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def logprobs_top(body: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """The job's `logprobs`: None when not asked for, else how many alternatives to list."""
+    if isinstance(body, CompletionRequest):
+        return body.logprobs
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+def tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The request's function tools for the template, or None (also for tool_choice "none")."""
+    if not body.tools or body.tool_choice == "none":
+        return None
+    out: list[dict[str, Any]] = []
+    for i, tool in enumerate(body.tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise OpenAIError(
+                f"'tools[{i}]' must be an object with type 'function' and a 'function' object",
+                param=f"tools[{i}]",
+                code="invalid_value",
+            )
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise OpenAIError(
+                f"'tools[{i}].function.name' must be a non-empty string",
+                param=f"tools[{i}].function.name",
+                code="invalid_value",
+            )
+        out.append({"type": "function", "function": function})
+    return out
 
 
 def response_format(body: ChatCompletionRequest) -> str | dict[str, Any] | None:
@@ -205,23 +235,63 @@ def _content(i: int, content: str | list[Any] | None) -> str:
     return "\n".join(texts)
 
 
+def _tool_calls_in(i: int, calls: list[Any]) -> list[tuple[str, ToolCall]]:
+    """An assistant message's tool calls as (id, call), their JSON-string arguments parsed."""
+    out: list[tuple[str, ToolCall]] = []
+    for j, call in enumerate(calls):
+        param = f"messages[{i}].tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise OpenAIError(f"'{param}' must have a 'function' with a 'name'", param=param)
+        raw = function.get("arguments") or "{}"
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise OpenAIError(
+                f"'{param}.function.arguments' is not valid JSON: {exc}", param=f"{param}.function.arguments"
+            ) from exc
+        if not isinstance(arguments, dict):
+            raise OpenAIError(
+                f"'{param}.function.arguments' must be a JSON object", param=f"{param}.function.arguments"
+            )
+        call_id = str(call.get("id") or "")
+        out.append((call_id, ToolCall(function=ToolCallFunction(name=function["name"], arguments=arguments))))
+    return out
+
+
 def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
-    """OpenAI messages as the chat template takes them (`developer` is a system turn)."""
+    """OpenAI messages as the chat template takes them (`developer` is a system turn).
+
+    A `tool` message names its call only by id; the template wants the tool's name too, which the
+    assistant message that made the call holds.
+    """
     if not body.messages:
         raise OpenAIError("'messages' must contain at least one message", param="messages")
     out: list[ChatMessage] = []
+    names_by_id: dict[str, str] = {}
     for i, message in enumerate(body.messages):
-        if message.role == "tool" or message.tool_calls:
-            raise unsupported(f"messages[{i}]", "is a tool call or result: " + _TOOLS_NOT_YET)
-        if message.role not in ("system", "developer", "user", "assistant"):
+        if message.role not in ("system", "developer", "user", "assistant", "tool"):
             raise OpenAIError(
                 f"invalid role '{message.role}' in 'messages[{i}].role': expected system, developer, "
-                "user or assistant",
+                "user, assistant or tool",
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
         role = "system" if message.role == "developer" else message.role
-        out.append(ChatMessage(role=role, content=_content(i, message.content)))
+        turn = ChatMessage(role=role, content=_content(i, message.content))
+        if message.tool_calls and role == "assistant":
+            calls = _tool_calls_in(i, message.tool_calls)
+            names_by_id.update((call_id, call.function.name) for call_id, call in calls if call_id)
+            turn.tool_calls = [call for _, call in calls]
+        if role == "tool":
+            if not message.tool_call_id:
+                raise OpenAIError(
+                    f"'messages[{i}].tool_call_id' is required for a tool message",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            turn.tool_call_id = message.tool_call_id
+            turn.tool_name = names_by_id.get(message.tool_call_id) or message.name
+        out.append(turn)
     return out
 
 
@@ -260,9 +330,34 @@ def embedding_inputs(body: EmbeddingRequest) -> list[str]:
 # --- Response objects -------------------------------------------------------------------------------
 
 
-def finish_reason(done_reason: str | None) -> str:
-    """Ollama's done_reason as OpenAI's finish_reason."""
+def finish_reason(done_reason: str | None, called: bool = False) -> str:
+    """Ollama's done_reason as OpenAI's finish_reason ("tool_calls" when the answer called tools)."""
+    if called:
+        return "tool_calls"
     return "length" if done_reason == "length" else "stop"
+
+
+def chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A chat choice's `logprobs` object."""
+    if entries is None:
+        return None
+    return {"content": entries, "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]] | None, offset: int) -> dict[str, Any] | None:
+    """The legacy completions `logprobs` object: parallel lists, top alternatives as dicts."""
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def usage(done: dict[str, Any]) -> dict[str, int]:
@@ -271,14 +366,31 @@ def usage(done: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def openai_tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:
+    """A parsed call as OpenAI writes it: an id, type "function", the arguments as a JSON string."""
+    function = call["function"]
+    return {
+        "index": index,
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {
+            "name": function["name"],
+            "arguments": json.dumps(function.get("arguments") or {}, ensure_ascii=False),
+        },
+    }
+
+
 class ChatShape:
     """Builds the `chat.completion` object and the `chat.completion.chunk`s of one request."""
 
-    def __init__(self, model: str, include_usage: bool = False):
+    def __init__(self, model: str, include_usage: bool = False, logprobs: bool = False):
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self.logprobs = logprobs
+        self.calls = 0  # tool calls sent so far: their stream indexes, and the finish reason
+        self.text_offset = 0  # characters sent so far (the legacy logprobs' text_offset)
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {
@@ -289,18 +401,32 @@ class ChatShape:
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
-    def complete(self, text: str, done: dict[str, Any]) -> dict[str, Any]:
+    def complete(
+        self,
+        text: str,
+        done: dict[str, Any],
+        tool_calls: list[dict[str, Any]],
+        logprobs: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = [openai_tool_call(c, i) for i, c in enumerate(tool_calls)]
+            for call in message["tool_calls"]:
+                del call["index"]  # only stream deltas carry an index
+            message["content"] = text or None
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish_reason(done.get("done_reason")),
+            "message": message,
+            "logprobs": chat_logprobs(logprobs if self.logprobs else None),
+            "finish_reason": finish_reason(done.get("done_reason"), bool(tool_calls)),
         }
         return {**self._head("chat.completion"), "choices": [choice], "usage": usage(done)}
 
-    def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    def _chunk(
+        self, delta: dict[str, Any], reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         body = self._head("chat.completion.chunk")
-        body["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
+        body["choices"] = [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]
         if self.include_usage:
             body["usage"] = None
         return body
@@ -308,11 +434,16 @@ class ChatShape:
     def opening(self) -> dict[str, Any] | None:
         return self._chunk({"role": "assistant", "content": ""}, None)
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return self._chunk({"content": text}, None)
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self._chunk({"content": text}, None, chat_logprobs(logprobs if self.logprobs else None))
+
+    def tool_call(self, call: dict[str, Any]) -> dict[str, Any] | None:
+        """A whole tool call in one delta."""
+        self.calls += 1
+        return self._chunk({"tool_calls": [openai_tool_call(call, self.calls - 1)]}, None)
 
     def finish(self, done: dict[str, Any]) -> dict[str, Any]:
-        return self._chunk({}, finish_reason(done.get("done_reason")))
+        return self._chunk({}, finish_reason(done.get("done_reason"), self.calls > 0))
 
     def usage_chunk(self, done: dict[str, Any]) -> dict[str, Any]:
         return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(done)}
@@ -321,22 +452,30 @@ class ChatShape:
 class CompletionShape(ChatShape):
     """The `text_completion` object and its stream chunks."""
 
-    def __init__(self, model: str, include_usage: bool = False):
-        super().__init__(model, include_usage)
+    def __init__(self, model: str, include_usage: bool = False, logprobs: bool = False):
+        super().__init__(model, include_usage, logprobs)
         self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
 
-    def complete(self, text: str, done: dict[str, Any]) -> dict[str, Any]:
+    def complete(
+        self,
+        text: str,
+        done: dict[str, Any],
+        tool_calls: list[dict[str, Any]],
+        logprobs: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": None,
+            "logprobs": completion_logprobs(logprobs if self.logprobs else None, 0),
             "finish_reason": finish_reason(done.get("done_reason")),
         }
         return {**self._head("text_completion"), "choices": [choice], "usage": usage(done)}
 
-    def _text_chunk(self, text: str, reason: str | None) -> dict[str, Any]:
+    def _text_chunk(
+        self, text: str, reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         body = self._head("text_completion")
-        body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]
+        body["choices"] = [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}]
         if self.include_usage:
             body["usage"] = None
         return body
@@ -344,8 +483,13 @@ class CompletionShape(ChatShape):
     def opening(self) -> dict[str, Any] | None:
         return None
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return self._text_chunk(text, None)
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        entries = completion_logprobs(logprobs if self.logprobs else None, self.text_offset)
+        self.text_offset += len(text)
+        return self._text_chunk(text, None, entries)
+
+    def tool_call(self, call: dict[str, Any]) -> dict[str, Any] | None:
+        return None  # text completions offer no tools
 
     def finish(self, done: dict[str, Any]) -> dict[str, Any]:
         return self._text_chunk("", finish_reason(done.get("done_reason")))

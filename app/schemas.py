@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 MAX_NUM_CTX = 1 << 20  # over a million tokens of context is never a real request on one server
 MAX_NUM_PREDICT = 1 << 20
+# OpenAI caps top_logprobs at 20; so does Ollama.
+MAX_TOP_LOGPROBS = 20
 
 
 class Options(BaseModel):
@@ -114,7 +116,18 @@ class _Request(_Named):
     options: Options | None = None
 
 
-class GenerateRequest(_Request):
+class _Generating(_Request):
+    logprobs: bool = Field(default=False, description="Return each generated token's log probability.")
+    top_logprobs: int = Field(
+        default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: this many likeliest alternatives."
+    )
+
+    def logprobs_top(self) -> int | None:
+        """The job's `logprobs`: None when not asked for, else how many alternatives to list."""
+        return self.top_logprobs if self.logprobs else None
+
+
+class GenerateRequest(_Generating):
     """POST /api/generate."""
 
     prompt: str = ""
@@ -129,7 +142,7 @@ class GenerateRequest(_Request):
     think: bool | str | None = None
 
 
-class ChatRequest(_Request):
+class ChatRequest(_Generating):
     """POST /api/chat."""
 
     messages: list[ChatMessage] = Field(default_factory=list)

@@ -43,6 +43,8 @@ class LoadedModel:
     expires_at: float | None = None  # wall clock; None while in use or pinned
     last_used: float = field(default_factory=time.time)
     embedder: Embedder | None = None
+    # What the template writes before a tool call's JSON ("" for bare JSON); learned on first use.
+    tool_call_tag: str | None = None
 
     @property
     def name(self) -> str:

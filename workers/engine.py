@@ -17,9 +17,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import llama_cpp as llama
+import numpy as np
 
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams, SequenceSampler
@@ -46,12 +47,16 @@ class SequenceRequest:
     sampling: SamplingParams
     max_tokens: int | None = None  # None: until a stop, an end token or the context is full
     stop: list[str] = field(default_factory=list)
+    # None: no log probabilities; n >= 0: each token's, with the n likeliest alternatives.
+    logprobs: int | None = None
 
 
 @dataclass
 class TokenEvent:
     key: str
     text: str
+    # One entry per token whose text is (or ends) in `text`, when the request asked for them.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -81,6 +86,7 @@ class _Sequence:
     pending_token: int | None = None  # sampled, not yet decoded
     first_token_ns: int = 0
     held: str = ""  # text held back because it may be the start of a stop string
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent with a text
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
@@ -209,6 +215,8 @@ class BatchEngine:
             if seq.pending_token is not None:
                 seq.n_past += 1  # the decoded pending token is now in the cache
             token = seq.sampler.sample(self.ctx, index)
+            if seq.request.logprobs is not None and not self.model.is_eog(token):
+                seq.logprobs.append(self._logprob_entry(index, token, seq.request.logprobs))
             events.extend(self._accept(seq, token))
         return events
 
@@ -219,6 +227,34 @@ class BatchEngine:
         b.n_seq_id[i] = 1
         b.seq_id[i][0] = seq_id
         b.logits[i] = logits
+
+    def _logprob_entry(self, index: int, token: int, top: int) -> dict[str, Any]:
+        """The token's log probability under the model (before sampling options), and the top alternatives."""
+        logits = np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,)
+        )
+        peak = float(logits.max())
+        logprobs = logits - (peak + float(np.log(np.exp(logits - peak).sum())))
+
+        def entry(tok: int) -> dict[str, Any]:
+            piece = self.model.piece(tok)
+            return {
+                "token": piece.decode("utf-8", errors="replace"),
+                "logprob": float(logprobs[tok]),
+                "bytes": list(piece),
+            }
+
+        out = entry(token)
+        if top > 0:
+            best = np.argpartition(logprobs, -top)[-top:]
+            best = best[np.argsort(logprobs[best])[::-1]]
+            out["top_logprobs"] = [entry(int(t)) for t in best]
+        return out
+
+    def _text_event(self, seq: _Sequence, text: str) -> TokenEvent:
+        """A text event carrying the log probabilities of the tokens it completes."""
+        entries, seq.logprobs = seq.logprobs, []
+        return TokenEvent(seq.request.key, text, entries if seq.request.logprobs is not None else None)
 
     def _accept(self, seq: _Sequence, token: int) -> list[Event]:
         now = time.perf_counter_ns()
@@ -232,14 +268,14 @@ class BatchEngine:
         events: list[Event] = []
         stop_at = _find_stop(text, seq.request.stop)
         if stop_at is not None:
-            if stop_at > 0:
-                events.append(TokenEvent(seq.request.key, text[:stop_at]))
+            if stop_at > 0 or seq.logprobs:
+                events.append(self._text_event(seq, text[:stop_at]))
             return [*events, self._finish(seq, "stop")]
         keep = _stop_prefix_len(text, seq.request.stop)
         if keep:
             text, seq.held = text[:-keep], text[-keep:]
         if text:
-            events.append(TokenEvent(seq.request.key, text))
+            events.append(self._text_event(seq, text))
         limit = seq.request.max_tokens
         if limit is not None and len(seq.generated) >= limit:
             return events + self._flush(seq) + [self._finish(seq, "length")]
@@ -252,7 +288,7 @@ class BatchEngine:
         """Release text held back for stop matching or an unfinished UTF-8 sequence."""
         text = seq.held + seq.decoder.decode(b"", final=True)
         seq.held = ""
-        return [TokenEvent(seq.request.key, text)] if text else []
+        return [self._text_event(seq, text)] if text or seq.logprobs else []
 
     def _finish(self, seq: _Sequence, reason: DoneReason, error: str | None = None) -> DoneEvent:
         now = time.perf_counter_ns()

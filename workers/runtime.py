@@ -23,6 +23,7 @@ from app.contracts import (
     WORKERS_SET,
     EmbedJob,
     GenerateJob,
+    ToolCall,
     WorkerState,
     cancel_key,
     rq_queue_key,
@@ -41,6 +42,7 @@ from workers.prompt import TemplateError, generate_messages, render_chat
 from workers.publisher import Publisher
 from workers.sampling import GrammarError, SamplingParams
 from workers.settings import WorkerSettings
+from workers.tool_calls import ToolCallParser, tool_call_tag
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class _Running:
     job: GenerateJob
     loaded: LoadedModel
     load_ns: int
+    tool_calls: ToolCallParser | None = None  # set when the request offered tools
 
 
 class WorkerRuntime:
@@ -220,9 +223,11 @@ class WorkerRuntime:
                 sampling=sampling,
                 max_tokens=num_predict if num_predict > 0 else None,
                 stop=list(stop),
+                logprobs=job.logprobs,
             )
+            parser = self._tool_call_parser(job, loaded)
             with self._running_lock:
-                self._running[job.job_id] = _Running(job, loaded, load_ns)
+                self._running[job.job_id] = _Running(job, loaded, load_ns, parser)
             try:
                 with self.cache.lock:
                     loaded.engine.submit(request)
@@ -236,6 +241,29 @@ class WorkerRuntime:
             raise
         self._state_dirty.set()
         self._wake.set()
+
+    def _tool_call_parser(self, job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | None:
+        """A parser for the calls a chat with tools may produce, in the shape the template renders them."""
+        if job.kind != "chat" or not job.tools:
+            return None
+        names = {
+            str(tool["function"]["name"])
+            for tool in job.tools
+            if isinstance(tool.get("function"), dict) and tool["function"].get("name")
+        }
+        if loaded.tool_call_tag is None:
+            bos = (
+                loaded.llama.piece(loaded.llama.bos).decode(errors="replace") if loaded.llama.bos >= 0 else ""
+            )
+            try:
+                tag = tool_call_tag(
+                    lambda msgs: render_chat(loaded.template, msgs, tools=job.tools, bos_token=bos)
+                )
+            except TemplateError:
+                tag = None
+            # A template that renders tools but no calls: the model answers with bare JSON at best.
+            loaded.tool_call_tag = tag if tag is not None else ""
+        return ToolCallParser(loaded.tool_call_tag, names)
 
     def _prompt_tokens(self, job: GenerateJob, loaded: LoadedModel, options: dict[str, Any]) -> list[int]:
         model = loaded.llama
@@ -336,7 +364,7 @@ class WorkerRuntime:
             for engine in engines:
                 for event in engine.step():
                     if isinstance(event, TokenEvent):
-                        publisher.add(event.key, "token", text=event.text)
+                        self._publish_text(event)
                     elif isinstance(event, DoneEvent):
                         running = self._finish(event)
                         if running is not None:
@@ -357,11 +385,35 @@ class WorkerRuntime:
             self._slot_freed.set()
             self._state_dirty.set()
 
+    def _publish_text(self, event: TokenEvent) -> None:
+        """A token event, with any tool calls split off the text first (decode thread)."""
+        with self._running_lock:
+            running = self._running.get(event.key)
+        text = event.text
+        calls: list[ToolCall] = []
+        if running is not None and running.tool_calls is not None:
+            text, calls = running.tool_calls.feed(text)
+        self._send_text(event.key, text, event.logprobs, calls)
+
+    def _send_text(
+        self, key: str, text: str, logprobs: list[dict[str, Any]] | None, calls: list[ToolCall]
+    ) -> None:
+        if text or logprobs:
+            fields: dict[str, Any] = {"text": text}
+            if logprobs:
+                fields["logprobs"] = logprobs
+            self._loop_publisher.add(key, "token", **fields)
+        for call in calls:
+            self._loop_publisher.add(key, "tool_call", call=call.model_dump())
+
     def _finish(self, event: DoneEvent) -> _Running | None:
         with self._running_lock:
             running = self._running.pop(event.key, None)
         if running is None:
             return None
+        if running.tool_calls is not None and event.reason in ("stop", "length"):
+            text, calls = running.tool_calls.finish()
+            self._send_text(event.key, text, None, calls)
         log.info(
             "job finished",
             extra={

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.capabilities import supports_tools
 from app.contracts import GenerateJob
 from app.durations import InvalidDuration, parse_keep_alive
 from app.errors import BadRequest
@@ -32,6 +33,16 @@ def check_format(fmt: str | dict[str, Any] | None) -> str | dict[str, Any] | Non
     if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
         return fmt or None
     raise BadRequest(f'invalid format {fmt!r}: format must be an empty string, "json", or a JSON schema')
+
+
+def check_tools(tools: list[dict[str, Any]]) -> None:
+    """Every tool must be a function with a name, as templates and the call parser rely on it."""
+    for i, tool in enumerate(tools):
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            raise BadRequest(f'tools[{i}] must be {{"type": "function", "function": {{"name": ...}}}}')
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise BadRequest(f"tools[{i}].function.name must be a non-empty string")
 
 
 async def _unload_without_worker(services: Services, display: str) -> bool:
@@ -73,6 +84,7 @@ async def generate(
         context=body.context or None,
         format=check_format(body.format),
         options=options_payload(body.options),
+        logprobs=body.logprobs_top(),
         keep_alive=keep_alive,
         admitted_ns=now_ns(),
     )
@@ -89,6 +101,10 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
     for i, message in enumerate(body.messages):
         if message.role not in ("system", "user", "assistant", "tool"):
             raise BadRequest(f"invalid role {message.role!r} in messages[{i}]")
+    if body.tools:
+        check_tools(body.tools)
+        if not supports_tools(stored):
+            raise BadRequest(f"{stored.name.display} does not support tools")
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),
@@ -98,6 +114,7 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
         tools=body.tools,
         format=check_format(body.format),
         options=options_payload(body.options),
+        logprobs=body.logprobs_top(),
         keep_alive=keep_alive,
         admitted_ns=now_ns(),
     )

@@ -7,16 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from app.chat_templates import choose_template
+from app.capabilities import capabilities, model_template
 from app.gguf_meta import GGUFError, GGUFInfo, read_gguf_info
 from app.schemas import ShowRequest
 from app.services import Services, get_services
 from app.store import StoredModel
 
 router = APIRouter(tags=["models"])
-
-# Architectures that only embed (no completion capability), as Ollama classifies them.
-_EMBEDDING_ONLY = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "xlm-roberta"}
 
 
 def _iso(model: StoredModel) -> str:
@@ -79,7 +76,6 @@ async def show(body: ShowRequest, services: Services = Depends(get_services)) ->
     """Details of one model: parameters, template, model_info from the GGUF, Modelfile."""
     model = services.resolve(body.model)
     model_info: dict[str, Any] = {}
-    gguf_template = None
     try:
         # Tokenizer arrays are elided unless asked for, as Ollama does: they run to 262k entries.
         info: GGUFInfo = (
@@ -87,21 +83,10 @@ async def show(body: ShowRequest, services: Services = Depends(get_services)) ->
         )
         model_info = dict(info.metadata)
         model_info.setdefault("general.parameter_count", info.parameter_count)
-        gguf_template = info.chat_template()
-        architecture = info.architecture
     except (OSError, GGUFError):
-        architecture = model.details().get("family", "")
+        pass
     model_info.pop("tokenizer.chat_template", None)
-    template = choose_template(
-        request_template=None, layer=model.template, gguf_template=gguf_template, architecture=architecture
-    )
-    capabilities = ["embedding"] if architecture in _EMBEDDING_ONLY else ["completion"]
-    if "Tools" in template.source or "tools" in template.source:
-        capabilities.append("tools")
-    if template.supports_suffix:
-        capabilities.append("insert")
-    if model.projectors:
-        capabilities.append("vision")
+    template, architecture = model_template(model)
     body_out: dict[str, Any] = {
         "license": "\n".join(model.license),
         "modelfile": _modelfile(model, template.source),
@@ -109,7 +94,7 @@ async def show(body: ShowRequest, services: Services = Depends(get_services)) ->
         "template": template.source,
         "details": model.details(),
         "model_info": model_info,
-        "capabilities": capabilities,
+        "capabilities": capabilities(model, template, architecture),
         "modified_at": _iso(model),
     }
     if model.system:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app.capabilities import supports_tools
 from app.contracts import JOB_FUNC_EMBED, EmbedJob, GenerateJob
 from app.errors import BadRequest, ModelNotFoundError
 from app.generation import Generation
@@ -26,9 +27,11 @@ from app.openai_compat import (
     completion_prompt,
     embedding_inputs,
     embedding_list,
+    logprobs_top,
     options,
     refuse_unsupported,
     response_format,
+    tools,
 )
 from app.openai_errors import OpenAIError, error_body, openai_error_response
 from app.services import Services, get_services, new_job_id, now_ns, request_id
@@ -73,7 +76,7 @@ class OpenAIGeneration(Generation):
 
     def complete(self, text: str, event: dict[str, Any]) -> Response:
         """One chat.completion or text_completion object."""
-        return JSONResponse(self.shape.complete(text, event))
+        return JSONResponse(self.shape.complete(text, event, self.tool_calls, self.logprobs))
 
     def stream(self, first: dict[str, Any]) -> Response:
         """Server-sent chunk events ending with [DONE]."""
@@ -88,8 +91,12 @@ class OpenAIGeneration(Generation):
                 yield _sse(opening)
             while True:
                 if event["type"] == "token":
-                    if event["text"]:
-                        yield _sse(self.shape.piece(event["text"]))
+                    if event["text"] or event.get("logprobs"):
+                        yield _sse(self.shape.piece(event["text"], event.get("logprobs")))
+                elif event["type"] == "tool_call":
+                    call = self.shape.tool_call(event["call"])
+                    if call is not None:
+                        yield _sse(call)
                 elif event["type"] == "done":
                     self._done = True
                     yield _sse(self.shape.finish(event))
@@ -134,17 +141,26 @@ async def chat_completions(
     """Create a chat completion (OpenAI's `chat.completion`, or `chat.completion.chunk` events)."""
     stored = _resolve(services, body.model)
     refuse_unsupported(body)
+    offered = tools(body)
+    if offered and not supports_tools(stored):
+        raise OpenAIError(
+            f"{stored.name.display} does not support tools: its chat template does not render them",
+            param="tools",
+            code="unsupported_parameter",
+        )
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),
         kind="chat",
         model=stored.name.canonical,
         messages=chat_messages(body),
+        tools=offered,
         format=response_format(body),
         options=options(body),
+        logprobs=logprobs_top(body),
         admitted_ns=now_ns(),
     )
-    shape = ChatShape(body.model, _include_usage(body))
+    shape = ChatShape(body.model, _include_usage(body), logprobs=job.logprobs is not None)
     return await _generate(services, request, job, stored, shape, body.stream)
 
 
@@ -163,9 +179,10 @@ async def completions(
         prompt=completion_prompt(body),
         suffix=body.suffix or None,
         options=options(body),
+        logprobs=logprobs_top(body),
         admitted_ns=now_ns(),
     )
-    shape = CompletionShape(body.model, _include_usage(body))
+    shape = CompletionShape(body.model, _include_usage(body), logprobs=job.logprobs is not None)
     return await _generate(services, request, job, stored, shape, body.stream)
 
 

@@ -21,7 +21,7 @@ from app.stack.supervisor import Stack
 from app.store import ModelStore
 from tests.support.ollama_store import write_ollama_model
 from tests.support.ports import free_port
-from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
+from tests.support.tiny_gguf import CHATML_TEMPLATE, TOOLS_TEMPLATE, write_tiny_llama
 
 GEMMA = "gemma3:270m"
 HANDMADE = "someone/handmade:v1"
@@ -40,6 +40,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Pa
     store.import_gguf(
         ModelName.parse("tiny-chat:latest"),
         write_tiny_llama(ggufs / "chat.gguf", seed=2, chat_template=CHATML_TEMPLATE),
+    )
+    store.import_gguf(
+        ModelName.parse("tiny-tools:latest"),
+        write_tiny_llama(ggufs / "tools.gguf", seed=4, chat_template=TOOLS_TEMPLATE),
     )
     # Written byte for byte as Ollama lays a model out, by code that shares nothing with Herd's store.
     write_ollama_model(

@@ -21,6 +21,7 @@ __all__ = [
     "EOS_ID",
     "IM_END_ID",
     "IM_START_ID",
+    "TOOLS_TEMPLATE",
     "UNK_ID",
     "write_tiny_llama",
     "write_tiny_models",
@@ -33,6 +34,19 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# A tool-aware ChatML template in the Llama 3.1 manner: tools are listed in a system turn and a call is a
+# bare JSON object {"name": ..., "parameters": ...}; tool results come back as `tool` turns.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou may call these tools by answering with JSON "
+    '{"name": ..., "parameters": ...}:\n'
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    '{"name": "{{ call.function.name }}", "parameters": {{ call.function.arguments | tojson }}}'
+    "{% endfor %}{% else %}{{ message['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 UNK_ID = 0
