@@ -14,7 +14,8 @@ STAMP := $(VENV)/.herd-installed-$(PYPROJECT_HASH)
 BOOTSTRAP_PYTHON := $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 # chromium: the edge tests drive a real headless browser against the stack.
 # squid: the registry tests pull through a real forward proxy (tests/support/proxy.py).
-SYSTEM_PACKAGES := redis-server nginx chromium squid
+# prometheus: its promtool checks the alert rules; rsync: the Ansible role copies the bundle with it (tests/deploy).
+SYSTEM_PACKAGES := redis-server nginx chromium squid prometheus rsync
 
 .PHONY: help setup system-deps up test lint bench clean distclean
 
