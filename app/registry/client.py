@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -73,15 +74,18 @@ class _RoutingTransport(httpx.BaseTransport):
         self._verify = verify
         self._limits = limits
         self._transports: dict[str | None, httpx.HTTPTransport] = {}
+        self._lock = threading.Lock()  # ranged parts ask from several threads at once
 
     def transport_for(self, url: httpx.URL) -> tuple[str | None, httpx.HTTPTransport]:
+        """The proxy (None: direct) for ``url`` and the pooled transport that goes that way."""
         port = url.port or (443 if url.scheme == "https" else 80)
         proxy = self._proxies.proxy_for(url.scheme, url.host, port)
-        if proxy not in self._transports:
-            self._transports[proxy] = httpx.HTTPTransport(
-                verify=self._verify, proxy=proxy, limits=self._limits, trust_env=False
-            )
-        return proxy, self._transports[proxy]
+        with self._lock:
+            if proxy not in self._transports:
+                self._transports[proxy] = httpx.HTTPTransport(
+                    verify=self._verify, proxy=proxy, limits=self._limits, trust_env=False
+                )
+            return proxy, self._transports[proxy]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         _, transport = self.transport_for(request.url)
@@ -253,6 +257,12 @@ class RegistryClient:
                     return RegistryError(f"{host}: proxy {_redact(proxy)} refused the connection", 502)
                 return RegistryError(f"{host}: connection refused", status=502)
         text = str(exc) or type(exc).__name__
+        if not self.insecure and _is_tls_protocol_error(exc):
+            return RegistryError(
+                f"{host}: TLS handshake failed ({text}){via}; if the registry speaks plain HTTP, "
+                "pull with insecure",
+                status=502,
+            )
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return RegistryError(f"{host}: certificate not trusted ({text}){via}", status=502)
         if isinstance(exc, httpx.TimeoutException):

@@ -350,7 +350,8 @@ def test_plain_http_registry_needs_insecure(
         name = f"{plain.host}/library/tiny"
         with pytest.raises(RegistryError) as err:
             _pull(store, name, settings)
-        assert plain.host in str(err.value)
+        assert plain.host in str(err.value) and "TLS handshake failed" in str(err.value)
+        assert "insecure" in str(err.value)
         _pull(store, name, settings, insecure=True)
         assert store.get(ModelName.parse(name)).model_path.read_bytes() == gguf.read_bytes()
         assert digest_of(gguf.read_bytes()) in plain.blobs
@@ -391,3 +392,15 @@ def test_a_cancelled_pull_stops_and_keeps_its_partial_for_the_next(
     assert first["completed"] > 0  # resumed, not restarted
     assert registry.served[digest] < size + got_first
     assert store.get(name).model_path.read_bytes() == gguf.read_bytes()
+
+
+def test_an_unreachable_proxy_is_named(
+    registry: OciRegistry, store: ModelStore, settings: RegistrySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.ports import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    with pytest.raises(RegistryError) as err:
+        _pull(store, f"{registry.host}/library/tiny", settings)
+    assert str(err.value) == f"{registry.host}: proxy {dead} refused the connection"
