@@ -98,7 +98,7 @@ def test_list_and_ls_print_ollamas_table(base_url: str, client: httpx.Client, sh
     assert set(rows) == set(tags)
     row = rows[short_model].split(None, 1)[1]
     digest = tags[short_model]["digest"].removeprefix("sha256:")
-    # "from now" too: this sandbox's clock has been seen stepping back a few seconds between two reads.
+    # "from now" too: a clock step (NTP) between the create and this read puts the model a moment ahead.
     assert re.fullmatch(
         rf"{digest[:12]} +\d+(\.\d)? KB +(Less than a second|\d+ seconds|About a minute) (ago|from now)", row
     ), lines
