@@ -53,7 +53,7 @@ def env_example_variables() -> dict[str, bool]:
 
 def dashboard_queries() -> list[str]:
     """Every PromQL expression of the Grafana dashboards."""
-    queries = []
+    queries: list[str] = []
     for path in sorted((GRAFANA_DIR / "dashboards").glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
             queries.extend(target["expr"] for target in panel.get("targets", []))
@@ -62,7 +62,7 @@ def dashboard_queries() -> list[str]:
 
 def alert_rules() -> list[dict[str, Any]]:
     """Every alerting rule of deploy/prometheus/rules/*.yml."""
-    rules = []
+    rules: list[dict[str, Any]] = []
     for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
             rules.extend(rule for rule in group["rules"] if "alert" in rule)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.bundle import ANSIBLE_DIR, VENV_BIN, compose_variables
+from tests.deploy.bundle import ANSIBLE_DIR, ROOT, VENV_BIN, compose_variables
 
 PLAYBOOK = ANSIBLE_DIR / "site.yml"
 REDIS_PASSWORD = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -103,7 +104,19 @@ def test_the_role_refuses_a_password_that_cannot_go_into_a_url(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_second_run_changes_nothing(tmp_path: Path) -> None:
-    inventory = _inventory(tmp_path)
+    # A snapshot of the checkout: others editing app/ between the two runs must not count as a change.
+    source = tmp_path / "source"
+    bundle_paths = yaml.safe_load((ANSIBLE_DIR / "roles" / "herd" / "vars" / "main.yml").read_text())
+    for name in bundle_paths["herd_bundle_paths"]:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    # ... with a __pycache__ as a checkout has, which the role must leave behind.
+    (source / "app" / "__pycache__").mkdir()
+    (source / "app" / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"\x00")
+    inventory = _inventory(tmp_path, herd_source_dir=str(source))
     first = _run([_tool("ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)])
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     assert _recap(first.stdout)["changed"] > 0
