@@ -157,6 +157,10 @@ class LoadedModelState(BaseModel):
     context_length: int
     details: dict[str, Any] = Field(default_factory=dict)
     busy: int = 0
+    num_parallel: int = 1
+    keep_alive: float = 300.0  # seconds; negative: pinned
+    estimate: int = 0  # bytes this model is counted for in the worker's memory budget
+    last_used: float = 0.0  # wall clock
 
 
 class WorkerState(BaseModel):
@@ -170,6 +174,12 @@ class WorkerState(BaseModel):
     slots_busy: int = 0
     models: list[LoadedModelState] = Field(default_factory=list)
     loads: int = 0  # models loaded since the worker started: consecutive requests must not reload
+    # For placement: what this worker can still take without evicting, and its own defaults.
+    max_loaded: int = 3
+    memory_budget: int = 0
+    memory_used: int = 0
+    context_length: int = 4096
+    num_parallel: int = 0  # 0: chosen per model (4, or 1 when 4 do not fit)
     heartbeat_at: float
 
 

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app.contracts import JOB_FUNC_GENERATE, GenerateJob
 from app.errors import error_response
 from app.services import Services
+from app.store import StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +234,15 @@ class Generation:
 
 
 async def run_generation(
-    services: Services, request: Request, job: GenerateJob, display_model: str, stream: bool
+    services: Services,
+    request: Request,
+    job: GenerateJob,
+    stored: StoredModel,
+    display_model: str,
+    stream: bool,
 ) -> Response:
     """Admit a generation job (placed by model) and answer with its output."""
     generation = Generation(services, request, job, display_model)
-    queue = await services.workers.queue_for(display_model)
+    queue = await services.workers.queue_for(stored)
     await generation.admit(queue)
     return await generation.respond(stream)

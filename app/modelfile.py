@@ -51,6 +51,8 @@ PARAMETER_TYPES: dict[str, ParamType] = {
     "main_gpu": "int",
     "use_mmap": "bool",
     "num_thread": "int",
+    # Herd's own: sequences decoded together for this model (overrides OLLAMA_NUM_PARALLEL).
+    "num_parallel": "int",
 }
 
 # Accepted with a warning and dropped, as Ollama does for parameters it no longer honours.

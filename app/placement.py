@@ -1,7 +1,10 @@
 """The worker directory: what each live worker advertises, and which queue a job should go to.
 
-Placement is only an optimisation (any worker can load any model): a job for a model some worker holds
-goes to that worker's queue, everything else to the shared queue.
+Placement is only an optimisation (any worker can load any model). A job for a model some worker holds
+goes to that worker's queue (the least busy holder). A job for a cold model goes to a worker that can
+load it without evicting anything (room under OLLAMA_MAX_LOADED_MODELS and its memory budget), else to
+the worker whose evictions cost least (fewest bytes of idle models given up, in the order the worker
+itself would evict them), else to the shared queue, which every worker takes from.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import logging
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from app.contracts import SHARED_QUEUE, WORKERS_SET, WorkerState, worker_state_key
+from app.contracts import SHARED_QUEUE, WORKERS_SET, LoadedModelState, WorkerState, worker_state_key
+from app.gguf_meta import GGUFError
+from app.memory import estimate
+from app.store import StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +53,54 @@ class WorkerDirectory:
         """Live workers that hold this model now."""
         return [s for s in await self.states() if any(m.name == model_display for m in s.models)]
 
-    async def queue_for(self, model_display: str) -> str:
+    async def queue_for(self, model: StoredModel) -> str:
         """The queue a job for this model should go to."""
-        holders = await self.holders(model_display)
-        if not holders:
+        states = await self.states()
+        display = model.name.display
+        holders = [s for s in states if any(m.name == display for m in s.models)]
+        if holders:
+            return min(holders, key=_load).queue
+        costs = [(c, s) for s in states if (c := _eviction_cost(s, _need(model, s))) is not None]
+        if not costs:
             return SHARED_QUEUE
-        best = min(holders, key=lambda s: s.slots_busy / max(s.slots_total, 1))
+        # Free room first (cost 0), then the cheapest eviction; the least busy worker breaks ties.
+        _, best = min(costs, key=lambda cs: (cs[0], _load(cs[1])))
         return best.queue
+
+
+def _load(state: WorkerState) -> tuple[float, int]:
+    return (state.slots_busy / max(state.slots_total, 1), len(state.models))
+
+
+def _need(model: StoredModel, state: WorkerState) -> int:
+    """The model's memory estimate on that worker (its default context, at least one sequence)."""
+    try:
+        info = model.gguf_info()
+        return estimate(
+            info, model.model_path, n_ctx=state.context_length, n_parallel=state.num_parallel or 1
+        ).total
+    except (OSError, GGUFError):
+        return 0  # unreadable here: the worker will say why; place it as if it were small
+
+
+def _eviction_order(m: LoadedModelState) -> tuple[bool, float, float]:
+    # As the worker's cache evicts: pinned last, then the shortest keep_alive, then least recently used.
+    return (m.keep_alive < 0, m.keep_alive if m.keep_alive >= 0 else float("inf"), m.last_used)
+
+
+def _eviction_cost(state: WorkerState, need: int) -> int | None:
+    """Bytes of idle models the worker would evict to load `need` more; None if it cannot now."""
+    loaded = len(state.models)
+    used = state.memory_used
+    cost = 0
+    idle = sorted((m for m in state.models if m.busy == 0), key=_eviction_order)
+    while loaded >= state.max_loaded or used + need > state.memory_budget:
+        if not idle:
+            return None
+        victim = idle.pop(0)
+        if victim.keep_alive < 0 and loaded < state.max_loaded:
+            return None  # only memory is short, and pinned models are never evicted for memory
+        loaded -= 1
+        used -= victim.estimate
+        cost += max(victim.estimate, 1)
+    return cost

@@ -39,6 +39,8 @@ class Options(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-100, le=100)
     num_batch: int | None = Field(default=None, ge=1, le=1 << 16)
     num_thread: int | None = Field(default=None, ge=0, le=1024)
+    # Herd's own: sequences decoded together for this model, applied when the model (re)loads.
+    num_parallel: int | None = Field(default=None, ge=1, le=64)
 
     @field_validator("stop", mode="before")
     @classmethod

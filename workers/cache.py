@@ -1,9 +1,13 @@
 """The model cache: which models this worker holds, for how long, and which one to evict.
 
 A model is loaded on demand, kept while it has running sequences, and afterwards until its keep_alive
-runs out (never, for a negative keep_alive). At OLLAMA_MAX_LOADED_MODELS an idle model is evicted
-(the one expiring soonest, then the least recently used) to make room; a model with running sequences
-never is. Loading happens outside the lock so that other models keep decoding meanwhile.
+runs out (never, for a negative keep_alive). Before loading, its memory estimate (app/memory.py) is
+checked against the worker's budget. When it does not fit, or OLLAMA_MAX_LOADED_MODELS is reached, idle
+models are evicted: the shortest keep_alive first, then the least recently used. A model with running
+sequences never is, and a pinned one (negative keep_alive) never is for memory. When nothing can be
+evicted yet the load waits (the worker takes no other job meanwhile, so waiting is FIFO); a model that
+could not fit even then is refused at once. Loading happens outside the lock so that other models keep
+decoding meanwhile.
 """
 
 from __future__ import annotations
@@ -18,15 +22,29 @@ from datetime import UTC, datetime, timedelta
 from app.chat_templates import ChatTemplate, choose_template
 from app.contracts import LoadedModelState
 from app.durations import FOREVER
+from app.gguf_meta import GGUFError
+from app.memory import Estimate, available_ram, estimate, format_gib, free_vram
 from app.store import StoredModel
 from workers.embedder import Embedder
-from workers.engine import BatchEngine
-from workers.llama import LlamaModel
+from workers.engine import BatchEngine, ContextError
+from workers.llama import LlamaModel, ModelLoadError
+from workers.metrics import EvictionReason, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 # /api/ps shows a pinned model's expiry this far ahead (Ollama shows a date centuries away).
 _FAR_FUTURE = timedelta(days=365 * 100)
+# OLLAMA_NUM_PARALLEL unset: this many sequences per model when they fit, else one (Ollama's rule).
+AUTO_PARALLEL = 4
+
+
+class ModelTooLarge(RuntimeError):
+    """The model cannot fit in this worker's memory even after every possible eviction."""
+
+
+def eviction_order(model: LoadedModel) -> tuple[float, float]:
+    """Evict the shortest keep_alive first, then the least recently used."""
+    return (model.keep_alive if model.keep_alive >= 0 else float("inf"), model.last_used)
 
 
 @dataclass
@@ -45,6 +63,11 @@ class LoadedModel:
     embedder: Embedder | None = None
     # What the template writes before a tool call's JSON ("" for bare JSON); learned on first use.
     tool_call_tag: str | None = None
+    estimate: Estimate = field(default_factory=lambda: Estimate(0, 0, 0))
+
+    @property
+    def pinned(self) -> bool:
+        return self.keep_alive < 0
 
     @property
     def name(self) -> str:
@@ -76,6 +99,10 @@ class LoadedModel:
             context_length=self.n_ctx,
             details=self.stored.details(),
             busy=self.users,
+            num_parallel=self.engine.n_parallel,
+            keep_alive=self.keep_alive,
+            estimate=self.estimate.total,
+            last_used=self.last_used,
         )
 
     def close(self) -> None:
@@ -102,13 +129,19 @@ class ModelCache:
         threads: int,
         n_gpu_layers: int,
         default_keep_alive: float = 300.0,
+        memory_limit: int | None = None,
+        gpu_index: int | None = None,
+        metrics: WorkerMetrics | None = None,
         on_change: Callable[[], None] = lambda: None,
     ):
         self.default_keep_alive = default_keep_alive
-        self._max_loaded = max_loaded
-        self._n_parallel = n_parallel
+        self.max_loaded = max_loaded
+        self.n_parallel = n_parallel  # 0: AUTO_PARALLEL when it fits, else 1
+        self.memory_limit = memory_limit
+        self._gpu_index = gpu_index
         self._threads = threads
         self._n_gpu_layers = n_gpu_layers
+        self._metrics = metrics
         self._on_change = on_change
         self._models: dict[str, LoadedModel] = {}
         # Held by the decode loop around each step, and by every change to the set of models.
@@ -116,12 +149,63 @@ class ModelCache:
         self._changed = threading.Condition(self.lock)
         self.loads = 0  # lifetime count, for tests and metrics
 
+    # --- memory ------------------------------------------------------------------------------------
+
+    @property
+    def memory_used(self) -> int:
+        """What the loaded models are counted for."""
+        return sum(m.estimate.total for m in list(self._models.values()))
+
+    def memory_budget(self) -> int:
+        """HERD_MEMORY_LIMIT, else the device's free memory plus what our own models take."""
+        if self.memory_limit is not None:
+            return self.memory_limit
+        free = free_vram(self._gpu_index) if self._gpu_index is not None else None
+        if free is None:
+            free = available_ram()
+        return free + self.memory_used
+
+    def _estimate(self, stored: StoredModel, n_ctx: int, n_parallel: int) -> Estimate:
+        try:
+            return estimate(stored.gguf_info(), stored.model_path, n_ctx=n_ctx, n_parallel=n_parallel)
+        except (OSError, GGUFError) as exc:
+            raise ModelLoadError(f"cannot read {stored.name.display}: {exc}") from exc
+
+    def _plan(self, stored: StoredModel, n_ctx: int, n_parallel: int | None) -> tuple[int, Estimate]:
+        """The parallelism to load with and its estimate; refuses a model that can never fit."""
+        budget = self.memory_budget()
+        # Pinned models are never evicted for memory: what they hold is never ours to give.
+        pinned = sum(
+            m.estimate.total for m in self._models.values() if m.pinned and m.name != stored.name.canonical
+        )
+        room = budget - pinned
+        wanted = n_parallel or self.n_parallel
+        if not wanted:
+            auto = self._estimate(stored, n_ctx, AUTO_PARALLEL)
+            wanted = AUTO_PARALLEL if auto.total <= room else 1
+        need = self._estimate(stored, n_ctx, wanted)
+        if need.total > room:
+            held = f" ({format_gib(pinned)} is held by pinned models)" if pinned else ""
+            raise ModelTooLarge(
+                f"model requires more memory ({format_gib(need.total)} for num_ctx {n_ctx} × "
+                f"{wanted} parallel) than is available ({format_gib(room)}){held}"
+            )
+        return wanted, need
+
     # --- acquire / release -------------------------------------------------------------------------
 
     def acquire(
-        self, stored: StoredModel, *, n_ctx: int, keep_alive: float | None
+        self,
+        stored: StoredModel,
+        *,
+        n_ctx: int,
+        keep_alive: float | None,
+        n_parallel: int | None = None,
     ) -> tuple[LoadedModel, int]:
-        """The model loaded with this context size and held for one job; returns it and the load time (ns)."""
+        """The model loaded with this context size and held for one job; returns it and the load time (ns).
+
+        `n_parallel` (a request's or the model's `num_parallel`) applies when the model is (re)loaded.
+        """
         name = stored.name.canonical
         with self._changed:
             while True:
@@ -129,36 +213,41 @@ class ModelCache:
                 if loaded is not None and loaded.stored.digest != stored.digest:
                     # The tag now points at other weights (re-created or pulled): reload once idle.
                     if loaded.users == 0:
-                        self._unload_locked(name, "replaced")
+                        self._unload_locked(name, "requested")
                         continue
-                elif loaded is not None and loaded.n_ctx == n_ctx:
-                    loaded.users += 1
-                    loaded.expires_at = None
-                    if keep_alive is not None:
-                        loaded.keep_alive = keep_alive
-                    return loaded, 0
+                elif (
+                    loaded is not None
+                    and loaded.n_ctx == n_ctx
+                    and n_parallel in (None, loaded.engine.n_parallel)
+                ):
+                    return self._hold(loaded, keep_alive), 0
                 elif loaded is not None and loaded.users == 0:
-                    # A different num_ctx needs a new context; the weights stay.
+                    # A different num_ctx or num_parallel needs a new context; the weights stay.
                     started = time.perf_counter_ns()
+                    wanted, need = self._plan(stored, n_ctx, n_parallel)
                     loaded.engine.close()
-                    loaded.engine = self._new_engine(loaded.llama, n_ctx)
+                    loaded.engine = self._new_engine(loaded.llama, n_ctx, wanted)
                     loaded.n_ctx = n_ctx
-                    loaded.users += 1
-                    loaded.expires_at = None
-                    if keep_alive is not None:
-                        loaded.keep_alive = keep_alive
+                    loaded.estimate = need
                     self._on_change()
-                    return loaded, time.perf_counter_ns() - started
-                elif loaded is None and self._make_room_locked():
-                    break
+                    return self._hold(loaded, keep_alive), time.perf_counter_ns() - started
+                elif loaded is None:
+                    wanted, need = self._plan(stored, n_ctx, n_parallel)
+                    if self._make_room_locked(need.total):
+                        break
                 # Wait for a model to go idle (a running model is never evicted).
                 self._changed.wait(timeout=1.0)
         started = time.perf_counter_ns()
-        llama_model = LlamaModel(stored.model_path, n_gpu_layers=self._n_gpu_layers)
         try:
-            engine = self._new_engine(llama_model, n_ctx)
-        except Exception:
-            llama_model.close()
+            llama_model = LlamaModel(stored.model_path, n_gpu_layers=self._n_gpu_layers)
+            try:
+                engine = self._new_engine(llama_model, n_ctx, wanted)
+            except Exception:
+                llama_model.close()
+                raise
+        except (ModelLoadError, ContextError):
+            if self._metrics is not None:
+                self._metrics.record_load_failure(stored.name.display)
             raise
         template = choose_template(
             request_template=None,
@@ -174,17 +263,34 @@ class ModelCache:
             n_ctx=n_ctx,
             keep_alive=keep_alive if keep_alive is not None else self.default_keep_alive,
             users=1,
+            estimate=need,
         )
         load_ns = time.perf_counter_ns() - started
         with self._changed:
             self._models[name] = loaded
             self.loads += 1
+        if self._metrics is not None:
+            self._metrics.record_load(stored.name.display, load_ns / 1e9)
         log.info(
             "model loaded",
-            extra={"model": stored.name.display, "n_ctx": n_ctx, "load_ms": round(load_ns / 1e6, 1)},
+            extra={
+                "model": stored.name.display,
+                "n_ctx": n_ctx,
+                "parallel": wanted,
+                "estimate_mib": need.total >> 20,
+                "load_ms": round(load_ns / 1e6, 1),
+            },
         )
         self._on_change()
         return loaded, load_ns
+
+    def _hold(self, loaded: LoadedModel, keep_alive: float | None) -> LoadedModel:
+        loaded.users += 1
+        loaded.expires_at = None
+        loaded.last_used = time.time()
+        if keep_alive is not None:
+            loaded.keep_alive = keep_alive
+        return loaded
 
     def release(self, loaded: LoadedModel) -> None:
         """The job is done with the model: start its keep_alive clock, or unload it for keep_alive 0."""
@@ -193,33 +299,39 @@ class ModelCache:
             loaded.last_used = time.time()
             if loaded.users == 0:
                 if loaded.keep_alive == 0:
-                    self._unload_locked(loaded.name, "keep_alive 0")
+                    if self._models.get(loaded.name) is loaded:
+                        self._unload_locked(loaded.name, "requested")
                 elif loaded.keep_alive != FOREVER:
                     loaded.expires_at = time.time() + loaded.keep_alive
             self._changed.notify_all()
         self._on_change()
 
-    def _new_engine(self, model: LlamaModel, n_ctx: int) -> BatchEngine:
-        return BatchEngine(model, n_ctx=n_ctx, n_parallel=self._n_parallel, n_threads=self._threads)
+    def _new_engine(self, model: LlamaModel, n_ctx: int, n_parallel: int) -> BatchEngine:
+        return BatchEngine(model, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=self._threads)
 
     # --- eviction ----------------------------------------------------------------------------------
 
-    def _make_room_locked(self) -> bool:
-        """Evict one idle model if at the limit; False when every model is busy."""
-        if len(self._models) < self._max_loaded:
-            return True
-        idle = [m for m in self._models.values() if m.users == 0]
-        if not idle:
-            return False
-        victim = min(
-            idle, key=lambda m: (m.expires_at if m.expires_at is not None else float("inf"), m.last_used)
-        )
-        self._unload_locked(victim.name, "max loaded models")
+    def _make_room_locked(self, need: int) -> bool:
+        """Evict idle models until one more model of `need` bytes fits; False when it must wait."""
+        while len(self._models) >= self.max_loaded:
+            idle = [m for m in self._models.values() if m.users == 0]
+            if not idle:
+                return False
+            # Pinned models go last, but MAX_LOADED_MODELS is a hard limit even for them.
+            victim = min(idle, key=lambda m: (m.pinned, *eviction_order(m)))
+            self._unload_locked(victim.name, "max_loaded_models")
+        while self.memory_used + need > self.memory_budget():
+            idle = [m for m in self._models.values() if m.users == 0 and not m.pinned]
+            if not idle:
+                return False
+            self._unload_locked(min(idle, key=eviction_order).name, "memory_pressure")
         return True
 
-    def _unload_locked(self, name: str, reason: str) -> None:
+    def _unload_locked(self, name: str, reason: EvictionReason) -> None:
         loaded = self._models.pop(name)
         loaded.close()
+        if self._metrics is not None:
+            self._metrics.record_eviction(loaded.stored.name.display, reason)
         log.info("model unloaded", extra={"model": loaded.stored.name.display, "reason": reason})
         self._changed.notify_all()
 
@@ -231,7 +343,7 @@ class ModelCache:
                 return False
             loaded.keep_alive = 0
             if loaded.users == 0:
-                self._unload_locked(name, "keep_alive 0")
+                self._unload_locked(name, "requested")
         self._on_change()
         return True
 
@@ -242,7 +354,7 @@ class ModelCache:
         with self._changed:
             for name, m in list(self._models.items()):
                 if m.users == 0 and m.expires_at is not None and m.expires_at <= now:
-                    self._unload_locked(name, "expired")
+                    self._unload_locked(name, "keep_alive_expired")
                     expired = True
         if expired:
             self._on_change()
@@ -260,7 +372,13 @@ class ModelCache:
         """
         return [m.state() for m in list(self._models.values())]
 
+    def residency(self) -> dict[str, tuple[int, int]]:
+        """Each loaded model's (busy, total) sequence slots, for the metrics."""
+        return {
+            m.stored.name.display: (m.engine.busy, m.engine.n_parallel) for m in list(self._models.values())
+        }
+
     def close(self) -> None:
         with self._changed:
             for name in list(self._models):
-                self._unload_locked(name, "shutdown")
+                self._unload_locked(name, "worker_shutdown")

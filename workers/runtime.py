@@ -33,11 +33,12 @@ from app.contracts import (
 from app.durations import parse_keep_alive
 from app.names import InvalidModelName, ModelName
 from app.store import ModelNotFound, ModelStore, StoredModel
-from workers.cache import LoadedModel, ModelCache
+from workers.cache import AUTO_PARALLEL, LoadedModel, ModelCache, ModelTooLarge
 from workers.embedder import InputTooLong
 from workers.engine import ContextError, DoneEvent, SequenceRequest, TokenEvent
 from workers.grammar import FormatError, grammar_for_format
 from workers.llama import ModelLoadError
+from workers.metrics import WorkerMetrics
 from workers.prompt import TemplateError, generate_messages, render_chat
 from workers.publisher import Publisher
 from workers.sampling import GrammarError, SamplingParams
@@ -74,12 +75,16 @@ class WorkerRuntime:
         self.client = client
         self.store = ModelStore(settings.models_dir)
         self.queue_name = worker_queue_name(settings.worker_id)
+        self.metrics = WorkerMetrics(settings.worker_id)
         self.cache = ModelCache(
             max_loaded=settings.max_loaded_models,
             n_parallel=settings.num_parallel,
             threads=settings.threads,
             n_gpu_layers=settings.n_gpu_layers,
             default_keep_alive=parse_keep_alive(settings.keep_alive_default),
+            memory_limit=settings.memory_limit,
+            gpu_index=settings.gpu_index,
+            metrics=self.metrics,
             on_change=self._state_changed,
         )
         self._running: dict[str, _Running] = {}
@@ -123,7 +128,8 @@ class WorkerRuntime:
 
     @property
     def slots_total(self) -> int:
-        return self.settings.num_parallel
+        """Jobs this worker runs at once: OLLAMA_NUM_PARALLEL, or the automatic choice's upper bound."""
+        return self.settings.num_parallel or AUTO_PARALLEL
 
     @property
     def slots_busy(self) -> int:
@@ -158,6 +164,27 @@ class WorkerRuntime:
     def _n_ctx(self, options: dict[str, Any]) -> int:
         return int(options.get("num_ctx") or self.settings.context_length)
 
+    def _acquire(
+        self, stored: StoredModel, options: dict[str, Any], keep_alive: float | None
+    ) -> tuple[LoadedModel, int]:
+        """The model held for one job, loaded (with the job's num_ctx and num_parallel) when needed."""
+        parallel = options.get("num_parallel")
+        try:
+            return self.cache.acquire(
+                stored,
+                n_ctx=self._n_ctx(options),
+                keep_alive=keep_alive,
+                n_parallel=int(parallel) if parallel else None,
+            )
+        except ModelTooLarge as exc:
+            raise JobError(500, str(exc)) from exc
+
+    def _wait_for_engine_slot(self, loaded: LoadedModel) -> None:
+        """A model's own slots can be fewer than the worker's (per-model num_parallel): wait for one."""
+        while loaded.engine.free_slots == 0 and not self._stop.is_set():
+            self._slot_freed.wait(timeout=0.5)
+            self._slot_freed.clear()
+
     def generate(self, job: GenerateJob) -> None:
         """Prepare a generation and hand it to the decode loop; errors become an error event."""
         if self._cancelled(job.job_id):
@@ -188,7 +215,7 @@ class WorkerRuntime:
             self._job_publisher.send(job.job_id, "done", done_reason="unload", load_duration=0)
             return
         grammar = grammar_for_format(job.format)
-        loaded, load_ns = self.cache.acquire(stored, n_ctx=self._n_ctx(options), keep_alive=job.keep_alive)
+        loaded, load_ns = self._acquire(stored, options, job.keep_alive)
         try:
             if empty:
                 self._job_publisher.send(job.job_id, "done", done_reason="load", load_duration=load_ns)
@@ -226,6 +253,7 @@ class WorkerRuntime:
                 logprobs=job.logprobs,
             )
             parser = self._tool_call_parser(job, loaded)
+            self._wait_for_engine_slot(loaded)
             with self._running_lock:
                 self._running[job.job_id] = _Running(job, loaded, load_ns, parser)
             try:
@@ -298,9 +326,7 @@ class WorkerRuntime:
         try:
             stored = self._resolve(job.model)
             options = {**stored.params, **job.options}
-            loaded, load_ns = self.cache.acquire(
-                stored, n_ctx=self._n_ctx(options), keep_alive=job.keep_alive
-            )
+            loaded, load_ns = self._acquire(stored, options, job.keep_alive)
             try:
                 if not job.inputs:
                     result_vectors: list[list[float]] = []
@@ -457,12 +483,18 @@ class WorkerRuntime:
             slots_busy=self.slots_busy,
             models=self.cache.states(),
             loads=self.cache.loads,
+            max_loaded=self.cache.max_loaded,
+            memory_budget=self.cache.memory_budget(),
+            memory_used=self.cache.memory_used,
+            context_length=self.settings.context_length,
+            num_parallel=self.settings.num_parallel,
             heartbeat_at=time.time(),
         )
 
     def publish_state(self) -> None:
         """Write this worker's state with a TTL of three heartbeats."""
         ttl_ms = int(self.settings.heartbeat_s * 3000)
+        self.metrics.set_residency(self.cache.residency())
         self.client.set(worker_state_key(self.settings.worker_id), self.state().model_dump_json(), px=ttl_ms)
 
     def _heartbeat_loop(self) -> None:

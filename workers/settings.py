@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 from pydantic import AliasChoices, Field, field_validator
 
 from app.durations import parse_keep_alive
 from app.settings import CommonSettings
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
+
+
+def parse_size(text: str) -> int | None:
+    """ "24GiB", "8000MB", "512" (bytes) → bytes; "" → None (no limit)."""
+    if not text.strip():
+        return None
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f'invalid memory size {text!r}: use bytes or a unit, e.g. "24GiB" or "8000MB"')
+    size = int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+    if size <= 0:
+        raise ValueError(f"invalid memory size {text!r}: must be more than 0")
+    return size
 
 
 def _default_worker_id() -> str:
@@ -29,11 +47,18 @@ class WorkerSettings(CommonSettings):
         description="How long a model stays loaded after its last request when the request names none.",
     )
     num_parallel: int = Field(
-        default=1,
-        ge=1,
+        default=0,
+        ge=0,
         le=64,
         validation_alias=AliasChoices("OLLAMA_NUM_PARALLEL"),
-        description="Sequences decoded together per loaded model.",
+        description="Sequences decoded together per loaded model; 0 (default): 4, or 1 when 4 do not fit "
+        "in memory, decided per model at load time as Ollama does.",
+    )
+    memory_limit: int | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_MEMORY_LIMIT"),
+        description='Most memory this worker\'s models may take ("24GiB", "8000MB", bytes); default: '
+        "the device's free memory (RAM on CPU, VRAM from NVML on a GPU).",
     )
     max_loaded_models: int = Field(
         default=3,
@@ -68,12 +93,35 @@ class WorkerSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_HEARTBEAT"),
         description="Seconds between worker state refreshes in Redis; the state expires after three.",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        validation_alias=AliasChoices("HERD_WORKER_METRICS_HOST"),
+        description="Address this worker serves its Prometheus /metrics on (0.0.0.0 inside a container).",
+    )
+    metrics_port: int = Field(
+        default=9400,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("HERD_WORKER_METRICS_PORT"),
+        description="Port of this worker's Prometheus /metrics; 0 serves none.",
+    )
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_size(cls, value: object) -> object:
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("keep_alive_default")
     @classmethod
     def _keep_alive_parses(cls, value: str) -> str:
         parse_keep_alive(value)
         return value
+
+    @property
+    def gpu_index(self) -> int | None:
+        """The GPU this worker is pinned to (its index as NVML numbers it), or None on the CPU."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        return int(visible) if visible.isdigit() else None
 
     @property
     def device(self) -> str:

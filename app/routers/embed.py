@@ -12,12 +12,13 @@ from app.errors import HerdError
 from app.routers.generate import keep_alive_seconds
 from app.schemas import EmbeddingsRequest, EmbedRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
+from app.store import StoredModel
 
 router = APIRouter(tags=["embed"])
 
 
-async def _run(services: Services, request: Request, job: EmbedJob, display: str) -> dict[str, Any]:
-    queue = await services.workers.queue_for(display)
+async def _run(services: Services, request: Request, job: EmbedJob, stored: StoredModel) -> dict[str, Any]:
+    queue = await services.workers.queue_for(stored)
     await services.admission.admit(JOB_FUNC_EMBED, job, queue)
 
     async def gone() -> bool:
@@ -55,7 +56,7 @@ async def embed(
         keep_alive=keep_alive_seconds(body.keep_alive),
         admitted_ns=now_ns(),
     )
-    event = await _run(services, request, job, stored.name.display)
+    event = await _run(services, request, job, stored)
     return JSONResponse(
         {
             "model": body.model,
@@ -83,6 +84,6 @@ async def embeddings(
         keep_alive=keep_alive_seconds(body.keep_alive),
         admitted_ns=now_ns(),
     )
-    event = await _run(services, request, job, stored.name.display)
+    event = await _run(services, request, job, stored)
     vectors = event["embeddings"]
     return JSONResponse({"embedding": vectors[0] if vectors else []})

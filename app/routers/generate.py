@@ -88,7 +88,7 @@ async def generate(
         keep_alive=keep_alive,
         admitted_ns=now_ns(),
     )
-    return await run_generation(services, request, job, body.model, body.stream)
+    return await run_generation(services, request, job, stored, body.model, body.stream)
 
 
 @router.post("/api/chat")
@@ -118,4 +118,4 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
         keep_alive=keep_alive,
         admitted_ns=now_ns(),
     )
-    return await run_generation(services, request, job, body.model, body.stream)
+    return await run_generation(services, request, job, stored, body.model, body.stream)

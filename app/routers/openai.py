@@ -126,7 +126,7 @@ async def _generate(
     stream: bool,
 ) -> Response:
     generation = OpenAIGeneration(services, request, job, shape)
-    await generation.admit(await services.workers.queue_for(stored.name.display))
+    await generation.admit(await services.workers.queue_for(stored))
     return await generation.respond(stream)
 
 
@@ -186,8 +186,8 @@ async def completions(
     return await _generate(services, request, job, stored, shape, body.stream)
 
 
-async def _embed(services: Services, request: Request, job: EmbedJob, display: str) -> dict[str, Any]:
-    await services.admission.admit(JOB_FUNC_EMBED, job, await services.workers.queue_for(display))
+async def _embed(services: Services, request: Request, job: EmbedJob, stored: StoredModel) -> dict[str, Any]:
+    await services.admission.admit(JOB_FUNC_EMBED, job, await services.workers.queue_for(stored))
 
     async def gone() -> bool:
         return await request.is_disconnected()
@@ -218,7 +218,7 @@ async def embeddings(
         dimensions=body.dimensions,
         admitted_ns=now_ns(),
     )
-    event = await _embed(services, request, job, stored.name.display)
+    event = await _embed(services, request, job, stored)
     return JSONResponse(
         embedding_list(
             body.model, event["embeddings"], int(event.get("prompt_eval_count") or 0), body.encoding_format

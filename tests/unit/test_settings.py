@@ -14,7 +14,10 @@ from workers.settings import WorkerSettings
         (ApiSettings, "OLLAMA_MAX_QUEUE", "lots"),
         (ApiSettings, "OLLAMA_MAX_QUEUE", "0"),
         (ApiSettings, "HERD_WORKER_TIMEOUT", "-1"),
-        (WorkerSettings, "OLLAMA_NUM_PARALLEL", "0"),
+        (WorkerSettings, "OLLAMA_NUM_PARALLEL", "-1"),
+        (WorkerSettings, "OLLAMA_NUM_PARALLEL", "65"),
+        (WorkerSettings, "HERD_MEMORY_LIMIT", "lots"),
+        (WorkerSettings, "HERD_MEMORY_LIMIT", "0GiB"),
         (WorkerSettings, "OLLAMA_MAX_LOADED_MODELS", "many"),
         (WorkerSettings, "OLLAMA_KEEP_ALIVE", "forever"),
         (WorkerSettings, "OLLAMA_CONTEXT_LENGTH", "8"),
@@ -37,6 +40,23 @@ def test_ollama_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert api.max_queue == 512
     assert worker.keep_alive_default == "5m" and worker.max_loaded_models == 3
     assert worker.context_length == 4096
+    assert worker.num_parallel == 0  # automatic: 4 per model when they fit, else 1
+    assert worker.memory_limit is None
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("24GiB", 24 << 30),
+        ("8000MB", 8_000_000_000),
+        ("512", 512),
+        ("1.5 gib", 3 << 29),
+        ("100MiB", 100 << 20),
+    ],
+)
+def test_memory_limit_sizes(monkeypatch: pytest.MonkeyPatch, text: str, size: int) -> None:
+    monkeypatch.setenv("HERD_MEMORY_LIMIT", text)
+    assert load_settings(WorkerSettings).memory_limit == size
 
 
 def test_debug_flag_reads_like_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
