@@ -14,7 +14,7 @@ from rq.worker import SimpleWorker
 from app.contracts import SHARED_QUEUE, worker_state_key
 from app.logs import configure_logging
 from app.settings import load_settings
-from workers import jobs
+from workers import jobs, metrics
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -73,6 +73,8 @@ def main() -> None:
     configure_logging("worker", settings.debug)
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     claim_worker_name(client, settings)
+    # Before any model loads, so the first load is already counted where Prometheus can see it.
+    stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)
     runtime = WorkerRuntime(settings, client)
     jobs.bind_runtime(runtime)
     runtime.start()
@@ -92,6 +94,7 @@ def main() -> None:
     finally:
         runtime.stop()
         jobs.bind_runtime(None)
+        stop_metrics()  # after the runtime, which records its shutdown evictions as it stops
         log.info("worker stopped", extra={"worker": settings.worker_id})
 
 

@@ -127,7 +127,19 @@ class Stack:
         """
         env = self.child_env()
         env["HERD_WORKER_ID"] = f"w{index}"
+        env["HERD_WORKER_METRICS_PORT"] = str(self.worker_metrics_port(index))
         return env
+
+    def worker_metrics_port(self, index: int) -> int:
+        """Where worker ``index`` serves its own /metrics: the ports right after HERD_METRICS_PORT."""
+        return self.settings.metrics_port + 1 + index
+
+    @property
+    def worker_metrics_urls(self) -> list[str]:
+        """Each worker's /metrics, in worker order (loopback: for Prometheus on this host and tests)."""
+        return [
+            f"http://127.0.0.1:{self.worker_metrics_port(i)}/metrics" for i in range(self.settings.workers)
+        ]
 
     def api_argv(self) -> list[str]:
         """gunicorn with uvicorn workers, bound on loopback where only nginx reaches it."""
@@ -202,6 +214,11 @@ class Stack:
             ("HERD_API_PORT", "127.0.0.1", s.api_port),
             ("HERD_REDIS_PORT", "127.0.0.1", s.redis_port),
             ("HERD_METRICS_PORT", "127.0.0.1", s.metrics_port),
+            *(
+                # Each worker serves its own /metrics right above it.
+                ("HERD_METRICS_PORT", "127.0.0.1", self.worker_metrics_port(i))
+                for i in range(s.workers)
+            ),
         ]
         if not s.loopback_bind:
             # With TLS off loopback, nginx also serves plain HTTP on 127.0.0.1 at the same port.
