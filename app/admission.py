@@ -24,7 +24,7 @@ from app.contracts import (
     rq_queue_key,
 )
 from app.errors import ServerBusy
-from app.metrics import REJECTIONS
+from app.metrics import count_rejection
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Admission:
             )
         )
         if waiting < 0:
-            REJECTIONS.inc()
+            count_rejection("queue_full")
             log.info("queue full, request refused", extra={"request_id": payload.request_id})
             raise ServerBusy(self._retry_after_s)
         return waiting

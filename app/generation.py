@@ -18,6 +18,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app import metrics
 from app.contracts import JOB_FUNC_GENERATE, GenerateJob
 from app.errors import error_response
 from app.services import Services
@@ -102,6 +103,9 @@ class Generation:
         self.model = display_model
         self._events: AsyncIterator[dict[str, Any]] | None = None
         self._done = False
+        self._first_token_seen = False
+        self._model_label = metrics.model_label(job.model)
+        metrics.note_model(request, job.model)
         # What a non-streaming answer gathers besides its text.
         self.tool_calls: list[dict[str, Any]] = []
         self.logprobs: list[dict[str, Any]] = []
@@ -116,9 +120,19 @@ class Generation:
     async def _next(self) -> dict[str, Any]:
         assert self._events is not None
         try:
-            return await anext(self._events)
+            event = await anext(self._events)
         except StopAsyncIteration:
-            return {"type": "error", "status": 500, "error": "the event stream ended early"}
+            event = {"type": "error", "status": 500, "error": "the event stream ended early"}
+        self._observe(event)
+        return event
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        # Every event of every response shape passes through _next, so timing is taken here once.
+        if event["type"] in ("token", "tool_call") and not self._first_token_seen:
+            self._first_token_seen = True
+            metrics.observe_first_token(self._model_label, self.job.admitted_ns)
+        elif event["type"] in ("done", "error"):
+            metrics.observe_end(self.request.url.path, self._model_label, self.job.admitted_ns, event)
 
     def abandon(self) -> None:
         """The client went away: withdraw the job if it still waits, else cancel it at the worker."""

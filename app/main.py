@@ -60,7 +60,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            metrics.observe_request(scope["method"], scope["path"], status)
+            metrics.observe_request(scope, status)
             # One line per request, carrying the id nginx logged too (the worker logs it as well).
             log.info(
                 "request",
@@ -143,6 +143,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def _redis_down(_: Request, exc: aioredis.ConnectionError) -> JSONResponse:
         # Fail fast and retryably while Redis is away; the client pool reconnects by itself.
         log.error("redis unreachable: %s", exc)
+        metrics.count_rejection("redis_unavailable")
         return JSONResponse(
             {"error": "service unavailable: queue unreachable"}, status_code=503, headers={"Retry-After": "1"}
         )

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from app import metrics
 from app.contracts import JOB_FUNC_EMBED, EmbedJob
 from app.errors import HerdError
 from app.routers.generate import keep_alive_seconds
@@ -18,6 +19,7 @@ router = APIRouter(tags=["embed"])
 
 
 async def _run(services: Services, request: Request, job: EmbedJob, stored: StoredModel) -> dict[str, Any]:
+    metrics.note_model(request, job.model)
     queue = await services.workers.queue_for(stored)
     await services.admission.admit(JOB_FUNC_EMBED, job, queue)
 
@@ -25,6 +27,8 @@ async def _run(services: Services, request: Request, job: EmbedJob, stored: Stor
         return await request.is_disconnected()
 
     async for event in services.relay.events(job.job_id, gone):
+        if event["type"] in ("embedding", "error"):
+            metrics.observe_end(request.url.path, metrics.model_label(job.model), job.admitted_ns, event)
         if event["type"] == "embedding":
             event["total_duration"] = max(now_ns() - job.admitted_ns, 0)
             return event

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app import metrics
 from app.capabilities import supports_tools
 from app.contracts import JOB_FUNC_EMBED, EmbedJob, GenerateJob
 from app.errors import BadRequest, ModelNotFoundError
@@ -187,12 +188,15 @@ async def completions(
 
 
 async def _embed(services: Services, request: Request, job: EmbedJob, stored: StoredModel) -> dict[str, Any]:
+    metrics.note_model(request, job.model)
     await services.admission.admit(JOB_FUNC_EMBED, job, await services.workers.queue_for(stored))
 
     async def gone() -> bool:
         return await request.is_disconnected()
 
     async for event in services.relay.events(job.job_id, gone):
+        if event["type"] in ("embedding", "error"):
+            metrics.observe_end(request.url.path, metrics.model_label(job.model), job.admitted_ns, event)
         if event["type"] == "embedding":
             return event
         if event["type"] == "error":

@@ -62,7 +62,7 @@ def test_max_queue_bounds_waiting_requests_exactly(small_stack: Stack) -> None:
         t.join(timeout=60)
     assert sorted(r.status_code for r in results) == [200, 200, 503, 503, 503, 503]
     metrics = httpx.get(f"http://127.0.0.1:{small_stack.settings.metrics_port}/metrics", timeout=10).text
-    assert "herd_queue_rejections_total 4.0" in metrics
+    assert 'herd_requests_rejected_total{reason="queue_full"} 4.0' in metrics
 
 
 def test_worker_killed_mid_stream_ends_the_stream_with_an_error_and_is_restarted(small_stack: Stack) -> None:
