@@ -21,6 +21,7 @@ import redis
 from app.contracts import ModelJob, cancel_key
 from app.create import CreateCancelled, CreateError, ModelBuilder
 from app.names import ModelName
+from app.registry import RegistryError, RegistrySettings, pull_model, push_model
 from app.store import ModelNotFound, ModelStore, StoreError
 from workers.publisher import Publisher
 
@@ -40,6 +41,8 @@ class StoreContext:
     client: redis.Redis
     worker_id: str
     threads: int = 0
+    # Read once when the store worker starts, so a bad HERD_CA_BUNDLE stops it there, naming the variable.
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     publisher: Publisher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,28 +121,18 @@ class Progress:
         return self._cancelled
 
 
-def _registry() -> Any:
-    """The registry client package (engineer B's app.registry), or a 501 naming what is missing."""
-    try:
-        import app.registry as registry
-    except ImportError as exc:
-        raise JobFailed(501, f"pull and push need the registry client (app.registry): {exc}") from exc
-    return registry
-
-
 def _through_registry(action: str, context: StoreContext, job: ModelJob, progress: Progress) -> None:
-    registry = _registry()
-    func: Callable[..., None] = getattr(registry, f"{action}_model")
+    func: Callable[..., None] = pull_model if action == "pull" else push_model
     try:
         func(
             context.store,
             ModelName.parse(job.model),
             insecure=job.insecure,
-            settings=registry.RegistrySettings(),
+            settings=context.registry,
             progress=progress,
             cancelled=progress.cancelled,
         )
-    except registry.RegistryError as exc:
+    except RegistryError as exc:
         if progress.cancelled():
             raise JobCancelled(str(exc)) from exc
         raise JobFailed(int(getattr(exc, "status", 500) or 500), str(exc)) from exc

@@ -21,15 +21,16 @@ from rq.worker import SimpleWorker
 
 from app.contracts import MODELS_QUEUE, worker_state_key
 from app.logs import configure_logging
-from app.settings import CommonSettings, load_settings
+from app.registry import RegistrySettings
+from app.settings import load_settings
 from app.store import ModelStore
 from workers import store_jobs
 
 log = logging.getLogger(__name__)
 
 
-class StoreWorkerSettings(CommonSettings):
-    """The store worker process."""
+class StoreWorkerSettings(RegistrySettings):
+    """The store worker process (pulls and pushes, so the registry settings too)."""
 
     worker_id: str = Field(
         default_factory=lambda: f"store-{socket.gethostname()}-{os.getpid()}",
@@ -96,6 +97,7 @@ def main() -> None:
             client=client,
             worker_id=settings.worker_id,
             threads=settings.threads,
+            registry=settings,
         )
     )
     log.info("store worker started", extra={"worker": settings.worker_id, "models": str(settings.models_dir)})

@@ -6,6 +6,7 @@ import pytest
 
 from app.settings import ApiSettings, SettingsError, load_settings
 from workers.settings import WorkerSettings
+from workers.store_worker import StoreWorkerSettings
 
 
 @pytest.mark.parametrize(
@@ -21,10 +22,15 @@ from workers.settings import WorkerSettings
         (WorkerSettings, "OLLAMA_MAX_LOADED_MODELS", "many"),
         (WorkerSettings, "OLLAMA_KEEP_ALIVE", "forever"),
         (WorkerSettings, "OLLAMA_CONTEXT_LENGTH", "8"),
+        # The store worker reads the registry settings once at start: a bad CA file stops it there.
+        (StoreWorkerSettings, "HERD_CA_BUNDLE", "/nonexistent/corporate-ca.pem"),
     ],
 )
 def test_bad_value_names_the_variable(
-    monkeypatch: pytest.MonkeyPatch, cls: type[ApiSettings | WorkerSettings], name: str, value: str
+    monkeypatch: pytest.MonkeyPatch,
+    cls: type[ApiSettings | WorkerSettings | StoreWorkerSettings],
+    name: str,
+    value: str,
 ) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as info:
