@@ -20,7 +20,7 @@ from app.stack.setup import ensure_default_model
 from app.stack.supervisor import Stack
 from app.store import ModelStore
 from tests.support.ollama_store import write_ollama_model
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_port_run
 from tests.support.tiny_gguf import CHATML_TEMPLATE, TOOLS_TEMPLATE, write_tiny_llama
 
 GEMMA = "gemma3:270m"
@@ -66,7 +66,8 @@ def start_stack(
         OLLAMA_HOST=f"127.0.0.1:{free_port()}",
         HERD_API_PORT=free_port(),
         HERD_REDIS_PORT=free_port(),
-        HERD_METRICS_PORT=free_port(),
+        # Workers serve their own /metrics on the ports right after it (up to 8 workers).
+        HERD_METRICS_PORT=free_port_run(9),
         HERD_RUN_DIR=run_dir,
         OLLAMA_MODELS=models_dir,
         HERD_API_PROCESSES=1,
