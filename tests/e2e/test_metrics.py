@@ -79,6 +79,8 @@ def test_requests_count_by_endpoint_model_and_status(client: httpx.Client, stack
     assert client.post("/api/generate", json={"model": "no-such-model", "prompt": "hi"}).status_code == 404
     assert client.post("/api/generate", json={"model": "bad name!", "prompt": "hi"}).status_code == 400
     assert client.post("/api/embed", json={"model": "tiny-a", "input": "hi"}).status_code == 200
+    completion = {"model": "tiny-a", "prompt": "hi", "max_tokens": 4, "seed": 1}
+    assert client.post("/v1/completions", json=completion).status_code == 200
     v1 = client.post(
         "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
     )
@@ -96,6 +98,12 @@ def test_requests_count_by_endpoint_model_and_status(client: httpx.Client, stack
     assert moved(endpoint="/api/generate", model="", status="400") == 1
     assert moved(endpoint="/api/embed", model=TINY, status="200") == 1
     assert moved(endpoint="/v1/chat/completions", model="", status="404") == 1
+    assert moved(endpoint="/v1/completions", model=TINY, status="200") == 1
+    duration = "herd_request_duration_seconds_count"
+    for endpoint in ("/api/embed", "/v1/completions"):
+        assert sample(after, duration, endpoint=endpoint, model=TINY) > sample(
+            before, duration, endpoint=endpoint, model=TINY
+        ), endpoint
     assert "no-such-model" not in after and "bad name" not in after
 
 
