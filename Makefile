@@ -76,8 +76,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Options after BENCH_ARGS, e.g. `make bench BENCH_ARGS="--threads 1 --rounds 5"` (python -m bench --help).
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
