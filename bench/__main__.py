@@ -69,7 +69,7 @@ def _single_json(results: list[Result]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each single-stream figure")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every concurrency level per server")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every concurrency level per server")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()

@@ -199,7 +199,8 @@ The worker's resident set (`VmRSS` in `/proc/<pid>/status`) with the model loade
 request) and after the measured requests, in the single-stream stack (`NUM_PARALLEL={p1["num_parallel"]}`) and the
 concurrency stack (`NUM_PARALLEL={p8["num_parallel"]}`), both at `num_ctx` {m["num_ctx"]}. The extra KV cache is the worker's
 own per-token figure ({m["kv_bytes_per_token"]} bytes, f16 K and V over all layers) × `num_ctx` × {m["extra_sequences"]}
-extra sequences. Gemma 3 keeps a sliding window on most layers, so llama.cpp allocates less than that figure.
+extra sequences. Gemma 3's sliding-window layers do not shrink it: llama.cpp's default (`swa_full`) gives
+them a full-size cache too. RSS also counts whatever else llama.cpp sizes by the total context.
 
 | | NUM_PARALLEL={p1["num_parallel"]} | NUM_PARALLEL={p8["num_parallel"]} | growth |
 |---|---|---|---|
