@@ -26,7 +26,7 @@ from app.gguf_meta import GGUFError
 from app.memory import Estimate, available_ram, estimate, format_gib, free_vram
 from app.store import StoredModel
 from workers.embedder import Embedder
-from workers.engine import BatchEngine, ContextError
+from workers.engine import MAX_DECODE_ROWS, BatchEngine, ContextError
 from workers.llama import LlamaModel, ModelLoadError
 from workers.metrics import EvictionReason, WorkerMetrics
 
@@ -132,6 +132,7 @@ class ModelCache:
         memory_limit: int | None = None,
         gpu_index: int | None = None,
         metrics: WorkerMetrics | None = None,
+        batch_invariant: bool = True,
         on_change: Callable[[], None] = lambda: None,
     ):
         self.default_keep_alive = default_keep_alive
@@ -142,6 +143,7 @@ class ModelCache:
         self._threads = threads
         self._n_gpu_layers = n_gpu_layers
         self._metrics = metrics
+        self._batch_invariant = batch_invariant
         self._on_change = on_change
         self._models: dict[str, LoadedModel] = {}
         # Held by the decode loop around each step, and by every change to the set of models.
@@ -239,7 +241,10 @@ class ModelCache:
                 self._changed.wait(timeout=1.0)
         started = time.perf_counter_ns()
         try:
-            llama_model = LlamaModel(stored.model_path, n_gpu_layers=self._n_gpu_layers)
+            # Repacked CPU weights switch kernels at 4 rows: batch-invariant decoding needs them plain.
+            llama_model = LlamaModel(
+                stored.model_path, n_gpu_layers=self._n_gpu_layers, repack=not self._batch_invariant
+            )
             try:
                 engine = self._new_engine(llama_model, n_ctx, wanted)
             except Exception:
@@ -307,7 +312,13 @@ class ModelCache:
         self._on_change()
 
     def _new_engine(self, model: LlamaModel, n_ctx: int, n_parallel: int) -> BatchEngine:
-        return BatchEngine(model, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=self._threads)
+        return BatchEngine(
+            model,
+            n_ctx=n_ctx,
+            n_parallel=n_parallel,
+            n_threads=self._threads,
+            max_decode_rows=MAX_DECODE_ROWS if self._batch_invariant else n_parallel,
+        )
 
     # --- eviction ----------------------------------------------------------------------------------
 

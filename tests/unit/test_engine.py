@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import BatchEngine, DoneEvent, NoFreeSlot, SequenceRequest, TokenEvent, _stop_prefix_len
+from workers.engine import (
+    BatchEngine,
+    DoneEvent,
+    NoFreeSlot,
+    SequenceRequest,
+    TokenEvent,
+    _decode_groups,
+    _stop_prefix_len,
+)
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams
 
@@ -60,6 +68,39 @@ def _solo(model: LlamaModel, n_parallel: int) -> dict[str, str]:
 
 def test_greedy_output_does_not_depend_on_the_number_of_slots(model: LlamaModel) -> None:
     assert _solo(model, 1) == _solo(model, 8)
+
+
+@pytest.fixture(scope="module")
+def plain_model(gemma_gguf: Path) -> Iterator[LlamaModel]:
+    """The weights as the batch-invariant cache loads them: not repacked."""
+    m = LlamaModel(gemma_gguf, repack=False)
+    yield m
+    m.close()
+
+
+def _generate_together(model: LlamaModel, indexes: list[int], tokens: int) -> dict[str, str]:
+    engine = BatchEngine(model, n_ctx=256, n_parallel=8)
+    try:
+        for i in indexes:
+            engine.submit(SequenceRequest(str(i), model.tokenize(PROMPTS[i]), GREEDY, max_tokens=tokens))
+        texts, _ = run_all(engine)
+        return texts
+    finally:
+        engine.close()
+
+
+def test_greedy_output_is_identical_alone_and_beside_seven_others(plain_model: LlamaModel) -> None:
+    together = _generate_together(plain_model, list(range(8)), 64)
+    for i in range(8):
+        alone = _generate_together(plain_model, [i], 64)
+        assert alone[str(i)] == together[str(i)], PROMPTS[i]
+
+
+def test_decode_groups_stay_below_the_kernel_switch() -> None:
+    assert [len(g) for g in _decode_groups(list(range(8)), 7)] == [4, 4]  # type: ignore[arg-type]
+    assert [len(g) for g in _decode_groups(list(range(7)), 7)] == [7]  # type: ignore[arg-type]
+    assert [len(g) for g in _decode_groups(list(range(15)), 7)] == [5, 5, 5]  # type: ignore[arg-type]
+    assert _decode_groups([], 7) == []
 
 
 def test_eight_sequences_decode_together_to_their_full_length(model: LlamaModel) -> None:
@@ -158,9 +199,10 @@ def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model: Llama
         engine.submit(SequenceRequest("short", model.tokenize(PROMPTS[0]), GREEDY, max_tokens=50))
         engine.step()  # prefill of the short one
         engine.submit(SequenceRequest("long", model.tokenize("word " * 400), GREEDY, max_tokens=2))
-        # While the long prompt is prefilled 64 tokens at a time, the short one still gets a token per step.
+        # While the long prompt is prefilled 64 tokens at a time, the short one still gets a token every
+        # other step: prompt chunks and decode steps alternate, so a chunk is the longest it waits.
         produced = 0
-        for _ in range(4):
+        for _ in range(8):
             produced += sum(1 for e in engine.step() if isinstance(e, TokenEvent) and e.key == "short")
         assert produced >= 3
         run_all(engine)
