@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +19,12 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"done", "error", "embedding"})
 # How long one XREAD blocks before the relay checks on the client and the worker.
 POLL_MS = 250
+# How long a request that has seen no event yet waits for Redis to come back before it fails. Its job
+# is persisted in Redis's append-only file, so after a restart a worker still takes it.
+REDIS_OUTAGE_S = 30.0
+_REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError)
+_LOST = "lost the connection to the queue (Redis) mid-request; the output may be incomplete, please retry"
+_UNREACHABLE = f"the queue (Redis) was unreachable for {REDIS_OUTAGE_S:g}s; please retry"
 
 
 class EventRelay:
@@ -26,6 +34,8 @@ class EventRelay:
         self._client = client
         self._workers = workers
         self._worker_timeout_s = worker_timeout_s
+        # Cancellations waiting for Redis to come back; held here so they are not garbage-collected.
+        self._pending_cancels: set[asyncio.Task[None]] = set()
 
     async def events(
         self, job_id: str, client_gone: Callable[[], Awaitable[bool]] | None = None
@@ -35,11 +45,31 @@ class EventRelay:
         last = "0-0"
         quiet_ms = 0
         worker: str | None = None
+        outage_ms = 0
         while True:
-            # RESP2 reply shape, with decoded responses: [(stream, [(entry_id, fields), ...])].
-            reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self._client.xread(  # type: ignore[assignment]
-                {key: last}, block=POLL_MS, count=512
-            )
+            try:
+                # RESP2 reply shape, with decoded responses: [(stream, [(entry_id, fields), ...])].
+                reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self._client.xread(  # type: ignore[assignment]
+                    {key: last}, block=POLL_MS, count=512
+                )
+            except _REDIS_DOWN as exc:
+                if last != "0-0":
+                    # The worker's events sent while Redis was away are gone: resuming would hand the
+                    # client output with a hole in it, so the request fails clearly instead.
+                    log.warning("redis lost mid-request: %s", exc, extra={"job": job_id})
+                    self._cancel_when_back(job_id)
+                    yield {"type": "error", "status": 503, "error": _LOST}
+                    return
+                outage_ms += POLL_MS
+                if outage_ms >= REDIS_OUTAGE_S * 1000:
+                    yield {"type": "error", "status": 503, "error": _UNREACHABLE}
+                    return
+                if client_gone is not None and await client_gone():
+                    yield {"type": "gone"}
+                    return
+                await asyncio.sleep(POLL_MS / 1000)
+                continue
+            outage_ms = 0
             if not reply:
                 quiet_ms += POLL_MS
                 if client_gone is not None and await client_gone():
@@ -63,8 +93,32 @@ class EventRelay:
                         continue
                     yield event
                     if event["type"] in TERMINAL:
-                        await self._client.delete(key)
+                        # The stream expires by itself; deleting it early only saves memory.
+                        with contextlib.suppress(*_REDIS_DOWN):
+                            await self._client.delete(key)
                         return
+
+    def _cancel_when_back(self, job_id: str) -> None:
+        """Cancel a job its client was told had failed, as soon as Redis answers again.
+
+        Otherwise the worker would decode it to the end for nobody, holding a slot the jobs queued
+        behind it wait for.
+        """
+        task = asyncio.ensure_future(self._retry_cancel(job_id))
+        self._pending_cancels.add(task)
+        task.add_done_callback(self._pending_cancels.discard)
+
+    async def _retry_cancel(self, job_id: str) -> None:
+        deadline = asyncio.get_running_loop().time() + REDIS_OUTAGE_S
+        while True:
+            try:
+                await self.cancel(job_id)
+                return
+            except _REDIS_DOWN:
+                if asyncio.get_running_loop().time() >= deadline:
+                    log.warning("could not cancel a job after losing Redis", extra={"job": job_id})
+                    return
+                await asyncio.sleep(POLL_MS / 1000)
 
     async def cancel(self, job_id: str) -> None:
         """Tell the worker to stop this job at its next decode step (its client went away)."""

@@ -1,0 +1,51 @@
+"""Shared helpers of the reliability suite: the e2e model store, log parsing, memory and latency figures.
+
+Every test here starts its own stack (its own settings, its own faults), so none of them can disturb
+another's figures; the models come from the e2e suite's session store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from app.stack.nginx import logs_dir
+from app.stack.supervisor import Stack
+from tests.e2e.conftest import models_dir  # noqa: F401  (the session fixture, shared with e2e)
+
+_JOB_STARTED = re.compile(r'msg="job started" request_id=(\S+) job=(\S+)')
+
+
+def job_starts(stack: Stack) -> Counter[str]:
+    """How many times each request id was started by any worker, read from the workers' log files."""
+    starts: Counter[str] = Counter()
+    for log in logs_dir(stack.settings).glob("worker-*.log"):
+        for match in _JOB_STARTED.finditer(log.read_text(errors="replace")):
+            starts[match.group(1).strip('"')] += 1
+    return starts
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set size (VmRSS) in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS line for pid {pid} (a kernel thread, or not running)")
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (gunicorn's master forks its uvicorn workers)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-th percentile (0 < q <= 100) of a non-empty list."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats drifting
+    return ordered[int(rank) - 1]
