@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
+from types import FrameType
 
 import redis
 from rq.job import Job
@@ -20,21 +22,46 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+# Seconds one blocking pop waits for a job: how soon the dequeue loop notices a SIGTERM.
+DEQUEUE_POLL_S = 1
+
 
 class HerdWorker(SimpleWorker):
-    """An RQ worker that never forks and takes a job only while it has a free sequence slot."""
+    """An RQ worker that never forks and takes a job only while it has a free sequence slot.
+
+    SIGTERM (or SIGINT) stops it taking jobs; the sequences it runs then drain (WorkerRuntime.drain).
+    RQ's own warm shutdown is not enough: a job function returns as soon as its sequence is submitted,
+    so RQ would exit with generations still decoding.
+    """
 
     def __init__(self, *args: object, runtime: WorkerRuntime, **kwargs: object):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.runtime = runtime
 
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._request_drain)
+        signal.signal(signal.SIGTERM, self._request_drain)
+
+    def _request_drain(self, signum: int, frame: FrameType | None) -> None:
+        # Flags only: RQ's handler raises StopRequested wherever the main thread is, which can cut a
+        # Redis reply (a popped job) in half; the loops below check the flag between short pops instead.
+        log.info("received %s: taking no more jobs", signal.Signals(signum).name)
+        self._stop_requested = True
+        self.runtime.request_drain()
+
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        # Waiting jobs stay in Redis (where OLLAMA_MAX_QUEUE counts them) until a slot is free here.
-        while not self.runtime.wait_for_free_slot(timeout=5.0):
-            self.heartbeat()
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while not self._stop_requested:
+            # Waiting jobs stay in Redis (where OLLAMA_MAX_QUEUE counts them) until a slot is free here.
+            if not self.runtime.wait_for_free_slot(timeout=DEQUEUE_POLL_S):
+                self.heartbeat()
+                continue
+            # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
+            result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
+            if result is not None:
+                return result
+        return None  # RQ's loop then ends and records this worker's death
 
 
 class WorkerNameTaken(SystemExit):
@@ -92,6 +119,7 @@ def main() -> None:
     try:
         worker.work(logging_level="WARNING")
     finally:
+        runtime.drain(settings.drain_s)
         runtime.stop()
         jobs.bind_runtime(None)
         stop_metrics()  # after the runtime, which records its shutdown evictions as it stops

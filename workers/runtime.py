@@ -20,6 +20,7 @@ import redis
 from app.chat_templates import choose_template
 from app.contracts import (
     QUEUE_KEYS_SET,
+    SHARED_QUEUE,
     WORKERS_SET,
     EmbedJob,
     GenerateJob,
@@ -48,6 +49,29 @@ from workers.tool_calls import ToolCallParser, tool_call_tag
 log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = {f for f in SamplingParams.__dataclass_fields__ if f != "grammar"}
+
+# KEYS: this worker's queue, the shared queue, the set of queue keys. ARGV: the shared queue's name.
+# Moves every job still waiting here to the head of the shared queue, oldest first, in one atomic step,
+# so no job is ever in neither list (or in both); their RQ origin follows them.
+_REQUEUE = """
+local moved = 0
+redis.call('SADD', KEYS[3], KEYS[2])
+while true do
+  local id = redis.call('RPOP', KEYS[1])
+  if not id then break end
+  local job = 'rq:job:' .. id
+  if redis.call('EXISTS', job) == 1 then
+    redis.call('HSET', job, 'origin', ARGV[1])
+  end
+  redis.call('LPUSH', KEYS[2], id)
+  moved = moved + 1
+end
+return moved
+"""
+# Poll interval of the drain's wait for running sequences.
+_DRAIN_POLL_S = 0.05
+# After the drain, how long the decode loop gets to end the rest (one step) before the worker does.
+_SHUTDOWN_STEP_S = 10.0
 
 
 class JobError(Exception):
@@ -85,12 +109,18 @@ class WorkerRuntime:
             memory_limit=settings.memory_limit,
             gpu_index=settings.gpu_index,
             metrics=self.metrics,
+            batch_invariant=settings.batch_invariant,
             on_change=self._state_changed,
         )
         self._running: dict[str, _Running] = {}
         self._running_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Set by SIGTERM (nothing but flags: a signal handler must not touch Redis); a second cuts the drain.
+        self._draining = threading.Event()
+        self._drain_cut = threading.Event()
+        # Jobs the drain ran out of time for, with their error: the decode loop ends them with it.
+        self._shutdown_errors: dict[str, str] = {}
         self._state_dirty = threading.Event()
         self._slot_freed = threading.Event()
         self._job_publisher = Publisher(client)  # main thread only
@@ -123,6 +153,97 @@ class WorkerRuntime:
             pipe.execute()
         except redis.RedisError:
             log.warning("could not withdraw worker state from Redis")
+
+    def request_drain(self) -> None:
+        """Stop taking jobs (from a signal handler); asked again, fail running sequences at once."""
+        if self._draining.is_set():
+            self._drain_cut.set()
+        self._draining.set()
+        self._slot_freed.set()  # wakes the dequeue loop, which then sees the drain
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def requeue_waiting(self) -> int:
+        """Hand the jobs still waiting in this worker's own queue to the shared queue; returns how many."""
+        keys = [rq_queue_key(self.queue_name), rq_queue_key(SHARED_QUEUE), QUEUE_KEYS_SET]
+        return int(self.client.eval(_REQUEUE, len(keys), *keys, SHARED_QUEUE))
+
+    def drain(self, timeout: float) -> int:
+        """Let running sequences finish for up to `timeout` seconds, then fail the rest; returns how many failed.
+
+        The worker leaves placement first (no API sends it new jobs) but keeps its heartbeat, by which the
+        API tells a draining worker from a dead one. Jobs waiting in its own queue go to the shared queue.
+        """
+        self._draining.set()  # not request_drain(): after a SIGTERM that would count as a second one
+        started = time.monotonic()
+        try:
+            self.client.srem(WORKERS_SET, self.settings.worker_id)
+            moved = self.requeue_waiting()
+        except redis.RedisError:
+            log.warning("could not leave placement or requeue waiting jobs: Redis unreachable")
+            moved = 0
+        running = self.slots_busy
+        log.info(
+            "draining",
+            extra={
+                "worker": self.settings.worker_id,
+                "running": running,
+                "requeued": moved,
+                "drain_s": timeout,
+            },
+        )
+        deadline = started + timeout
+        self._wait_idle(deadline, cut=True)
+        waited = time.monotonic() - started
+        message = (
+            f"worker shutting down: generation stopped after {waited:.1f}s of drain "
+            f"(HERD_DRAIN_SECONDS={timeout:g}); retry the request"
+        )
+        with self._running_lock:
+            left = dict(self._running)
+            self._shutdown_errors.update(dict.fromkeys(left, message))
+        with self.cache.lock:
+            for job_id, entry in left.items():
+                entry.loaded.engine.cancel(job_id)
+        self._wake.set()
+        # The decode loop ends them at its next step, sending the error after their last token (_finish);
+        # the heartbeat goes on meanwhile, so the API never takes this worker for dead.
+        self._wait_idle(time.monotonic() + _SHUTDOWN_STEP_S, cut=False)
+        with self._running_lock:
+            stuck, self._running = list(self._running.values()), {}
+        # Still listed: finished on their own at that last step (or stuck); the rest got the error.
+        failed = len(left) - sum(job_id in self._shutdown_errors for job_id in left) + len(stuck)
+        for entry in stuck:  # the decode loop is wedged: fail them from here
+            try:
+                self._job_publisher.send(entry.job.job_id, "error", status=503, error=message)
+            except redis.RedisError:
+                log.warning(
+                    "could not fail a job: Redis unreachable", extra={"request_id": entry.job.request_id}
+                )
+        try:
+            # A placement that read this worker's state just before it left may have pushed since.
+            moved += self.requeue_waiting()
+        except redis.RedisError:
+            log.warning("could not requeue late jobs: Redis unreachable; they wait for this worker's restart")
+        log.info(
+            "drained",
+            extra={
+                "worker": self.settings.worker_id,
+                "finished": running - failed,
+                "failed": failed,
+                "stuck": len(stuck),
+                "requeued": moved,
+                "seconds": round(waited, 3),
+            },
+        )
+        return failed
+
+    def _wait_idle(self, deadline: float, *, cut: bool) -> None:
+        """Wait until no sequence runs, the deadline passes or (with `cut`) a second SIGTERM comes."""
+        while self.slots_busy and time.monotonic() < deadline and not (cut and self._drain_cut.is_set()):
+            time.sleep(_DRAIN_POLL_S)
 
     # --- slots -------------------------------------------------------------------------------------
 
@@ -452,6 +573,9 @@ class WorkerRuntime:
         )
         if event.reason == "error":
             self._loop_publisher.add(event.key, "error", status=500, error=event.error or "decode failed")
+        elif event.reason == "cancel" and event.key in self._shutdown_errors:
+            message = self._shutdown_errors.pop(event.key)
+            self._loop_publisher.add(event.key, "error", status=503, error=message)
         elif event.reason != "cancel":
             self._loop_publisher.add(
                 event.key,

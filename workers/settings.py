@@ -54,6 +54,12 @@ class WorkerSettings(CommonSettings):
         description="Sequences decoded together per loaded model; 0 (default): 4, or 1 when 4 do not fit "
         "in memory, decided per model at load time as Ollama does.",
     )
+    batch_invariant: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("HERD_BATCH_INVARIANT"),
+        description="Make a request's output independent of what it is batched with (greedy output "
+        "identical alone or beside others); false trades that for more tokens/s on CPU.",
+    )
     memory_limit: int | None = Field(
         default=None,
         validation_alias=AliasChoices("HERD_MEMORY_LIMIT"),
@@ -92,6 +98,14 @@ class WorkerSettings(CommonSettings):
         le=60,
         validation_alias=AliasChoices("HERD_HEARTBEAT"),
         description="Seconds between worker state refreshes in Redis; the state expires after three.",
+    )
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        validation_alias=AliasChoices("HERD_DRAIN_SECONDS"),
+        description="On SIGTERM, seconds running generations get to finish before they are failed with an "
+        "error; keep it below the grace period before SIGKILL (compose's stop_grace_period).",
     )
     metrics_host: str = Field(
         default="127.0.0.1",
