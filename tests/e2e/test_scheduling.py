@@ -175,3 +175,52 @@ def test_num_parallel_default_and_per_model(make_stack: Any) -> None:
         return {m.name: m.num_parallel for s in _worker_states(stack) for m in s.models}
 
     _wait_for(lambda: parallel() == {"tiny-a:latest": 4, "tiny-chat:latest": 2})
+
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three primary colours are",
+    "In 1969, the first humans",
+    "Water boils at",
+    "A haiku about the sea:",
+    "The quick brown fox",
+]
+
+
+def test_greedy_output_is_the_same_alone_and_beside_seven_others(make_stack: Any) -> None:
+    stack, client = make_stack({"OLLAMA_NUM_PARALLEL": "8"})
+    options = {"temperature": 0, "num_predict": 32, "seed": 7}
+
+    def ask(prompt: str) -> str:
+        r = client.post(
+            "/api/generate",
+            json={"model": "gemma3:270m", "prompt": prompt, "raw": True, "stream": False, "options": options},
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["response"])
+
+    alone = [ask(p) for p in PROMPTS]
+    together: list[str] = [""] * len(PROMPTS)
+    busy_seen = 0
+
+    def watch() -> None:
+        nonlocal busy_seen
+        while any(t.is_alive() for t in threads):
+            busy_seen = max(busy_seen, sum(s.slots_busy for s in _worker_states(stack)))
+            time.sleep(0.05)
+
+    def run(i: int) -> None:
+        together[i] = ask(PROMPTS[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for t in threads:
+        t.join(300)
+    watcher.join(10)
+    assert busy_seen >= 6, f"the requests did not run together (at most {busy_seen} at once)"
+    assert together == alone
