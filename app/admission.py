@@ -7,16 +7,12 @@ The check and the push happen in one Lua script, so concurrent API processes can
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
-from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
+from rq.job import Job
 
 from app.contracts import (
-    JOB_RESULT_TTL_S,
     QUEUE_KEYS_SET,
     SHARED_QUEUE,
     EmbedJob,
@@ -25,6 +21,7 @@ from app.contracts import (
 )
 from app.errors import ServerBusy
 from app.metrics import count_rejection
+from app.rq_jobs import new_job
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +67,13 @@ class Admission:
         self._retry_after_s = retry_after_s
         self._admit = client.register_script(_ADMIT)
         self._withdraw = client.register_script(_WITHDRAW)
-        # RQ builds its job hash from a sync client; this one only supplies key names, never I/O.
-        self._rq_connection = redis.Redis()
 
     @property
     def max_queue(self) -> int:
         return self._max_queue
 
     def _rq_job(self, func: str, payload: GenerateJob | EmbedJob, queue: str) -> Job:
-        job = Job.create(
-            func,
-            kwargs={"payload": payload.model_dump(mode="json")},
-            connection=self._rq_connection,
-            id=payload.job_id,
-            origin=queue,
-            # Generation time is bounded by num_predict and the context, not a wall-clock kill.
-            timeout=-1,
-            result_ttl=JOB_RESULT_TTL_S,
-            failure_ttl=JOB_RESULT_TTL_S,
-            ttl=None,
-            serializer=JSONSerializer,
-            status=JobStatus.QUEUED,
-            description=f"{payload.model} {payload.request_id}",
-        )
-        job.enqueued_at = datetime.now(UTC).replace(tzinfo=None)
-        return job
+        return new_job(func, payload, payload.job_id, queue, f"{payload.model} {payload.request_id}")
 
     async def admit(self, func: str, payload: GenerateJob | EmbedJob, queue: str = SHARED_QUEUE) -> int:
         """Enqueue the job or raise ServerBusy; returns how many jobs were waiting ahead of it."""

@@ -15,18 +15,16 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
+from rq.job import Job
 
-from app.contracts import JOB_RESULT_TTL_S, MODELS_QUEUE, ModelJob, rq_queue_key
+from app.contracts import MODELS_QUEUE, ModelJob, rq_queue_key
 from app.errors import error_response
+from app.rq_jobs import new_job
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -34,28 +32,11 @@ log = logging.getLogger(__name__)
 # A client that stops reading a non-streamed answer is noticed within this long, even while progress flows.
 DISCONNECT_POLL_S = 0.5
 _background: set[asyncio.Task[None]] = set()
-# RQ builds its job hash from a sync client; this one only supplies key names, never I/O.
-_RQ_CONNECTION = redis.Redis()
 
 
 async def enqueue(client: aioredis.Redis, func: str, job: ModelJob) -> None:
     """Put a model job on `herd-models` (no MAX_QUEUE bound: downloads must not block inference)."""
-    rq_job = Job.create(
-        func,
-        kwargs={"payload": job.model_dump(mode="json")},
-        connection=_RQ_CONNECTION,
-        id=job.job_id,
-        origin=MODELS_QUEUE,
-        # A pull of a large model takes as long as the network needs; progress, not a timer, shows life.
-        timeout=-1,
-        result_ttl=JOB_RESULT_TTL_S,
-        failure_ttl=JOB_RESULT_TTL_S,
-        ttl=None,
-        serializer=JSONSerializer,
-        status=JobStatus.QUEUED,
-        description=f"{job.kind} {job.model} {job.request_id}",
-    )
-    rq_job.enqueued_at = datetime.now(UTC).replace(tzinfo=None)
+    rq_job = new_job(func, job, job.job_id, MODELS_QUEUE, f"{job.kind} {job.model} {job.request_id}")
     pipe = client.pipeline(transaction=True)
     pipe.hset(rq_job.key, mapping=rq_job.to_dict())
     pipe.sadd("rq:queues", rq_queue_key(MODELS_QUEUE))
