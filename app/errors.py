@@ -95,3 +95,58 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             detail = "405 method not allowed"
         return error_response(exc.status_code, detail, getattr(exc, "headers", None))
+
+
+# The statuses any operation can answer with an error, and why; the OpenAPI lists them in place of
+# FastAPI's 422, which Herd never sends (validation errors are 400, as in Ollama).
+ERROR_STATUSES: dict[int, str] = {
+    400: "Bad input, naming the field or value at fault",
+    401: "Missing or invalid API key (when HERD_API_KEYS_FILE is set)",
+    403: "Origin or Host refused at the edge (nginx)",
+    404: "Unknown model or route",
+    413: "Request body over HERD_MAX_BODY_SIZE (nginx)",
+    500: "The model failed to load or run",
+    502: "The model registry, or the proxy to it, failed (pull, push)",
+    503: "Queue full (OLLAMA_MAX_QUEUE) or Redis unreachable; retry after Retry-After seconds",
+}
+
+# Ollama's error body: `{"error": "..."}`.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}},
+    "required": ["error"],
+}
+
+
+def document_errors(app: FastAPI, shapes: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """Serve an OpenAPI whose every operation documents the errors it really sends, in their real shape.
+
+    ``shapes`` maps a path prefix to the name and schema of the error body of the routes under it (the
+    longest prefix wins); FastAPI's generated 422 and its `detail` schemas, which never reach a client,
+    are dropped.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for name, body_schema in shapes.values():
+            components[name] = body_schema
+        for path, operations in schema.get("paths", {}).items():
+            prefix = max((p for p in shapes if path.startswith(p)), key=len, default=None)
+            if prefix is None:
+                raise ValueError(f"no error shape for path {path!r} (shapes cover {sorted(shapes)})")
+            body = {"application/json": {"schema": {"$ref": f"#/components/schemas/{shapes[prefix][0]}"}}}
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, why in ERROR_STATUSES.items():
+                    responses.setdefault(str(status), {"description": why, "content": body})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
@@ -16,9 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import __version__, metrics
 from app.admission import Admission
 from app.auth import ApiKeyMiddleware
-from app.errors import install_error_handlers
+from app.errors import ERROR_SCHEMA, document_errors, install_error_handlers
 from app.logs import configure_logging
-from app.openai_errors import install_openai_error_handlers
+from app.openai_errors import OPENAI_ERROR_SCHEMA, V1_PREFIX, install_openai_error_handlers
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
 from app.routers import embed, generate, manage, meta, models, openai
@@ -95,6 +99,62 @@ class JsonBodyMiddleware:
         await self.app(scope, receive, send)
 
 
+# A JSON `\uD800`-`\uDFFF` escape: the only way a lone UTF-16 surrogate gets into a decoded string.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """``value`` with every unpaired surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
+class LoneSurrogateMiddleware:
+    """Replaces unpaired UTF-16 surrogates in JSON bodies with U+FFFD, as Ollama's Go decoder does.
+
+    Python's json accepts `"\\ud800"` and yields a string no UTF-8 encoder takes: the worker then failed
+    with a 500 when it tokenized the prompt. Only bodies that contain such an escape are re-encoded.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not (path.startswith(("/api/", "/v1/")) and not path.startswith("/api/blobs")):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away before its body ended: let the app see the same
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if _SURROGATE_ESCAPE.search(body):
+            # Not JSON: left as it is, for the app to answer with its own 400.
+            with contextlib.suppress(ValueError):
+                body = json.dumps(_replace_lone_surrogates(json.loads(body))).encode()
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                # Later reads wait for the disconnect that streaming responses watch for.
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def build_services(settings: ApiSettings) -> Services:
     """The process's runtime resources; nothing connects until first used."""
     client = aioredis.Redis.from_url(
@@ -138,6 +198,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    document_errors(
+        app, {"/": ("Error", ERROR_SCHEMA), V1_PREFIX + "/": ("OpenAIError", OPENAI_ERROR_SCHEMA)}
+    )
 
     @app.exception_handler(aioredis.ConnectionError)
     async def _redis_down(_: Request, exc: aioredis.ConnectionError) -> JSONResponse:
@@ -152,6 +215,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_openai_error_handlers(app)  # after every handler: /v1 answers in OpenAI's shape
 
     app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(LoneSurrogateMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     for router in (meta.router, generate.router, embed.router, models.router, manage.router, openai.router):

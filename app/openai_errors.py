@@ -31,6 +31,24 @@ _TYPES = {
     429: "rate_limit_error",
 }
 
+# OpenAI's error body, as `error_body` writes it (documented in the OpenAPI for every /v1 operation).
+OPENAI_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+    "required": ["error"],
+}
+
 
 class OpenAIError(HerdError):
     """An error raised by a /v1 route, with OpenAI's `param` (the field at fault) and `code`."""

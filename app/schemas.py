@@ -5,7 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from app.contracts import ChatMessage
 
@@ -112,7 +121,8 @@ class _Named(BaseModel):
 
 
 class _Request(_Named):
-    keep_alive: str | float | None = Field(
+    # Strict: pydantic's lax mode would read `true` as 1 second (found by the fuzzer); Ollama refuses it.
+    keep_alive: StrictStr | StrictFloat | StrictInt | None = Field(
         default=None, description='How long to keep the model loaded: "5m", seconds, negative for ever, 0.'
     )
     options: Options | None = None

@@ -1,0 +1,105 @@
+"""Schemathesis hooks for tests/reliability/test_fuzz.py, loaded by the CLI through SCHEMATHESIS_HOOKS.
+
+Two jobs: steer half of the generated bodies at a model the stack really serves (so generation, chat and
+embedding run for real instead of stopping at 404) with a short generation length, and record every
+response's method, path and status as one JSON line in $HERD_FUZZ_LOG, the figures the test reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import schemathesis
+
+# Set by the test to what its stack serves.
+SERVED_MODEL = os.environ.get("HERD_FUZZ_MODEL", "tiny-a")
+# Longest generation a fuzzed request may ask for: every request is real inference on 2 shared cores.
+MAX_TOKENS = 8
+NATIVE_GENERATION = frozenset({"/api/generate", "/api/chat"})
+OPENAI_GENERATION = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+# Operations whose successful answer is a stream (NDJSON natively, SSE on /v1) or, for delete, no body at
+# all, as in Ollama; the routes do not declare those media types in the OpenAPI yet.
+_UNDECLARED_SUCCESS_BODIES = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/delete",
+        "/v1/chat/completions",
+        "/v1/completions",
+    }
+)
+# Missing Content-Type, undocumented Content-Type, body not JSON.
+_MEDIA_TYPE_FAILURES = frozenset({"ST104", "ST105", "ST109"})
+
+
+def _steered(body: dict[str, Any]) -> bool:
+    # Decided by the body's content, not by a random draw, so hypothesis' replays stay deterministic.
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).digest()
+    return digest[0] % 2 == 0
+
+
+def _short(value: object) -> object:
+    """A generation length capped at MAX_TOKENS; -1/-2 (no limit, fill the context) become the cap."""
+    if isinstance(value, int) and not isinstance(value, bool) and (value > MAX_TOKENS or value < 0):
+        return MAX_TOKENS
+    return value
+
+
+@schemathesis.hook
+def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+    if not isinstance(body, dict) or context.operation is None:
+        return body
+    path = context.operation.path
+    body = dict(body)
+    if isinstance(body.get("model"), str) and _steered(body):
+        body["model"] = SERVED_MODEL
+    options = body.get("options")
+    if path in NATIVE_GENERATION and (isinstance(options, dict) or "options" not in body):
+        # No num_predict means "until the context is full": every generation gets a short one.
+        options = options if isinstance(options, dict) else {}
+        body["options"] = {**options, "num_predict": _short(options.get("num_predict", MAX_TOKENS))}
+    if path in OPENAI_GENERATION:
+        body["max_tokens"] = _short(body.get("max_tokens", MAX_TOKENS))
+        if "max_completion_tokens" in body:
+            body["max_completion_tokens"] = _short(body["max_completion_tokens"])
+    return body
+
+
+@schemathesis.hook
+def after_call(
+    context: schemathesis.HookContext, case: schemathesis.Case, response: schemathesis.Response
+) -> None:
+    path = os.environ.get("HERD_FUZZ_LOG")
+    if not path:
+        return
+    record: dict[str, Any] = {
+        "method": case.operation.method.upper(),
+        "path": case.operation.path,
+        "status": response.status_code,
+    }
+    if response.status_code >= 400:
+        record["body"] = response.content[:300].decode("utf-8", "replace")
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+@schemathesis.hook
+def filter_failure(
+    context: schemathesis.HookContext, failure: Any, case: schemathesis.Case, response: schemathesis.Response
+) -> bool:
+    """Keep every failure but a media-type one on a 2xx stream or empty delete answer (named above)."""
+    if response.status_code == 502 and case.operation.path in ("/api/pull", "/api/push"):
+        # The registry is unreachable by design here (its proxy is a closed port): not Herd's 5xx.
+        # test_fuzz checks each such answer names the proxy or the registry.
+        return False
+    if not (200 <= response.status_code < 300 and case.operation.path in _UNDECLARED_SUCCESS_BODIES):
+        return True
+    return getattr(failure, "code", None) not in _MEDIA_TYPE_FAILURES
