@@ -119,6 +119,9 @@ class WorkerRuntime:
         # Set by SIGTERM (nothing but flags: a signal handler must not touch Redis); a second cuts the drain.
         self._draining = threading.Event()
         self._drain_cut = threading.Event()
+        # When the first SIGTERM came and how many sequences ran then: the drain counts from there.
+        self._drain_requested_at: float | None = None
+        self._running_at_drain = 0
         # Jobs the drain ran out of time for, with their error: the decode loop ends them with it.
         self._shutdown_errors: dict[str, str] = {}
         self._state_dirty = threading.Event()
@@ -158,6 +161,9 @@ class WorkerRuntime:
         """Stop taking jobs (from a signal handler); asked again, fail running sequences at once."""
         if self._draining.is_set():
             self._drain_cut.set()
+        else:
+            self._drain_requested_at = time.monotonic()
+            self._running_at_drain = len(self._running)  # no lock in a signal handler; len() is atomic
         self._draining.set()
         self._slot_freed.set()  # wakes the dequeue loop, which then sees the drain
 
@@ -176,15 +182,18 @@ class WorkerRuntime:
         The worker leaves placement first (no API sends it new jobs) but keeps its heartbeat, by which the
         API tells a draining worker from a dead one. Jobs waiting in its own queue go to the shared queue.
         """
-        self._draining.set()  # not request_drain(): after a SIGTERM that would count as a second one
-        started = time.monotonic()
+        if self._drain_requested_at is None:  # not request_drain(): after a SIGTERM that is a second one
+            self._drain_requested_at = time.monotonic()
+            self._running_at_drain = self.slots_busy
+        self._draining.set()
+        started = self._drain_requested_at
         try:
             self.client.srem(WORKERS_SET, self.settings.worker_id)
             moved = self.requeue_waiting()
         except redis.RedisError:
             log.warning("could not leave placement or requeue waiting jobs: Redis unreachable")
             moved = 0
-        running = self.slots_busy
+        running = self._running_at_drain
         log.info(
             "draining",
             extra={
