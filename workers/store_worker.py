@@ -3,6 +3,10 @@
 Model jobs are disk- and network-bound and can take minutes, so they run here and never in a web
 process or an inference worker. The process heartbeats a state key (not in the inference workers' set,
 so it never shows in /api/ps or placement) by which the API tells a dead store worker from a slow job.
+
+On SIGTERM it takes no more jobs and stops the running one at its next cancel check, with an error its
+client sees. The store stays whole: blobs are renamed into place only once verified and a manifest is
+written last, so a stopped pull leaves at most a partial blob that the next pull resumes.
 """
 
 from __future__ import annotations
@@ -10,23 +14,35 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
+from types import FrameType
 
 import redis
 from pydantic import AliasChoices, Field
+from rq.job import Job
+from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from app.contracts import MODELS_QUEUE, worker_state_key
+from app.contracts import EVENT_STREAM_TTL_S, MODELS_QUEUE, cancel_key, worker_state_key
 from app.logs import configure_logging
 from app.registry import RegistrySettings
 from app.settings import load_settings
 from app.store import ModelStore
 from workers import store_jobs
+from workers.publisher import Publisher
 
 log = logging.getLogger(__name__)
+
+# Seconds one blocking pop waits for a job: how soon an idle store worker notices a SIGTERM.
+DEQUEUE_POLL_S = 1
+SHUTDOWN_MESSAGE = (
+    "store worker shutting down: {kind} of {model} stopped; nothing was written to the store for it "
+    "(a pull resumes from what it downloaded); retry it"
+)
 
 
 class StoreWorkerSettings(RegistrySettings):
@@ -60,7 +76,8 @@ class Heartbeat(threading.Thread):
         super().__init__(name="store-heartbeat", daemon=True)
         self._client = client
         self._settings = settings
-        self._stop = threading.Event()
+        # Not `_stop`: that is threading.Thread's own method, which join() calls.
+        self._stopping = threading.Event()
 
     def beat(self) -> None:
         doc = {"worker_id": self._settings.worker_id, "pid": os.getpid(), "kind": "store", "at": time.time()}
@@ -68,19 +85,94 @@ class Heartbeat(threading.Thread):
         self._client.set(worker_state_key(self._settings.worker_id), json.dumps(doc), px=ttl_ms)
 
     def run(self) -> None:
-        while not self._stop.wait(self._settings.heartbeat_s):
+        while not self._stopping.wait(self._settings.heartbeat_s):
             try:
                 self.beat()
             except redis.RedisError as exc:
                 log.warning("store worker heartbeat failed: %s", exc)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=5)
         try:
             self._client.delete(worker_state_key(self._settings.worker_id))
         except redis.RedisError as exc:
             log.warning("could not clear the store worker's state: %s", exc)
+
+
+class StoreWorker(SimpleWorker):
+    """The RQ worker of the model queue; SIGTERM only raises flags, acted on by the loop and a JobStopper."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.running_job: Job | None = None
+        self.stopping = threading.Event()
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: FrameType | None) -> None:
+        # RQ's own handler would let a pull run for minutes (warm shutdown), or raise mid-Redis-reply;
+        # a signal handler touches no Redis, so it only raises flags.
+        log.info("received %s: taking no more model jobs", signal.Signals(signum).name)
+        self._stop_requested = True
+        self.stopping.set()
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        while not self._stop_requested:
+            # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
+            result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
+            if result is not None:
+                return result
+        return None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.running_job = job
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.running_job = None
+
+
+class JobStopper(threading.Thread):
+    """Once the worker is stopping, fails its running job with a clear error and stops it.
+
+    The error goes to the job's stream first (the API relays it and ends the request); the cancel flag
+    then makes the job stop at its next check, where it removes nothing and publishes no manifest.
+    """
+
+    def __init__(self, worker: StoreWorker, client: redis.Redis):
+        super().__init__(name="store-job-stopper", daemon=True)
+        self._worker = worker
+        self._client = client
+        self._publisher = Publisher(client)
+
+    def run(self) -> None:
+        self._worker.stopping.wait()
+        stopped: set[str] = set()
+        while True:
+            # A job popped just as the signal came is stopped too.
+            job = self._worker.running_job
+            if job is not None and job.id not in stopped:
+                stopped.add(job.id)
+                self._stop_job(job)
+            time.sleep(0.1)
+
+    def _stop_job(self, job: Job) -> None:
+        payload = job.kwargs.get("payload", {})
+        kind, model = str(payload.get("kind", "model job")), str(payload.get("model", "?"))
+        try:
+            self._publisher.send(
+                job.id, "error", status=503, error=SHUTDOWN_MESSAGE.format(kind=kind, model=model)
+            )
+            self._client.set(cancel_key(job.id), "1", ex=EVENT_STREAM_TTL_S)
+        except redis.RedisError as exc:
+            log.warning("could not stop model job %s: %s", job.id, exc)
+            return
+        log.info("stopping model job for shutdown", extra={"job": job.id, "kind": kind, "model": model})
 
 
 def main() -> None:
@@ -101,9 +193,10 @@ def main() -> None:
         )
     )
     log.info("store worker started", extra={"worker": settings.worker_id, "models": str(settings.models_dir)})
-    worker = SimpleWorker(
+    worker = StoreWorker(
         [MODELS_QUEUE], name=settings.worker_id, connection=client, serializer=JSONSerializer
     )
+    JobStopper(worker, client).start()
     try:
         worker.work(logging_level="WARNING")
     finally:
