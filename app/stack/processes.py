@@ -212,28 +212,33 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, sig)
 
-    def terminate(self) -> None:
-        """Ask the whole group to stop (SIGTERM) without waiting; stop() then waits."""
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Ask the whole group to stop (SIGTERM, or ``sig``) without waiting; stop() then waits."""
         if self.alive:
-            self.send_signal(signal.SIGTERM)
+            self.send_signal(sig)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the group, wait up to ``timeout``, then SIGKILL it; returns the exit status.
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """Send ``sig`` (SIGTERM) to the group, wait up to ``timeout``, then SIGKILL it; returns the exit status.
 
-        Safe to call again, and on a child that already exited: the group still gets a SIGKILL then,
-        so nothing it forked outlives it.
+        ``sig`` is the process's graceful stop: SIGTERM for gunicorn and the workers, SIGQUIT for nginx
+        (whose SIGTERM drops open connections). Safe to call again, and on a child that already exited:
+        the group still gets a SIGKILL then, so nothing it forked outlives it.
         """
         proc = self._proc
         if proc is None:
             return None
         if proc.poll() is None:
             logger.info("stopping process=%s pid=%d", self.name, proc.pid)
-            self.send_signal(signal.SIGTERM)
+            self.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 logger.warning(
-                    "process=%s pid=%d ignored SIGTERM for %gs; killing it", self.name, proc.pid, timeout
+                    "process=%s pid=%d ignored %s for %gs; killing it",
+                    self.name,
+                    proc.pid,
+                    signal.Signals(sig).name,
+                    timeout,
                 )
                 self.send_signal(signal.SIGKILL)
                 proc.wait()

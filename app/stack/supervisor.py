@@ -32,13 +32,17 @@ from app.stack.nginx import check_nginx_conf, logs_dir, nginx_argv, nginx_dir, w
 from app.stack.processes import ManagedProcess, ProcessDied, ProcessError, describe_exit
 from app.stack.redis_conf import redis_argv, write_redis_conf
 from app.stack.settings import StackSettings
+from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-# Seconds each process gets between SIGTERM and SIGKILL. The API's is gunicorn's --graceful-timeout
-# plus a margin, so in-flight streams can finish.
+# Seconds each process gets between its graceful stop signal and SIGKILL. The API's (and nginx's, which
+# relays the same streams) is gunicorn's --graceful-timeout plus a margin, so in-flight streams can finish;
+# a worker's is its HERD_DRAIN_SECONDS plus _WORKER_STOP_MARGIN_S (see Stack.worker_stop_timeout).
 API_GRACEFUL_TIMEOUT_S = 30
-_STOP_TIMEOUT_S = {"nginx": 10.0, "api": API_GRACEFUL_TIMEOUT_S + 5.0, "worker": 15.0, "redis": 15.0}
+_STOP_TIMEOUT_S = {"nginx": API_GRACEFUL_TIMEOUT_S + 5.0, "api": API_GRACEFUL_TIMEOUT_S + 5.0, "redis": 15.0}
+# Unloading models and withdrawing the worker's state after the drain.
+_WORKER_STOP_MARGIN_S = 10.0
 # A worker that dies is restarted after 1, 2, 4 ... seconds, at most this long; the backoff starts over
 # once a worker has stayed up for WORKER_STABLE_S.
 WORKER_BACKOFF_MAX_S = 30.0
@@ -166,6 +170,15 @@ class Stack:
             str(s.run_dir / "api" / "gunicorn.pid"),
             "app.main:create_app()",
         ]
+
+    def worker_stop_timeout(self) -> float:
+        """Seconds a worker gets from SIGTERM to SIGKILL: its drain (HERD_DRAIN_SECONDS) and a margin."""
+        field = WorkerSettings.model_fields["drain_s"]
+        try:
+            drain = float(self.base_env.get("HERD_DRAIN_SECONDS", field.default))
+        except ValueError:
+            drain = float(field.default)  # the worker itself refuses to start, naming the variable
+        return max(drain, 0.0) + _WORKER_STOP_MARGIN_S
 
     def worker_argv(self) -> list[str]:
         """One worker process."""
@@ -313,20 +326,27 @@ class Stack:
         logger.info("stack ready url=%s in %.1fs run_dir=%s", self.url, time.monotonic() - started, s.run_dir)
 
     def stop(self) -> None:
-        """Stop everything in reverse start order: nginx, the API, the workers, Redis. Idempotent."""
+        """Stop everything in reverse start order: nginx and the API, the workers, Redis. Idempotent.
+
+        nginx (SIGQUIT: it closes its listeners and finishes open requests) and the API (SIGTERM:
+        gunicorn's graceful timeout) stop together while the workers still run, so a stream open at that
+        moment completes. Then the workers drain what is left (nothing, usually) in parallel.
+        """
         if self._stopped:
             return
         logger.info("stopping the stack")
-        if self.nginx is not None:
-            self.nginx.stop(_STOP_TIMEOUT_S["nginx"])
-        if self.api is not None:
-            self.api.stop(_STOP_TIMEOUT_S["api"])
-        # All workers finish their current decode step in parallel rather than one after another.
+        front = [
+            (p, sig) for p, sig in ((self.nginx, signal.SIGQUIT), (self.api, signal.SIGTERM)) if p is not None
+        ]
+        for proc, sig in front:
+            proc.terminate(sig)
+        for proc, sig in front:
+            proc.stop(_STOP_TIMEOUT_S[proc.name], sig)
         supervised = [*self.workers, *([self.store_worker] if self.store_worker is not None else [])]
         for worker in supervised:
             worker.terminate()
         for worker in supervised:
-            worker.stop(_STOP_TIMEOUT_S["worker"])
+            worker.stop(self.worker_stop_timeout())
         if self.redis is not None:
             self.redis.stop(_STOP_TIMEOUT_S["redis"])
         if self._lock_file is not None:
@@ -370,7 +390,7 @@ class Stack:
         elif now >= restart_at:
             del self._worker_restart_at[worker.name]
             try:
-                worker.restart(_STOP_TIMEOUT_S["worker"])
+                worker.restart(self.worker_stop_timeout())
             except ProcessError as exc:
                 # Cannot even exec: no backoff will fix that; keep trying slowly and say why.
                 logger.error("process=%s restart failed: %s", worker.name, exc)
