@@ -165,6 +165,12 @@ class StackSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_WORKERS"),
         description="How many worker processes (each holds its own models) the stack runs.",
     )
+    gpus: str = Field(
+        default="",
+        validation_alias=AliasChoices("HERD_GPUS"),
+        description='GPUs to run one worker each on, pinned with CUDA_VISIBLE_DEVICES ("0,1" or GPU UUIDs); '
+        "when set, it decides the number of workers instead of HERD_WORKERS. Empty: CPU workers.",
+    )
     api_processes: int = Field(
         default=2,
         ge=1,
@@ -207,6 +213,27 @@ class StackSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_TLS_KEY"),
         description="The PEM private key of HERD_TLS_CERT; set both or neither.",
     )
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_list(cls, value: str) -> str:
+        ids = [g.strip() for g in value.split(",")] if value.strip() else []
+        for gpu in ids:
+            if not re.fullmatch(r"\d+|(?:GPU|MIG)-[0-9A-Za-z-]+", gpu):
+                raise ValueError(f"invalid GPU {gpu!r}: use indexes or UUIDs separated by commas, e.g. 0,1")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"a GPU is listed twice in {value!r}")
+        return ",".join(ids)
+
+    @property
+    def gpu_list(self) -> list[str]:
+        """The GPUs to pin one worker each to (empty: CPU workers)."""
+        return self.gpus.split(",") if self.gpus else []
+
+    @property
+    def worker_count(self) -> int:
+        """One worker per listed GPU, else HERD_WORKERS."""
+        return len(self.gpu_list) or self.workers
 
     @field_validator("tls_cert", "tls_key", mode="after")
     @classmethod

@@ -126,11 +126,14 @@ class Stack:
     def worker_env(self, index: int) -> dict[str, str]:
         """The environment of worker ``index``.
 
-        GPU hook: on a GPU host each worker is pinned to one device by setting
-        ``CUDA_VISIBLE_DEVICES=<index>`` here (one worker per GPU). CPU workers get no device.
+        With HERD_GPUS each worker is pinned to its own GPU through CUDA_VISIBLE_DEVICES (it then sees
+        that one device as device 0 and offloads there); CPU workers get no device.
         """
         env = self.child_env()
         env["HERD_WORKER_ID"] = f"w{index}"
+        gpus = self.settings.gpu_list
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index]
         env["HERD_WORKER_METRICS_PORT"] = str(self.worker_metrics_port(index))
         return env
 
@@ -142,7 +145,8 @@ class Stack:
     def worker_metrics_urls(self) -> list[str]:
         """Each worker's /metrics, in worker order (loopback: for Prometheus on this host and tests)."""
         return [
-            f"http://127.0.0.1:{self.worker_metrics_port(i)}/metrics" for i in range(self.settings.workers)
+            f"http://127.0.0.1:{self.worker_metrics_port(i)}/metrics"
+            for i in range(self.settings.worker_count)
         ]
 
     def api_argv(self) -> list[str]:
@@ -230,7 +234,7 @@ class Stack:
             *(
                 # Each worker serves its own /metrics right above it.
                 ("HERD_METRICS_PORT", "127.0.0.1", self.worker_metrics_port(i))
-                for i in range(s.workers)
+                for i in range(s.worker_count)
             ),
         ]
         if not s.loopback_bind:
@@ -296,7 +300,7 @@ class Stack:
                     cwd=_SOURCE_ROOT,
                     pid_path=s.run_dir / "workers" / f"w{i}.pid",
                 )
-                for i in range(s.workers)
+                for i in range(s.worker_count)
             ]
             for worker in self.workers:
                 worker.start()

@@ -219,6 +219,25 @@ def test_bad_stack_values_name_the_variables(
         assert name in str(info.value.code)
 
 
+@pytest.mark.parametrize("value", ["0,x", "0,0", "GPU", "1;2"])
+def test_bad_gpu_lists_name_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HERD_GPUS", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(StackSettings)
+    assert "HERD_GPUS" in str(info.value.code)
+
+
+def test_one_worker_per_listed_gpu_pinned_with_cuda_visible_devices(tmp_path: Path) -> None:
+    gpus = "1, GPU-8f0c-33ab"
+    stack = Stack(StackSettings(HERD_GPUS=gpus, HERD_WORKERS=5, HERD_RUN_DIR=tmp_path))
+    assert stack.settings.worker_count == 2  # the GPU list wins over HERD_WORKERS
+    assert [stack.worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["1", "GPU-8f0c-33ab"]
+    assert len(stack.worker_metrics_urls) == 2
+    cpu = Stack(StackSettings(HERD_WORKERS=3, HERD_RUN_DIR=tmp_path / "cpu"))
+    assert cpu.settings.worker_count == 3
+    assert "CUDA_VISIBLE_DEVICES" not in {k for i in range(3) for k in cpu.worker_env(i)} - set(os.environ)
+
+
 # --- nginx ------------------------------------------------------------------------------------------
 
 
