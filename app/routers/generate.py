@@ -12,6 +12,7 @@ from app.contracts import GenerateJob
 from app.durations import InvalidDuration, parse_keep_alive
 from app.errors import BadRequest
 from app.generation import created_at, run_generation
+from app.openapi_bodies import NDJSON_STREAM
 from app.schemas import ChatRequest, GenerateRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
 
@@ -60,7 +61,7 @@ def _unloaded(kind: str, model: str) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", responses=NDJSON_STREAM)
 async def generate(
     body: GenerateRequest, request: Request, services: Services = Depends(get_services)
 ) -> Response:
@@ -91,7 +92,7 @@ async def generate(
     return await run_generation(services, request, job, stored, body.model, body.stream)
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", responses=NDJSON_STREAM)
 async def chat(body: ChatRequest, request: Request, services: Services = Depends(get_services)) -> Response:
     """Generate the next message of a chat; empty messages load (or, with keep_alive 0, unload) the model."""
     stored = services.resolve(body.model)

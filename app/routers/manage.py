@@ -30,6 +30,7 @@ from app.create import CreateError, normalize_quantize
 from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy
 from app.model_jobs import run_model_job
 from app.names import InvalidModelName, ModelName
+from app.openapi_bodies import NDJSON_STREAM, NO_BODY
 from app.schemas import CopyRequest, CreateRequest, DeleteRequest, Options, PullRequest
 from app.services import Services, get_services, new_job_id, now_ns, request_id
 from app.store import ModelNotFound, StoreError
@@ -133,7 +134,7 @@ def _files(services: Services, files: dict[str, str] | None) -> dict[str, str]:
     return checked
 
 
-@router.post("/api/create")
+@router.post("/api/create", responses=NDJSON_STREAM)
 async def create(
     body: CreateRequest, request: Request, services: Services = Depends(get_services)
 ) -> Response:
@@ -166,7 +167,7 @@ async def create(
     return await run_model_job(services, request, JOB_FUNC_CREATE, job, body.stream)
 
 
-@router.post("/api/pull")
+@router.post("/api/pull", responses=NDJSON_STREAM)
 async def pull(body: PullRequest, request: Request, services: Services = Depends(get_services)) -> Response:
     """Download a model from its registry (through HTTPS_PROXY when set); streams progress."""
     name = _name(body.model)
@@ -180,7 +181,7 @@ async def pull(body: PullRequest, request: Request, services: Services = Depends
     return await run_model_job(services, request, JOB_FUNC_PULL, job, body.stream)
 
 
-@router.post("/api/push")
+@router.post("/api/push", responses=NDJSON_STREAM)
 async def push(body: PullRequest, request: Request, services: Services = Depends(get_services)) -> Response:
     """Upload a model to the registry its name points at; streams progress."""
     stored = services.resolve(body.model)
@@ -250,7 +251,7 @@ async def _until_terminal(services: Services, job_id: str) -> None:
         pass
 
 
-@router.delete("/api/delete")
+@router.delete("/api/delete", response_class=Response, responses=NO_BODY)
 async def delete(
     body: DeleteRequest, request: Request, services: Services = Depends(get_services)
 ) -> Response:

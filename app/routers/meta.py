@@ -18,7 +18,8 @@ router = APIRouter(tags=["meta"])
 OLLAMA_API_VERSION = "0.12.0"
 
 
-@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.get("/", response_class=PlainTextResponse, operation_id="root_get")
+@router.head("/", response_class=PlainTextResponse, operation_id="root_head")
 async def root() -> str:
     """Ollama's liveness answer, which clients probe before anything else."""
     return "Ollama is running"

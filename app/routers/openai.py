@@ -35,6 +35,7 @@ from app.openai_compat import (
     tools,
 )
 from app.openai_errors import OpenAIError, error_body, openai_error_response
+from app.openapi_bodies import SSE_STREAM
 from app.services import Services, get_services, new_job_id, now_ns, request_id
 from app.store import StoredModel
 
@@ -135,7 +136,7 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
     return bool(body.stream and body.stream_options and body.stream_options.include_usage)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=SSE_STREAM)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, services: Services = Depends(get_services)
 ) -> Response:
@@ -165,7 +166,7 @@ async def chat_completions(
     return await _generate(services, request, job, stored, shape, body.stream)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=SSE_STREAM)
 async def completions(
     body: CompletionRequest, request: Request, services: Services = Depends(get_services)
 ) -> Response:
