@@ -25,11 +25,14 @@ import pytest
 import redis
 
 from app.contracts import SHARED_QUEUE, WORKERS_SET, rq_queue_key, worker_queue_name, worker_state_key
+from app.settings import SettingsError, load_settings
 from app.stack.processes import ManagedProcess
+from app.stack.settings import StackSettings
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.support.registry import running_registry
 from tests.support.tiny_gguf import write_tiny_llama
+from workers.settings import WorkerSettings
 
 DRAIN_S = 15.0
 # Long enough to outlast any drain here; short enough to finish while a stream is being drained.
@@ -47,6 +50,20 @@ STREAM = {
     "options": {"temperature": 0, "num_predict": STREAM_TOKENS},
 }
 WAITING = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "3601"])
+def test_a_bad_drain_setting_stops_the_worker_naming_it(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HERD_DRAIN_SECONDS", value)
+    with pytest.raises(SettingsError, match=f"invalid value '{value}' for HERD_DRAIN_SECONDS"):
+        load_settings(WorkerSettings)
+
+
+def test_the_supervisor_gives_a_worker_its_drain_before_sigkill(tmp_path: Path) -> None:
+    settings = StackSettings(HERD_RUN_DIR=tmp_path, OLLAMA_MODELS=tmp_path)
+    assert load_settings(WorkerSettings).drain_s == 30
+    assert Stack(settings, env={}).worker_stop_timeout() == 40
+    assert Stack(settings, env={"HERD_DRAIN_SECONDS": "5"}).worker_stop_timeout() == 15
 
 
 @dataclass
