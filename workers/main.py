@@ -8,6 +8,7 @@ import time
 from types import FrameType
 
 import redis
+from redis.client import Pipeline
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -24,6 +25,13 @@ log = logging.getLogger(__name__)
 
 # Seconds one blocking pop waits for a job: how soon the dequeue loop notices a SIGTERM.
 DEQUEUE_POLL_S = 1
+# While Redis is unreachable, how long the work loop waits before it tries again.
+REDIS_RETRY_S = 1.0
+
+
+def _redis_down(exc: redis.RedisError) -> None:
+    log.warning("Redis unreachable (%s); retrying in %gs", exc, REDIS_RETRY_S)
+    time.sleep(REDIS_RETRY_S)
 
 
 class HerdWorker(SimpleWorker):
@@ -37,6 +45,26 @@ class HerdWorker(SimpleWorker):
     def __init__(self, *args: object, runtime: WorkerRuntime, **kwargs: object):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.runtime = runtime
+
+    # RQ's work loop quits on a Redis error outside its own dequeue. A Herd worker outlives a Redis restart
+    # instead (its models stay loaded): these three calls of the loop wait for Redis to answer again.
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        try:
+            super().heartbeat(timeout, pipeline)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _redis_down(exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _redis_down(exc)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _redis_down(exc)
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self._request_drain)
