@@ -14,8 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 # Answered without a key: Ollama's `GET|HEAD /` probe, and the two health checks, which the supervisor
-# runs through nginx without a key (they tell only whether the stack is up).
-_OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+# runs through nginx without a key (they tell only whether the stack is up). And /metrics, which
+# Prometheus scrapes without a key: nginx's public port never proxies it (unless the operator sets
+# HERD_METRICS_PUBLIC=1), only its internal listener and the API's own port, loopback or the bundle's
+# internal network, reach it.
+_OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 _OPEN_ROOT_METHODS = frozenset({"GET", "HEAD"})
 _UNREADABLE = (-1, -1)
 
