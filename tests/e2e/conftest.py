@@ -83,7 +83,9 @@ def start_stack(
 
 @pytest.fixture(scope="session")
 def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with start_stack(models_dir, tmp_path_factory.mktemp("run"), env={"HERD_WORKER_TIMEOUT": "3"}) as s:
+    # One slot, so that tests can hold the worker busy with one stream and see the next request wait.
+    env = {"HERD_WORKER_TIMEOUT": "3", "OLLAMA_NUM_PARALLEL": "1"}
+    with start_stack(models_dir, tmp_path_factory.mktemp("run"), env=env) as s:
         yield s
 
 
