@@ -49,6 +49,7 @@ STACK_SETTINGS_REPLACED = {
     "HERD_REDIS_PORT": "HERD_REDIS_URL names redis:6379",
     "HERD_METRICS_PORT": "nginx's internal listener is 11437; Prometheus scrapes api:11435",
     "HERD_WORKERS": "one worker service per GPU (profiles gpu, gpu1..gpu3) or worker-cpu",
+    "HERD_GPUS": "each GPU worker service reserves its device with device_ids",
     "HERD_API_PROCESSES": "the api service's gunicorn --workers",
     "HERD_RUN_DIR": "volumes and tmpfs replace the run dir",
     "HERD_TLS_CERT": "HERD_TLS_DIR/tls.crt",

@@ -167,8 +167,9 @@ def test_stop_option_ends_output_before_the_stop_string(client: httpx.Client) ->
 def test_format_json_always_parses(client: httpx.Client) -> None:
     """Every output the grammar ended (done_reason stop) is a JSON object; a num_predict cut is 'length'."""
     finished = 0
-    # Sampling pinned (seeds, top_k, top_p): these seeds close the object well inside num_predict.
-    for seed in (2, 3, 4):
+    # Sampling pinned (seeds, top_k, top_p). Which seeds close the object inside num_predict depends on the
+    # CPU kernels' numerics, so try six and ask for two (on this machine seeds 1, 4 and 5 do).
+    for seed in range(1, 7):
         out = client.post(
             "/api/generate",
             json={

@@ -34,15 +34,21 @@ MAX_EXAMPLES = int(os.environ.get("HERD_FUZZ_EXAMPLES", "15"))
 SEED = 20240608
 
 
+def _place_models(root: Path) -> None:
+    """The two tiny models every test here uses; placed again when the fuzzer deleted or replaced them
+    (it is free to call /api/delete, /api/copy and /api/create on them)."""
+    store = ModelStore(root / "models")
+    for name, seed, template in (("tiny-a:latest", 1, None), ("tiny-chat:latest", 2, CHATML_TEMPLATE)):
+        gguf = root / f"{name.split(':')[0]}.gguf"
+        if not gguf.exists():
+            write_tiny_llama(gguf, seed=seed, chat_template=template)
+        store.import_gguf(ModelName.parse(name), gguf, link=False)
+
+
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("fuzz")
-    store = ModelStore(root / "models")
-    store.import_gguf(ModelName.parse("tiny-a:latest"), write_tiny_llama(root / "a.gguf", seed=1))
-    store.import_gguf(
-        ModelName.parse("tiny-chat:latest"),
-        write_tiny_llama(root / "chat.gguf", seed=2, chat_template=CHATML_TEMPLATE),
-    )
+    _place_models(root)
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a pull is refused at once
     env = {"HTTPS_PROXY": closed, "HTTP_PROXY": closed, "NO_PROXY": ""}
     with start_stack(root / "models", root / "run", env=env) as stack:
@@ -51,6 +57,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def client(fuzz_stack: Stack) -> Iterator[httpx.Client]:
+    _place_models(fuzz_stack.settings.models_dir.parent)
     with httpx.Client(base_url=fuzz_stack.settings.base_url, timeout=60, trust_env=False) as c:
         yield c
 
