@@ -157,14 +157,17 @@ class LoneSurrogateMiddleware:
 
 def build_services(settings: ApiSettings) -> Services:
     """The process's runtime resources; nothing connects until first used."""
-    client = aioredis.Redis.from_url(
+    # Each streaming request blocks one connection in XREAD; the pool holds a full queue of them, and a
+    # request beyond that waits for a connection (a burst) instead of failing with "too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         decode_responses=True,
-        # Each streaming request blocks one connection in XREAD; the pool must hold a full queue of them.
         max_connections=settings.max_queue + 256,
+        timeout=10,
         socket_connect_timeout=2,
         health_check_interval=30,
     )
+    client = aioredis.Redis(connection_pool=pool)
     workers = WorkerDirectory(client)
     return Services(
         settings=settings,

@@ -59,7 +59,7 @@ class ApiSettings(CommonSettings):
         description="Most jobs admitted but not yet started; the next request gets 503.",
     )
     worker_timeout_s: float = Field(
-        default=15.0,
+        default=3.0,
         gt=0,
         validation_alias=AliasChoices("HERD_WORKER_TIMEOUT"),
         description="Seconds without a worker heartbeat before a running job is failed.",

@@ -93,7 +93,7 @@ class WorkerSettings(CommonSettings):
         description="Layers offloaded to the GPU (-1: all; ignored on a CPU-only build).",
     )
     heartbeat_s: float = Field(
-        default=2.0,
+        default=1.0,
         gt=0,
         le=60,
         validation_alias=AliasChoices("HERD_HEARTBEAT"),
