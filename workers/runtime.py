@@ -527,7 +527,16 @@ class WorkerRuntime:
                             finished.append(running)
         with self._running_lock:
             watch = list(self._running)
-        cancelled = publisher.flush(watch=watch)
+        try:
+            cancelled = publisher.flush(watch=watch)
+        finally:
+            # Finished sequences give their slots back even when Redis just failed the flush: a slot
+            # kept busy here would never be freed.
+            for running in finished:
+                self.cache.release(running.loaded)
+            if finished:
+                self._slot_freed.set()
+                self._state_dirty.set()
         if cancelled:
             with self.cache.lock:
                 for job_id in cancelled:
@@ -535,11 +544,6 @@ class WorkerRuntime:
                         running = self._running.get(job_id)
                     if running is not None:
                         running.loaded.engine.cancel(job_id)
-        for running in finished:
-            self.cache.release(running.loaded)
-        if finished:
-            self._slot_freed.set()
-            self._state_dirty.set()
 
     def _publish_text(self, event: TokenEvent) -> None:
         """A token event, with any tool calls split off the text first (decode thread)."""
