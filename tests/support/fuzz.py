@@ -22,8 +22,6 @@ NATIVE_GENERATION = frozenset({"/api/generate", "/api/chat"})
 OPENAI_GENERATION = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
-
-
 def _steered(body: dict[str, Any]) -> bool:
     # Decided by the body's content, not by a random draw, so hypothesis' replays stay deterministic.
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).digest()
