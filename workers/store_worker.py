@@ -21,7 +21,7 @@ import time
 from types import FrameType
 
 import redis
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -45,16 +45,21 @@ SHUTDOWN_MESSAGE = (
 )
 
 
+def _default_store_worker_id() -> str:
+    return f"store-{socket.gethostname()}-{os.getpid()}"
+
+
 class StoreWorkerSettings(RegistrySettings):
     """The store worker process (pulls and pushes, so the registry settings too)."""
 
     worker_id: str = Field(
-        default_factory=lambda: f"store-{socket.gethostname()}-{os.getpid()}",
+        default_factory=_default_store_worker_id,
         validation_alias=AliasChoices("HERD_STORE_WORKER_ID"),
-        description="Name of this store worker (its RQ name and heartbeat key derive from it).",
+        description="Name of this store worker (its RQ name and heartbeat key derive from it); empty: "
+        "store-<host>-<pid>, unique across restarts.",
     )
     heartbeat_s: float = Field(
-        default=2.0,
+        default=1.0,
         gt=0,
         le=60,
         validation_alias=AliasChoices("HERD_HEARTBEAT"),
@@ -67,6 +72,12 @@ class StoreWorkerSettings(RegistrySettings):
         validation_alias=AliasChoices("HERD_THREADS"),
         description="Threads llama.cpp quantizes with (0: every core).",
     )
+
+    @field_validator("worker_id")
+    @classmethod
+    def _empty_is_default(cls, value: str) -> str:
+        # compose passes HERD_STORE_WORKER_ID through even when unset: empty means the unique default.
+        return value or _default_store_worker_id()
 
 
 class Heartbeat(threading.Thread):

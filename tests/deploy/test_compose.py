@@ -37,6 +37,7 @@ SERVICES_BY_SETTINGS = {
     "ApiSettings": ["api"],
     "WorkerSettings": WORKERS,
     "RegistrySettings": ["store-worker"],
+    "StoreWorkerSettings": ["store-worker"],
 }
 # Variables a process reads that its image's entrypoint sets (docker/entrypoint.sh), not compose.yaml.
 SET_BY_ENTRYPOINT = {"HERD_CA_BUNDLE"}
@@ -60,8 +61,10 @@ COMPOSE_OWN_VARIABLES = {"COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
 
 
 def _settings_classes() -> dict[str, type[BaseSettings]]:
-    """Every settings class of app/ and workers/ (each settings.py module imported), by name."""
-    for path in sorted([*(ROOT / "app").rglob("settings.py"), *(ROOT / "workers").rglob("settings.py")]):
+    """Every settings class of app/ and workers/ (each module that defines one imported), by name."""
+    defines = re.compile(r"^class \w+\(\w*Settings\):", re.MULTILINE)
+    sources = sorted([*(ROOT / "app").rglob("*.py"), *(ROOT / "workers").rglob("*.py")])
+    for path in [p for p in sources if defines.search(p.read_text(encoding="utf-8"))]:
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         importlib.import_module(module)
     found: dict[str, type[BaseSettings]] = {}
