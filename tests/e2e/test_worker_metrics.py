@@ -177,9 +177,12 @@ def test_sequences_are_busy_during_a_stream_and_free_after(
 ) -> None:
     (url,) = metrics_stack.worker_metrics_urls
     gemma = {"worker": WORKER, "model": GEMMA}
+    # A raw story opening: Gemma continues it for far longer than the test runs (a chat answer may end
+    # within a second, before the heartbeat shows it busy).
     body = {
         "model": GEMMA,
-        "prompt": "Tell me a very long story.",
+        "prompt": "Once upon a time, in a small village at the edge of a great forest, there lived",
+        "raw": True,
         "options": {"temperature": 0, "num_predict": 3000},
     }
     with client.stream("POST", "/api/generate", json=body) as r:

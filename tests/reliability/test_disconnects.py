@@ -24,9 +24,11 @@ from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
 
+# A raw story opening, which Gemma continues far past the test (a chat answer may end early).
 LONG = {
     "model": GEMMA,
-    "prompt": "Tell me a very long story.",
+    "prompt": "Once upon a time, in a small village at the edge of a great forest, there lived",
+    "raw": True,
     "options": {"temperature": 0, "num_predict": 3000},
 }
 # Detecting the closed connection (uvicorn) and writing the cancel flag (one Redis round trip), and the
