@@ -422,11 +422,16 @@ class ChatShape:
         }
         return {**self._head("chat.completion"), "choices": [choice], "usage": usage(done)}
 
+    # The object of a streamed chunk, and the key its choice carries the new output under.
+    CHUNK_OBJECT = "chat.completion.chunk"
+    CHUNK_FIELD = "delta"
+
     def _chunk(
-        self, delta: dict[str, Any], reason: str | None, logprobs: dict[str, Any] | None = None
+        self, output: Any, reason: str | None, logprobs: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        body = self._head("chat.completion.chunk")
-        body["choices"] = [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]
+        body = self._head(self.CHUNK_OBJECT)
+        choice = {"index": 0, self.CHUNK_FIELD: output, "logprobs": logprobs, "finish_reason": reason}
+        body["choices"] = [choice]
         if self.include_usage:
             body["usage"] = None
         return body
@@ -446,11 +451,14 @@ class ChatShape:
         return self._chunk({}, finish_reason(done.get("done_reason"), self.calls > 0))
 
     def usage_chunk(self, done: dict[str, Any]) -> dict[str, Any]:
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(done)}
+        return {**self._head(self.CHUNK_OBJECT), "choices": [], "usage": usage(done)}
 
 
 class CompletionShape(ChatShape):
     """The `text_completion` object and its stream chunks."""
+
+    CHUNK_OBJECT = "text_completion"
+    CHUNK_FIELD = "text"
 
     def __init__(self, model: str, include_usage: bool = False, logprobs: bool = False):
         super().__init__(model, include_usage, logprobs)
@@ -471,31 +479,19 @@ class CompletionShape(ChatShape):
         }
         return {**self._head("text_completion"), "choices": [choice], "usage": usage(done)}
 
-    def _text_chunk(
-        self, text: str, reason: str | None, logprobs: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        body = self._head("text_completion")
-        body["choices"] = [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}]
-        if self.include_usage:
-            body["usage"] = None
-        return body
-
     def opening(self) -> dict[str, Any] | None:
         return None
 
     def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         entries = completion_logprobs(logprobs if self.logprobs else None, self.text_offset)
         self.text_offset += len(text)
-        return self._text_chunk(text, None, entries)
+        return self._chunk(text, None, entries)
 
     def tool_call(self, call: dict[str, Any]) -> dict[str, Any] | None:
         return None  # text completions offer no tools
 
     def finish(self, done: dict[str, Any]) -> dict[str, Any]:
-        return self._text_chunk("", finish_reason(done.get("done_reason")))
-
-    def usage_chunk(self, done: dict[str, Any]) -> dict[str, Any]:
-        return {**self._head("text_completion"), "choices": [], "usage": usage(done)}
+        return self._chunk("", finish_reason(done.get("done_reason")))
 
 
 def embedding_list(
