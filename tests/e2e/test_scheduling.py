@@ -20,6 +20,7 @@ from app.names import ModelName
 from app.stack.supervisor import Stack
 from app.store import ModelStore
 from tests.e2e.conftest import start_stack
+from tests.support.prompts import OPENINGS
 
 QUICK = {"temperature": 0, "num_predict": 1}
 
@@ -177,16 +178,7 @@ def test_num_parallel_default_and_per_model(make_stack: Any) -> None:
     _wait_for(lambda: parallel() == {"tiny-a:latest": 4, "tiny-chat:latest": 2})
 
 
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village,",
-    "def fibonacci(n):",
-    "The three primary colours are",
-    "In 1969, the first humans",
-    "Water boils at",
-    "A haiku about the sea:",
-    "The quick brown fox",
-]
+PROMPTS = OPENINGS
 
 
 def test_greedy_output_is_the_same_alone_and_beside_seven_others(make_stack: Any) -> None:

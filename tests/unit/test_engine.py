@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.prompts import OPENINGS
 from workers.engine import (
     BatchEngine,
     DoneEvent,
@@ -20,16 +21,7 @@ from workers.llama import LlamaModel
 from workers.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village,",
-    "def fibonacci(n):",
-    "The three primary colours are",
-    "In 1969, the first humans",
-    "Water boils at",
-    "A haiku about the sea:",
-    "The quick brown fox",
-]
+PROMPTS = OPENINGS
 
 
 @pytest.fixture(scope="module")
