@@ -131,18 +131,21 @@ def main() -> None:
     # Before any model loads, so the first load is already counted where Prometheus can see it.
     stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)
     runtime = WorkerRuntime(settings, client)
-    jobs.bind_runtime(runtime)
-    runtime.start()
-    log.info(
-        "worker started",
-        extra={"worker": settings.worker_id, "device": settings.device, "models": str(settings.models_dir)},
-    )
     worker = HerdWorker(
         [runtime.queue_name, SHARED_QUEUE],
         name=settings.worker_id,
         connection=client,
         serializer=JSONSerializer,
         runtime=runtime,
+    )
+    # Before the runtime advertises this worker (the stack counts it ready then): a SIGTERM from that
+    # moment on must drain, not kill. RQ installs the same handlers again in work(), which keeps the flag.
+    worker._install_signal_handlers()
+    jobs.bind_runtime(runtime)
+    runtime.start()
+    log.info(
+        "worker started",
+        extra={"worker": settings.worker_id, "device": settings.device, "models": str(settings.models_dir)},
     )
     try:
         worker.work(logging_level="WARNING")
