@@ -300,7 +300,7 @@ class WorkerRuntime:
         """The model held for one job, loaded (with the job's num_ctx and num_parallel) when needed."""
         parallel = options.get("num_parallel")
         try:
-            return self.cache.acquire(
+            loaded, load_ns = self.cache.acquire(
                 stored,
                 n_ctx=self._n_ctx(options),
                 keep_alive=keep_alive,
@@ -308,6 +308,9 @@ class WorkerRuntime:
             )
         except ModelTooLarge as exc:
             raise JobError(500, str(exc)) from exc
+        if load_ns:
+            self._advertise_now()
+        return loaded, load_ns
 
     def _wait_for_engine_slot(self, loaded: LoadedModel) -> None:
         """A model's own slots can be fewer than the worker's (per-model num_parallel): wait for one."""
@@ -342,6 +345,7 @@ class WorkerRuntime:
         empty = not job.prompt if job.kind == "generate" else not job.messages
         if empty and job.keep_alive == 0:
             self.cache.unload(stored.name.canonical)
+            self._advertise_now()
             self._job_publisher.send(job.job_id, "done", done_reason="unload", load_duration=0)
             return
         grammar = grammar_for_format(job.format)
@@ -633,6 +637,16 @@ class WorkerRuntime:
         ttl_ms = int(self.settings.heartbeat_s * 3000)
         self.metrics.set_residency(self.cache.residency())
         self.client.set(worker_state_key(self.settings.worker_id), self.state().model_dump_json(), px=ttl_ms)
+
+    def _advertise_now(self) -> None:
+        """Publish a load or unload before the job's answer: a client's next /api/ps must already show it.
+
+        (The heartbeat thread would publish it too, a moment later: too late for `ollama ps` run at once.)
+        """
+        try:
+            self.publish_state()
+        except redis.RedisError:
+            log.warning("publishing the worker's state failed: Redis unreachable")
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
