@@ -31,16 +31,9 @@ from app.stack.processes import ManagedProcess, ProcessDied, ProcessNotReady
 from app.stack.redis_conf import redis_argv, render_redis_conf, write_redis_conf
 from app.stack.settings import StackSettings, parse_ollama_host
 from app.stack.supervisor import Stack, StackError
+from tests.support.ports import free_port
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pid_gone(pid: int) -> bool:
