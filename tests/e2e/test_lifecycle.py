@@ -13,6 +13,7 @@ import redis
 
 from app.contracts import WORKERS_SET, WorkerState, worker_state_key
 from tests.e2e.conftest import GEMMA
+from tests.support.prompts import endless_stream
 
 GREEDY = {"temperature": 0, "seed": 7}
 
@@ -117,14 +118,11 @@ def test_keep_alive_zero_unloads_after_the_response(client: httpx.Client) -> Non
 
 
 def test_disconnect_mid_stream_frees_the_slot(base_url: str, redis_client: redis.Redis) -> None:
-    body = {
-        "model": GEMMA,
-        "prompt": "Tell me a very long story.",
-        "options": {**GREEDY, "num_predict": 3000},
-    }
+    body = endless_stream(GEMMA)
     with httpx.Client(base_url=base_url, timeout=60) as c, c.stream("POST", "/api/generate", json=body) as r:
         received = 0
-        for line in r.iter_lines():
+        lines = r.iter_lines()  # kept: once collected, the dropped iterator would close the stream
+        for line in lines:
             if line:
                 assert json.loads(line)["done"] is False
                 received += 1
@@ -136,12 +134,11 @@ def test_disconnect_mid_stream_frees_the_slot(base_url: str, redis_client: redis
 
 
 def test_disconnect_while_queued_never_reaches_the_worker(base_url: str, redis_client: redis.Redis) -> None:
-    long_body = {
-        "model": GEMMA,
-        "prompt": "Tell me a very long story.",
-        "options": {**GREEDY, "num_predict": 3000},
-    }
-    rq_worker = next(iter(redis_client.smembers("rq:workers")))
+    long_body = endless_stream(GEMMA)
+    # The generation worker's RQ record (the store worker is registered there too). Its job function
+    # returns once the sequence is submitted, so each job that reaches it counts one success.
+    rq_worker = "rq:worker:w0"
+    assert rq_worker in redis_client.smembers("rq:workers")
     done_before = int(redis_client.hget(rq_worker, "successful_job_count") or 0)
     with (
         httpx.Client(base_url=base_url, timeout=60) as c,
@@ -161,6 +158,6 @@ def test_disconnect_while_queued_never_reaches_the_worker(base_url: str, redis_c
         )
         assert busy(redis_client) == 1  # still the first request, which kept its slot
     assert wait_for(lambda: busy(redis_client) == 0, timeout=3)
-    time.sleep(0.5)
+    time.sleep(0.5)  # time enough for a withdrawn job that reached the worker after all to be counted
     done_after = int(redis_client.hget(rq_worker, "successful_job_count") or 0)
     assert done_after == done_before + 1

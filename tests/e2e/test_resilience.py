@@ -16,12 +16,9 @@ import pytest
 
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
+from tests.support.prompts import endless_stream
 
-LONG = {
-    "model": GEMMA,
-    "prompt": "Tell me a very long story.",
-    "options": {"temperature": 0, "num_predict": 3000},
-}
+LONG = endless_stream(GEMMA)
 SHORT = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 2}}
 
 

@@ -24,6 +24,7 @@ from app.names import ModelName
 from app.stack.supervisor import Stack
 from app.store import ModelStore
 from tests.e2e.conftest import GEMMA, start_stack
+from tests.support.prompts import endless_stream
 from tests.support.tiny_gguf import write_tiny_llama
 
 WORKER = "w0"
@@ -177,17 +178,10 @@ def test_sequences_are_busy_during_a_stream_and_free_after(
 ) -> None:
     (url,) = metrics_stack.worker_metrics_urls
     gemma = {"worker": WORKER, "model": GEMMA}
-    # A raw story opening: Gemma continues it for far longer than the test runs (a chat answer may end
-    # within a second, before the heartbeat shows it busy).
-    body = {
-        "model": GEMMA,
-        "prompt": "Once upon a time, in a small village at the edge of a great forest, there lived",
-        "raw": True,
-        "options": {"temperature": 0, "num_predict": 3000},
-    }
-    with client.stream("POST", "/api/generate", json=body) as r:
+    with client.stream("POST", "/api/generate", json=endless_stream(GEMMA)) as r:
         assert r.status_code == 200
-        first = next(line for line in r.iter_lines() if line)
+        lines = r.iter_lines()  # kept: once collected, the dropped iterator would close the stream
+        first = next(line for line in lines if line)
         assert json.loads(first)["done"] is False
         wait_for(
             lambda: sample(scrape(url), "herd_sequences", state="busy", **gemma) == 1,

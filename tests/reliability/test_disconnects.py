@@ -23,14 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
+from tests.support.prompts import endless_stream
 
-# A raw story opening, which Gemma continues far past the test (a chat answer may end early).
-LONG = {
-    "model": GEMMA,
-    "prompt": "Once upon a time, in a small village at the edge of a great forest, there lived",
-    "raw": True,
-    "options": {"temperature": 0, "num_predict": 3000},
-}
+LONG = endless_stream(GEMMA)
 # Detecting the closed connection (uvicorn) and writing the cancel flag (one Redis round trip), and the
 # worker publishing its new state after the step that freed the slot: fixed costs, not decode steps.
 OVERHEAD_S = 0.3
@@ -72,7 +67,8 @@ def test_disconnect_mid_stream_frees_the_slot_at_the_next_decode_step(one_slot: 
         c.stream("POST", "/api/generate", json=LONG) as r,
     ):
         arrivals = []
-        for line in r.iter_lines():
+        lines = r.iter_lines()  # kept: once collected, the dropped iterator would close the stream
+        for line in lines:
             if line:
                 assert json.loads(line)["done"] is False
                 arrivals.append(time.monotonic())

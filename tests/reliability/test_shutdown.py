@@ -30,17 +30,14 @@ from app.stack.processes import ManagedProcess
 from app.stack.settings import StackSettings
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
+from tests.support.prompts import endless_stream
 from tests.support.registry import running_registry
 from tests.support.tiny_gguf import write_tiny_llama
 from workers.settings import WorkerSettings
 
 DRAIN_S = 15.0
 # Long enough to outlast any drain here; short enough to finish while a stream is being drained.
-LONG = {
-    "model": GEMMA,
-    "prompt": "Tell me a very long story.",
-    "options": {"temperature": 0, "num_predict": 3000},
-}
+LONG = endless_stream(GEMMA)
 MID_TOKENS = 24
 MID = {"model": GEMMA, "prompt": "Count to fifty.", "options": {"temperature": 0, "num_predict": MID_TOKENS}}
 STREAM_TOKENS = 40
