@@ -23,7 +23,7 @@ from typing import Any
 from app.names import ModelName
 from app.stack.setup import ensure_default_model
 from app.store import ModelStore
-from bench.concurrency import HERD, LEVELS, LLAMA_SERVER, NUM_PARALLEL, bench_concurrency
+from bench.concurrency import HERD, HERD_THROUGHPUT, LEVELS, LLAMA_SERVER, NUM_PARALLEL, bench_concurrency
 from bench.memory import kv_bytes_per_token
 from bench.plot import plot_concurrency
 from bench.report import (
@@ -33,9 +33,11 @@ from bench.report import (
     concurrency_targets,
     memory_figures,
     render_markdown,
+    step_figures,
 )
 from bench.single import PROMPT, Result, bench_engine, bench_llama_cpp, bench_stack
 from bench.stats import LevelSummary, summarize
+from bench.steps import bench_decode_rows
 
 N_TOKENS = 128
 NUM_CTX = 4096
@@ -101,8 +103,11 @@ def main() -> None:
             Path(models), gguf, args.threads, N_TOKENS, NUM_CTX, args.rounds, Path(logs), logger.info
         )
         kv_per_token = kv_bytes_per_token(gguf)
+        step_ms = bench_decode_rows(gguf, args.threads, NUM_CTX)
+        logger.info("decode step by rows: %s", ", ".join(f"{k}: {v:.1f} ms" for k, v in step_ms.items()))
 
     herd_levels: list[LevelSummary] = [summarize(run.herd[c]) for c in LEVELS]
+    throughput_levels: list[LevelSummary] = [summarize(run.herd_throughput[c]) for c in LEVELS]
     llama_levels: list[LevelSummary] = [summarize(run.llama_server[c]) for c in LEVELS]
     data: dict[str, Any] = {
         "date": date,
@@ -124,9 +129,12 @@ def main() -> None:
             "rounds": args.rounds,
             "num_parallel": NUM_PARALLEL,
             "herd": build_server(HERD, run.herd),
+            "herd_throughput": build_server(HERD_THROUGHPUT, run.herd_throughput),
             "llama_server": build_server(LLAMA_SERVER, run.llama_server),
             "targets": concurrency_targets(herd_levels, llama_levels),
+            "targets_throughput": concurrency_targets(throughput_levels, llama_levels),
         },
+        "steps": step_figures(step_ms, NUM_PARALLEL),
         "memory": memory_figures(kv_per_token, NUM_CTX, asdict(memory_1), asdict(run.memory)),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ def _or_nan(v: float | None) -> float:
 def plot_concurrency(concurrency: Mapping[str, Any], path: Path) -> None:
     """Two panels from benchmarks.json's ``concurrency`` section, written as a PNG to ``path``."""
     fig, (tps_ax, ttft_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, style in (("herd", "o-"), ("llama_server", "s--")):
+    for key, style in (("herd", "o-"), ("herd_throughput", "^-."), ("llama_server", "s--")):
+        if key not in concurrency:  # a run from before Herd was measured both ways
+            continue
         server = concurrency[key]
         levels = [s["concurrency"] for s in server["levels"]]
         tps_ax.plot(levels, [s["decode_tps"] for s in server["levels"]], style, label=server["name"])

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.stats import LevelSummary, PhaseStats, by_level, ratio, summarize
+from bench.steps import CONTEXT_TOKENS
 
 # The issue's targets.
 SCALING_TARGET = 1.8  # Herd at 8 streams / Herd at 1 stream
@@ -90,6 +91,59 @@ def memory_figures(
     }
 
 
+def step_figures(step_ms: Mapping[int, float], streams: int) -> dict[str, Any]:
+    """The decode-step costs, with the best ratio of `streams` streams to one that they allow.
+
+    Herd decodes `streams` sequences in the groups the engine forms (HERD_BATCH_INVARIANT keeps each
+    below llama.cpp's kernel switch), so its ceiling is `streams` × t(1) over the sum of its groups' steps.
+    """
+    from workers.engine import MAX_DECODE_ROWS, _decode_groups
+
+    one = step_ms[1]
+    groups = [len(g) for g in _decode_groups(list(range(streams)), MAX_DECODE_ROWS)]  # type: ignore[arg-type]
+    grouped = sum(step_ms[g] for g in groups) if all(g in step_ms for g in groups) else None
+    return {
+        "rows": [
+            {"rows": rows, "step_ms": ms, "tokens_per_s": rows * 1000 / ms, "speedup": rows * one / ms}
+            for rows, ms in sorted(step_ms.items())
+        ],
+        "streams": streams,
+        "max_rows": MAX_DECODE_ROWS,
+        "groups": groups,
+        "ceiling_grouped": streams * one / grouped if grouped else None,
+        "ceiling_one_batch": streams * one / step_ms[streams] if streams in step_ms else None,
+    }
+
+
+def _steps_section(data: Mapping[str, Any]) -> str:
+    st = data.get("steps")
+    if not st:
+        return ""
+    rows = "\n".join(
+        f"| {r['rows']} | {r['step_ms']:.1f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f} |"
+        for r in st["rows"]
+    )
+    groups = " + ".join(str(g) for g in st["groups"])
+    return f"""## What one decode step costs
+
+The ceiling under the concurrency figures. One `llama_decode` of 1 to 8 rows in the worker's own context
+(each row a distinct sequence {CONTEXT_TOKENS} tokens into its text, every row with logits, weights not repacked), the
+median of 15 interleaved runs:
+
+| rows | step (ms) | tokens/s | speed-up over 1 row |
+|---|---|---|---|
+{rows}
+
+By default Herd decodes {st["streams"]} streams as {groups} rows (HERD_BATCH_INVARIANT), so on this machine
+no scheduling can take {st["streams"]} streams beyond **{_x(st["ceiling_grouped"])}** × one stream; one batch of
+{st["streams"]} rows (`HERD_BATCH_INVARIANT=false`) allows **{_x(st["ceiling_one_batch"])}** ×. On this CPU a step's
+cost grows almost with its rows: Gemma's output layer (262,144 tokens × 640, Q8_0, 62% of the model's
+parameters) is bound by arithmetic, not by reading the weights, so a second row costs about what the first
+did until llama.cpp's kernels for wider batches take over. Batching pays most where reading the weights
+bounds a step: on a GPU, or with larger models.
+"""
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -129,6 +183,38 @@ includes the HTTP request through nginx, admission into Redis, the worker taking
 of the first NDJSON line. (a)'s time to first token is low because `Llama` keeps the previous run's KV
 cache and, for the identical prompt, evaluates only its last token; Herd's engine evaluates the whole
 prompt on every request.
+"""
+
+
+def _targets_lines(t: Mapping[str, Any], who: str) -> str:
+    return f"""- {who} at 8 streams ≥ {t["herd_8_vs_1_target"]} × {who} at 1 stream: **{_x(t["herd_8_vs_1"])}** × — {verdict(t["herd_8_vs_1_met"])}.
+- {who} at 8 streams ≥ {t["herd_vs_llama_server_at_8_target"]} × llama-cpp-python's server at 8 streams: **{_x(t["herd_vs_llama_server_at_8"])}** × — {verdict(t["herd_vs_llama_server_at_8_met"])}."""
+
+
+def _throughput_section(data: Mapping[str, Any]) -> str:
+    c = data["concurrency"]
+    if "herd_throughput" not in c:
+        return ""
+    levels = {s["concurrency"]: s for s in c["herd_throughput"]["levels"]}
+    rows = "\n".join(
+        f"| {level} | {h['decode_tps']:.1f} | {_x(ratio(h['decode_tps'], levels[1]['decode_tps']))} | "
+        f"{_ms(h['ttft_p50_ms'])} / {_ms(h['ttft_p90_ms'])} | {h['tokens_per_request']:.0f} | "
+        f"{h['failed']} of {h['requests']} |"
+        for level, h in sorted(levels.items())
+    )
+    return f"""
+### Herd with `HERD_BATCH_INVARIANT=false`
+
+The same rounds, interleaved with the two above, against a third stack whose worker trades batch
+invariance for speed: weights repacked for the CPU's matrix kernels and all generating sequences in one
+batch (by default they go in groups of at most {data.get("steps", {}).get("max_rows", 7)} rows, so that a greedy answer never
+depends on what else runs).
+
+| streams | tokens/s | ratio to 1 stream | TTFT p50 / p90 (ms) | tokens/request | failed requests |
+|---|---|---|---|---|---|
+{rows}
+
+{_targets_lines(c["targets_throughput"], "This Herd")}
 """
 
 
@@ -183,11 +269,10 @@ Definitions:
 {table}
 
 Targets:
-- Herd at 8 streams ≥ {t["herd_8_vs_1_target"]} × Herd at 1 stream: **{_x(t["herd_8_vs_1"])}** × — {verdict(t["herd_8_vs_1_met"])}.
-- Herd at 8 streams ≥ {t["herd_vs_llama_server_at_8_target"]} × llama-cpp-python's server at 8 streams: **{_x(t["herd_vs_llama_server_at_8"])}** × — {verdict(t["herd_vs_llama_server_at_8_met"])}.
+{_targets_lines(t, "Herd")}
   Its failed requests at 8 streams: **{t["llama_server_failed_at_8"]} of {t["llama_server_requests_at_8"]}**
   ({t["llama_server_failed"]} of {t["llama_server_requests"]} at all levels; Herd: {t["herd_failed"]} of {t["herd_requests"]}).
-"""
+{_throughput_section(data)}"""
 
 
 def _memory_section(data: Mapping[str, Any]) -> str:
@@ -233,4 +318,5 @@ compare the ratios, each taken within this one run, more than the absolute figur
 {threads_note}
 {_single_section(data)}
 {_concurrency_section(data, plot_name)}
+{_steps_section(data)}
 {_memory_section(data)}"""

@@ -19,7 +19,9 @@ MODEL = "gemma3:270m"
 
 
 @contextmanager
-def running_stack(models_dir: Path, threads: int, num_parallel: int) -> Iterator[Stack]:
+def running_stack(
+    models_dir: Path, threads: int, num_parallel: int, *, batch_invariant: bool = True
+) -> Iterator[Stack]:
     """redis-server, gunicorn, one worker and nginx on free loopback ports; stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="herd-bench-run-") as run_dir:
         # By alias, as the environment spells them (model_validate keeps mypy's view of the aliases).
@@ -34,7 +36,11 @@ def running_stack(models_dir: Path, threads: int, num_parallel: int) -> Iterator
                 "HERD_WORKERS": 1,
             }
         )
-        env = {"HERD_THREADS": str(threads), "OLLAMA_NUM_PARALLEL": str(num_parallel)}
+        env = {
+            "HERD_THREADS": str(threads),
+            "OLLAMA_NUM_PARALLEL": str(num_parallel),
+            "HERD_BATCH_INVARIANT": str(batch_invariant).lower(),
+        }
         stack = Stack(settings, env=env)
         stack.start()
         try:

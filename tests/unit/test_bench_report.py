@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.memory import parse_vm_rss
-from bench.report import build_server, concurrency_targets, memory_figures, render_markdown
+from bench.report import build_server, concurrency_targets, memory_figures, render_markdown, step_figures
 from bench.stats import PhaseStats, StreamRecord, percentile, phase_stats, ratio, summarize
 
 
@@ -121,6 +121,26 @@ def test_memory_figures_against_the_extra_kv_cache() -> None:
     assert memory_figures(18432, 2048, p1, p8)["met"] is False  # 420 MiB > 252 MiB
 
 
+def test_step_figures_give_the_ceiling_of_herds_grouping_and_of_one_batch() -> None:
+    fig = step_figures({1: 10.0, 2: 18.0, 4: 32.0, 7: 56.0, 8: 60.0}, 8)
+    assert fig["groups"] == [4, 4]  # eight streams decode as two groups below the kernel switch
+    assert fig["ceiling_grouped"] == pytest.approx(80 / 64)
+    assert fig["ceiling_one_batch"] == pytest.approx(80 / 60)
+    two = fig["rows"][1]
+    assert two == {
+        "rows": 2,
+        "step_ms": 18.0,
+        "tokens_per_s": pytest.approx(2000 / 18),
+        "speedup": pytest.approx(20 / 18),
+    }
+
+
+def test_step_figures_without_the_rows_a_group_needs() -> None:
+    fig = step_figures({1: 10.0, 8: 60.0}, 8)
+    assert fig["ceiling_grouped"] is None
+    assert fig["ceiling_one_batch"] == pytest.approx(80 / 60)
+
+
 def test_parse_vm_rss() -> None:
     status = "Name:\tpython\nVmPeak:\t  999 kB\nVmRSS:\t  123456 kB\nThreads:\t4\n"
     assert parse_vm_rss(status) == 123456 * 1024
@@ -185,6 +205,33 @@ def test_render_markdown_states_every_target_and_the_plot() -> None:
     assert "**0.970** × — met" in page
     # One thread on two cores: the page says why.
     assert "Fewer threads than cores" in page
+    assert "What one decode step costs" not in page  # a run from before the step figures
+
+
+def test_render_markdown_shows_the_step_costs_and_the_ceiling() -> None:
+    data = _data()
+    data["steps"] = step_figures({1: 10.0, 2: 18.0, 4: 32.0, 7: 56.0, 8: 60.0}, 8)
+    page = render_markdown(data, None)
+    assert "| 2 | 18.0 | 111.1 | 1.11 |" in page
+    assert "8 streams as 4 + 4 rows" in page
+    assert "beyond **1.25** × one stream" in page
+    assert "allows **1.33** ×" in page
+
+
+def test_render_markdown_shows_herd_without_batch_invariance_against_its_targets() -> None:
+    data = _data()
+    throughput = _levels({1: 50.0, 2: 90.0, 4: 120.0, 8: 120.0})
+    server = _levels({1: 60.0, 2: 60.0, 4: 60.0, 8: 40.0}, failed={8: 7})
+    data["concurrency"]["herd_throughput"] = build_server("Herd fast", throughput)
+    data["concurrency"]["targets_throughput"] = concurrency_targets(
+        [summarize(v) for v in throughput.values()], [summarize(v) for v in server.values()]
+    )
+    page = render_markdown(data, None)
+    assert "### Herd with `HERD_BATCH_INVARIANT=false`" in page
+    assert "| 8 | 120.0 | 2.40 | 104 / 106 | 128 | 0 of 8 |" in page
+    assert "This Herd at 8 streams ≥ 1.8 × This Herd at 1 stream: **2.40** × — met" in page
+    assert "llama-cpp-python's server at 8 streams: **3.00** × — met" in page
+    assert "### Herd with" not in render_markdown(_data(), None)  # a run without it
 
 
 def test_render_markdown_without_a_plot_or_a_thread_note() -> None:
