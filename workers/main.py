@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
-from types import FrameType
 
 import redis
 from redis.client import Pipeline
-from rq.job import Job
-from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
@@ -18,13 +14,12 @@ from app.contracts import SHARED_QUEUE, worker_state_key
 from app.logs import configure_logging
 from app.settings import load_settings
 from workers import jobs, metrics
+from workers.rq_worker import DEQUEUE_POLL_S, FlagStoppedWorker
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# Seconds one blocking pop waits for a job: how soon the dequeue loop notices a SIGTERM.
-DEQUEUE_POLL_S = 1
 # While Redis is unreachable, how long the work loop waits before it tries again.
 REDIS_RETRY_S = 1.0
 
@@ -34,7 +29,7 @@ def _redis_down(exc: redis.RedisError) -> None:
     time.sleep(REDIS_RETRY_S)
 
 
-class HerdWorker(SimpleWorker):
+class HerdWorker(FlagStoppedWorker):
     """An RQ worker that never forks and takes a job only while it has a free sequence slot.
 
     SIGTERM (or SIGINT) stops it taking jobs; the sequences it runs then drain (WorkerRuntime.drain).
@@ -66,30 +61,15 @@ class HerdWorker(SimpleWorker):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _redis_down(exc)
 
-    def _install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGINT, self._request_drain)
-        signal.signal(signal.SIGTERM, self._request_drain)
-
-    def _request_drain(self, signum: int, frame: FrameType | None) -> None:
-        # Flags only: RQ's handler raises StopRequested wherever the main thread is, which can cut a
-        # Redis reply (a popped job) in half; the loops below check the flag between short pops instead.
-        log.info("received %s: taking no more jobs", signal.Signals(signum).name)
-        self._stop_requested = True
+    def on_stop_requested(self) -> None:
         self.runtime.request_drain()
 
-    def dequeue_job_and_maintain_ttl(
-        self, timeout: int | None, max_idle_time: int | None = None
-    ) -> tuple[Job, Queue] | None:
-        while not self._stop_requested:
-            # Waiting jobs stay in Redis (where OLLAMA_MAX_QUEUE counts them) until a slot is free here.
-            if not self.runtime.wait_for_free_slot(timeout=DEQUEUE_POLL_S):
-                self.heartbeat()
-                continue
-            # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
-            result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
-            if result is not None:
-                return result
-        return None  # RQ's loop then ends and records this worker's death
+    def ready_for_job(self) -> bool:
+        # Waiting jobs stay in Redis (where OLLAMA_MAX_QUEUE counts them) until a slot is free here.
+        if self.runtime.wait_for_free_slot(timeout=DEQUEUE_POLL_S):
+            return True
+        self.heartbeat()
+        return False
 
 
 class WorkerNameTaken(SystemExit):

@@ -14,18 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
-from types import FrameType
 
 import redis
 from pydantic import AliasChoices, Field, field_validator
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
 
 from app.contracts import EVENT_STREAM_TTL_S, MODELS_QUEUE, cancel_key, worker_state_key
 from app.logs import configure_logging
@@ -34,11 +31,10 @@ from app.settings import load_settings
 from app.store import ModelStore
 from workers import store_jobs
 from workers.publisher import Publisher
+from workers.rq_worker import FlagStoppedWorker
 
 log = logging.getLogger(__name__)
 
-# Seconds one blocking pop waits for a job: how soon an idle store worker notices a SIGTERM.
-DEQUEUE_POLL_S = 1
 SHUTDOWN_MESSAGE = (
     "store worker shutting down: {kind} of {model} stopped; nothing was written to the store for it "
     "(a pull resumes from what it downloaded); retry it"
@@ -111,34 +107,19 @@ class Heartbeat(threading.Thread):
             log.warning("could not clear the store worker's state: %s", exc)
 
 
-class StoreWorker(SimpleWorker):
+class StoreWorker(FlagStoppedWorker):
     """The RQ worker of the model queue; SIGTERM only raises flags, acted on by the loop and a JobStopper."""
+
+    stop_message = "taking no more model jobs"
 
     def __init__(self, *args: object, **kwargs: object):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.running_job: Job | None = None
         self.stopping = threading.Event()
 
-    def _install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGINT, self._request_stop)
-        signal.signal(signal.SIGTERM, self._request_stop)
-
-    def _request_stop(self, signum: int, frame: FrameType | None) -> None:
-        # RQ's own handler would let a pull run for minutes (warm shutdown), or raise mid-Redis-reply;
-        # a signal handler touches no Redis, so it only raises flags.
-        log.info("received %s: taking no more model jobs", signal.Signals(signum).name)
-        self._stop_requested = True
+    def on_stop_requested(self) -> None:
+        # A pull can run for minutes: the JobStopper thread sees this and stops the running job.
         self.stopping.set()
-
-    def dequeue_job_and_maintain_ttl(
-        self, timeout: int | None, max_idle_time: int | None = None
-    ) -> tuple[Job, Queue] | None:
-        while not self._stop_requested:
-            # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
-            result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
-            if result is not None:
-                return result
-        return None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.running_job = job
