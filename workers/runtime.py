@@ -309,7 +309,7 @@ class WorkerRuntime:
         except ModelTooLarge as exc:
             raise JobError(500, str(exc)) from exc
         if load_ns:
-            self._advertise_now()
+            self._advertise()
         return loaded, load_ns
 
     def _wait_for_engine_slot(self, loaded: LoadedModel) -> None:
@@ -345,7 +345,7 @@ class WorkerRuntime:
         empty = not job.prompt if job.kind == "generate" else not job.messages
         if empty and job.keep_alive == 0:
             self.cache.unload(stored.name.canonical)
-            self._advertise_now()
+            self._advertise()
             self._job_publisher.send(job.job_id, "done", done_reason="unload", load_duration=0)
             return
         grammar = grammar_for_format(job.format)
@@ -638,10 +638,12 @@ class WorkerRuntime:
         self.metrics.set_residency(self.cache.residency())
         self.client.set(worker_state_key(self.settings.worker_id), self.state().model_dump_json(), px=ttl_ms)
 
-    def _advertise_now(self) -> None:
-        """Publish a load or unload before the job's answer: a client's next /api/ps must already show it.
+    def _advertise(self) -> None:
+        """publish_state, for the heartbeat and for a job that just loaded or unloaded a model.
 
-        (The heartbeat thread would publish it too, a moment later: too late for `ollama ps` run at once.)
+        Never under the cache lock: liveness must not wait for a (slow) decode step. A job publishes its
+        load or unload itself, before its answer, so that a client's next /api/ps already shows it (the
+        heartbeat would a moment later: too late for `ollama ps` run at once). A Redis outage is logged.
         """
         try:
             self.publish_state()
@@ -654,8 +656,4 @@ class WorkerRuntime:
             self._state_dirty.clear()
             if self._stop.is_set():
                 break
-            try:
-                # Never under the cache lock: liveness must not wait for a (slow) decode step.
-                self.publish_state()
-            except redis.RedisError:
-                log.warning("heartbeat failed: Redis unreachable")
+            self._advertise()
