@@ -207,7 +207,7 @@ def _throughput_section(data: Mapping[str, Any]) -> str:
 
 The same rounds, interleaved with the two above, against a third stack whose worker trades batch
 invariance for speed: weights repacked for the CPU's matrix kernels and all generating sequences in one
-batch (by default they go in groups of at most {data.get("steps", {}).get("max_rows", 7)} rows, so that a greedy answer never
+batch (by default they go in groups of at most {data["steps"]["max_rows"]} rows, so that a greedy answer never
 depends on what else runs).
 
 | streams | tokens/s | ratio to 1 stream | TTFT p50 / p90 (ms) | tokens/request | failed requests |

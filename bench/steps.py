@@ -26,11 +26,8 @@ def bench_decode_rows(gguf: Path, threads: int, num_ctx: int, repeats: int = 15)
     model = LlamaModel(gguf, repack=False)
     engine = BatchEngine(model, n_ctx=num_ctx, n_parallel=max(ROWS), n_threads=threads)
     memory = llama.llama_get_memory(engine.ctx)
-    batch = llama.llama_batch_init(CONTEXT_TOKENS, 0, 1)
-
-    def put(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
-        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-        batch.seq_id[i][0], batch.logits[i] = seq, logits
+    # The engine's own batch, filled by its own _put, as its decode steps fill it.
+    batch, put = engine._batch, engine._put
 
     def step_ms(rows: int) -> float:
         llama.llama_memory_clear(memory, True)
@@ -57,6 +54,5 @@ def bench_decode_rows(gguf: Path, threads: int, num_ctx: int, repeats: int = 15)
                 samples[rows].append(step_ms(rows))
         return {rows: statistics.median(ms) for rows, ms in samples.items()}
     finally:
-        llama.llama_batch_free(batch)
         engine.close()
         model.close()

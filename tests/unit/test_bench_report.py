@@ -222,6 +222,7 @@ def test_render_markdown_shows_herd_without_batch_invariance_against_its_targets
     data = _data()
     throughput = _levels({1: 50.0, 2: 90.0, 4: 120.0, 8: 120.0})
     server = _levels({1: 60.0, 2: 60.0, 4: 60.0, 8: 40.0}, failed={8: 7})
+    data["steps"] = step_figures({1: 10.0, 8: 60.0}, 8)  # the same run measured both
     data["concurrency"]["herd_throughput"] = build_server("Herd fast", throughput)
     data["concurrency"]["targets_throughput"] = concurrency_targets(
         [summarize(v) for v in throughput.values()], [summarize(v) for v in server.values()]
