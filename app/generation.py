@@ -7,11 +7,7 @@ stream begin. An error after that ends the stream with an `{"error": ...}` line.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -21,10 +17,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app import metrics
 from app.contracts import JOB_FUNC_GENERATE, GenerateJob
 from app.errors import error_response
+from app.job_follower import JobFollower, ndjson
 from app.services import Services
 from app.store import StoredModel
-
-log = logging.getLogger(__name__)
 
 Kind = Literal["generate", "chat"]
 _STATS = (
@@ -35,7 +30,6 @@ _STATS = (
     "eval_count",
     "eval_duration",
 )
-_background: set[asyncio.Task[None]] = set()
 
 
 def created_at() -> str:
@@ -89,20 +83,13 @@ def final_chunk(
     return body
 
 
-def _ndjson(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-class Generation:
+class Generation(JobFollower):
     """One admitted generation job and the relay of its events to the client."""
 
     def __init__(self, services: Services, request: Request, job: GenerateJob, display_model: str):
-        self.services = services
-        self.request = request
+        super().__init__(services, request, job.job_id, job.request_id)
         self.job = job
         self.model = display_model
-        self._events: AsyncIterator[dict[str, Any]] | None = None
-        self._done = False
         self._first_token_seen = False
         self._model_label = metrics.model_label(job.model)
         metrics.note_model(request, job.model)
@@ -110,48 +97,20 @@ class Generation:
         self.tool_calls: list[dict[str, Any]] = []
         self.logprobs: list[dict[str, Any]] = []
 
-    async def _client_gone(self) -> bool:
-        return await self.request.is_disconnected()
-
     async def admit(self, queue: str) -> None:
         await self.services.admission.admit(JOB_FUNC_GENERATE, self.job, queue)
-        self._events = self.services.relay.events(self.job.job_id, self._client_gone)
+        self.follow()
 
-    async def _next(self) -> dict[str, Any]:
-        assert self._events is not None
-        try:
-            event = await anext(self._events)
-        except StopAsyncIteration:
-            event = {"type": "error", "status": 500, "error": "the event stream ended early"}
-        self._observe(event)
-        return event
+    async def withdraw(self) -> bool:
+        return await self.services.admission.withdraw(self.job_id)
 
-    def _observe(self, event: dict[str, Any]) -> None:
-        # Every event of every response shape passes through _next, so timing is taken here once.
+    def observe(self, event: dict[str, Any]) -> None:
+        # Every event of every response shape passes through here, so timing is taken once.
         if event["type"] in ("token", "tool_call") and not self._first_token_seen:
             self._first_token_seen = True
             metrics.observe_first_token(self._model_label, self.job.admitted_ns)
         elif event["type"] in ("done", "error"):
             metrics.observe_end(self.request.url.path, self._model_label, self.job.admitted_ns, event)
-
-    def abandon(self) -> None:
-        """The client went away: withdraw the job if it still waits, else cancel it at the worker."""
-        if self._done:
-            return
-        self._done = True
-        task = asyncio.ensure_future(self._abandon())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _abandon(self) -> None:
-        log.info(
-            "client went away; cancelling", extra={"request_id": self.job.request_id, "job": self.job.job_id}
-        )
-        try:
-            if not await self.services.admission.withdraw(self.job.job_id):
-                await self.services.relay.cancel(self.job.job_id)
-        except Exception:  # the client is gone; nothing to answer, only to log
-            log.exception("could not cancel an abandoned job", extra={"request_id": self.job.request_id})
 
     def _total_ns(self) -> int:
         return max(time.time_ns() - self.job.admitted_ns, 0)
@@ -178,22 +137,26 @@ class Generation:
 
     def stream(self, first: dict[str, Any]) -> Response:
         """The streaming answer, starting with the first event."""
-        return StreamingResponse(self._stream(self.job.kind, first), media_type="application/x-ndjson")
+        return StreamingResponse(self.relay(first, self._ndjson_lines), media_type="application/x-ndjson")
+
+    def _ndjson_lines(self, event: dict[str, Any]) -> list[bytes]:
+        kind = self.job.kind
+        if event["type"] == "token":
+            return [ndjson(chunk(kind, self.model, event["text"], logprobs=event.get("logprobs")))]
+        if event["type"] == "tool_call":
+            return [ndjson(chunk(kind, self.model, "", tool_calls=[event["call"]]))]
+        if event["type"] == "done":
+            return [ndjson(final_chunk(kind, self.model, event, "", self._total_ns()))]
+        return [ndjson({"error": str(event.get("error", "generation failed"))})]
 
     # --- shared ------------------------------------------------------------------------------------
 
     async def respond(self, stream: bool) -> Response:
         """The HTTP response: the first event decides the status; then one object, or a stream."""
-        try:
-            first = await self._next()
-        except asyncio.CancelledError:
-            self.abandon()
-            raise
-        if first["type"] == "gone":
-            self.abandon()
+        first = await self.first_event()
+        if first is None:
             return Response(status_code=499)
         if first["type"] == "error":
-            self._done = True
             return self.error(int(first.get("status", 500)), str(first.get("error")))
         if stream:
             return self.stream(first)
@@ -207,44 +170,16 @@ class Generation:
     async def gather(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The text up to the terminal event (done, error, or "gone" when the client left), and that event."""
         parts: list[str] = []
-        try:
-            while event["type"] in ("token", "tool_call"):
-                if event["type"] == "token":
-                    parts.append(event["text"])
-                    self.logprobs.extend(event.get("logprobs") or ())
-                else:
-                    self.tool_calls.append(event["call"])
-                event = await self._next()
-        except asyncio.CancelledError:
-            self.abandon()
-            raise
-        if event["type"] == "gone":
-            self.abandon()
-        else:
-            self._done = True
-        return "".join(parts), event
 
-    async def _stream(self, kind: Kind, event: dict[str, Any]) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                if event["type"] == "token":
-                    yield _ndjson(chunk(kind, self.model, event["text"], logprobs=event.get("logprobs")))
-                elif event["type"] == "tool_call":
-                    yield _ndjson(chunk(kind, self.model, "", tool_calls=[event["call"]]))
-                elif event["type"] == "done":
-                    self._done = True
-                    yield _ndjson(final_chunk(kind, self.model, event, "", self._total_ns()))
-                    return
-                elif event["type"] == "gone":
-                    return
-                else:
-                    self._done = True
-                    yield _ndjson({"error": str(event.get("error", "generation failed"))})
-                    return
-                event = await self._next()
-        finally:
-            # Reached without `done` only when the client disconnected mid-stream.
-            self.abandon()
+        def take(event: dict[str, Any]) -> None:
+            if event["type"] == "token":
+                parts.append(event["text"])
+                self.logprobs.extend(event.get("logprobs") or ())
+            else:
+                self.tool_calls.append(event["call"])
+
+        end = await self.collect(event, take)
+        return "".join(parts), end
 
 
 async def run_generation(

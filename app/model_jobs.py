@@ -10,11 +10,6 @@ its cancel flag is set and the store worker stops it.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,14 +19,9 @@ from rq.job import Job
 
 from app.contracts import MODELS_QUEUE, ModelJob, rq_queue_key
 from app.errors import error_response
+from app.job_follower import JobFollower, ndjson
 from app.rq_jobs import new_job
 from app.services import Services
-
-log = logging.getLogger(__name__)
-
-# A client that stops reading a non-streamed answer is noticed within this long, even while progress flows.
-DISCONNECT_POLL_S = 0.5
-_background: set[asyncio.Task[None]] = set()
 
 
 async def enqueue(client: aioredis.Redis, func: str, job: ModelJob) -> None:
@@ -52,115 +42,57 @@ async def withdraw(client: aioredis.Redis, job_id: str) -> bool:
     return removed > 0
 
 
-def _ndjson(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-class ModelJobRun:
+class ModelJobRun(JobFollower):
     """One enqueued model job and the relay of its progress to one client."""
 
     def __init__(self, services: Services, request: Request, job: ModelJob):
-        self.services = services
-        self.request = request
+        super().__init__(services, request, job.job_id, job.request_id)
         self.job = job
-        self._events: AsyncIterator[dict[str, Any]] | None = None
-        self._done = False
 
     async def start(self, func: str) -> None:
         await enqueue(self.services.redis, func, self.job)
-        self._events = self.services.relay.events(self.job.job_id, self.request.is_disconnected)
+        self.follow()
 
-    async def _next(self) -> dict[str, Any]:
-        assert self._events is not None
-        try:
-            return await anext(self._events)
-        except StopAsyncIteration:
-            return {"type": "error", "status": 500, "error": "the event stream ended early"}
+    async def withdraw(self) -> bool:
+        return await withdraw(self.services.redis, self.job_id)
 
-    def abandon(self) -> None:
-        """The client went away: withdraw the job if it still waits, else ask the store worker to stop."""
-        if self._done:
-            return
-        self._done = True
-        task = asyncio.ensure_future(self._abandon())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _abandon(self) -> None:
-        extra = {"request_id": self.job.request_id, "job": self.job.job_id}
-        log.info("client went away; cancelling the %s of %s", self.job.kind, self.job.model, extra=extra)
-        try:
-            if not await withdraw(self.services.redis, self.job.job_id):
-                await self.services.relay.cancel(self.job.job_id)
-        except Exception:  # the client is gone; nothing to answer, only to log
-            log.exception("could not cancel an abandoned model job", extra=extra)
+    def describe(self) -> str:
+        return f"the {self.job.kind} of {self.job.model}"
 
     async def respond(self, stream: bool) -> Response:
         """The HTTP response: the first event decides the status; then NDJSON, or the last object."""
-        try:
-            first = await self._next()
-        except asyncio.CancelledError:
-            self.abandon()
-            raise
-        if first["type"] == "gone":
-            self.abandon()
+        first = await self.first_event()
+        if first is None:
             return Response(status_code=499)
+        if first["type"] == "done":
+            return (
+                JSONResponse({"status": "success"})
+                if not stream
+                else Response(media_type="application/x-ndjson")
+            )
         if first["type"] != "progress":
-            self._done = True
-            if first["type"] == "done":
-                return JSONResponse({"status": "success"}) if not stream else self._stream_of([])
             return error_response(int(first.get("status", 500)), str(first.get("error")))
         if stream:
-            return StreamingResponse(self._stream(first), media_type="application/x-ndjson")
+            return StreamingResponse(self.relay(first, _progress_lines), media_type="application/x-ndjson")
         return await self._last(first)
 
-    def _stream_of(self, objs: list[dict[str, Any]]) -> Response:
-        return Response(b"".join(_ndjson(o) for o in objs), media_type="application/x-ndjson")
-
     async def _last(self, event: dict[str, Any]) -> Response:
-        """Follow the job to its end while checking that the client is still there; answer its last object."""
-        last: dict[str, Any] = event["data"]
-        checked = time.monotonic()
-        try:
-            while True:
-                event = await self._next()
-                if event["type"] != "progress":
-                    break
-                last = event["data"]
-                if time.monotonic() - checked >= DISCONNECT_POLL_S:
-                    checked = time.monotonic()
-                    if await self.request.is_disconnected():
-                        event = {"type": "gone"}
-                        break
-        except asyncio.CancelledError:
-            self.abandon()
-            raise
-        if event["type"] == "gone":
-            self.abandon()
+        """Follow the job to its end; answer its last progress object (or its error)."""
+        last: list[dict[str, Any]] = []
+        end = await self.collect(event, lambda progress: last.append(progress["data"]))
+        if end["type"] == "gone":
             return Response(status_code=499)
-        self._done = True
-        if event["type"] == "done":
-            return JSONResponse(last)
-        return error_response(int(event.get("status", 500)), str(event.get("error")))
+        if end["type"] == "done":
+            return JSONResponse(last[-1])
+        return error_response(int(end.get("status", 500)), str(end.get("error")))
 
-    async def _stream(self, event: dict[str, Any]) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                if event["type"] == "progress":
-                    yield _ndjson(event["data"])
-                elif event["type"] == "done":
-                    self._done = True
-                    return
-                elif event["type"] == "gone":
-                    return
-                else:
-                    self._done = True
-                    yield _ndjson({"error": str(event.get("error", "the model job failed"))})
-                    return
-                event = await self._next()
-        finally:
-            # Reached without the end of the job only when the client disconnected mid-stream.
-            self.abandon()
+
+def _progress_lines(event: dict[str, Any]) -> list[bytes]:
+    if event["type"] == "progress":
+        return [ndjson(event["data"])]
+    if event["type"] == "done":
+        return []  # the last progress object (`{"status": "success"}`) already said so
+    return [ndjson({"error": str(event.get("error", "the model job failed"))})]
 
 
 async def run_model_job(

@@ -82,41 +82,33 @@ class OpenAIGeneration(Generation):
 
     def stream(self, first: dict[str, Any]) -> Response:
         """Server-sent chunk events ending with [DONE]."""
-        return StreamingResponse(
-            self._sse_stream(first), media_type="text/event-stream", headers=_SSE_HEADERS
-        )
+        opening = self.shape.opening()
 
-    async def _sse_stream(self, event: dict[str, Any]) -> AsyncIterator[bytes]:
-        try:
-            opening = self.shape.opening()
-            if opening is not None:
-                yield _sse(opening)
-            while True:
-                if event["type"] == "token":
-                    if event["text"] or event.get("logprobs"):
-                        yield _sse(self.shape.piece(event["text"], event.get("logprobs")))
-                elif event["type"] == "tool_call":
-                    call = self.shape.tool_call(event["call"])
-                    if call is not None:
-                        yield _sse(call)
-                elif event["type"] == "done":
-                    self._done = True
-                    yield _sse(self.shape.finish(event))
-                    if self.shape.include_usage:
-                        yield _sse(self.shape.usage_chunk(event))
-                    yield b"data: [DONE]\n\n"
-                    return
-                elif event["type"] == "gone":
-                    return
-                else:
-                    self._done = True
-                    status = int(event.get("status", 500))
-                    yield _sse(error_body(status, str(event.get("error", "generation failed"))))
-                    return
-                event = await self._next()
-        finally:
-            # Reached without `done` only when the client disconnected mid-stream.
-            self.abandon()
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                if opening is not None:
+                    yield _sse(opening)
+                async for piece in self.relay(first, self._sse_events):
+                    yield piece
+            finally:
+                # A client that leaves during the opening chunk never reached the relay's own cleanup.
+                self.abandon()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    def _sse_events(self, event: dict[str, Any]) -> list[bytes]:
+        if event["type"] == "token":
+            if event["text"] or event.get("logprobs"):
+                return [_sse(self.shape.piece(event["text"], event.get("logprobs")))]
+            return []
+        if event["type"] == "tool_call":
+            call = self.shape.tool_call(event["call"])
+            return [] if call is None else [_sse(call)]
+        if event["type"] == "done":
+            usage = [_sse(self.shape.usage_chunk(event))] if self.shape.include_usage else []
+            return [_sse(self.shape.finish(event)), *usage, b"data: [DONE]\n\n"]
+        status = int(event.get("status", 500))
+        return [_sse(error_body(status, str(event.get("error", "generation failed"))))]
 
 
 async def _generate(

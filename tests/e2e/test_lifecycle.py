@@ -133,6 +133,41 @@ def test_disconnect_mid_stream_frees_the_slot(base_url: str, redis_client: redis
     assert wait_for(lambda: busy(redis_client) == 0, timeout=3)
 
 
+def test_disconnect_mid_sse_stream_on_v1_frees_the_slot(base_url: str, redis_client: redis.Redis) -> None:
+    native = endless_stream(GEMMA)
+    body = {"model": GEMMA, "prompt": native["prompt"], "max_tokens": 3000, "temperature": 0, "stream": True}
+    with (
+        httpx.Client(base_url=base_url, timeout=60) as c,
+        c.stream("POST", "/v1/completions", json=body) as r,
+    ):
+        assert r.status_code == 200
+        received = 0
+        lines = r.iter_lines()  # kept, as above
+        for line in lines:
+            if line.startswith("data: "):
+                assert json.loads(line.removeprefix("data: "))["choices"][0]["finish_reason"] is None
+                received += 1
+            if received == 3:
+                break
+        assert busy(redis_client) == 1
+    assert wait_for(lambda: busy(redis_client) == 0, timeout=3)
+
+
+def test_a_client_that_stops_waiting_for_a_non_streamed_answer_frees_the_slot(
+    base_url: str, redis_client: redis.Redis
+) -> None:
+    # Nothing is written to a non-streamed client until the end, so only asking the connection (every
+    # 0.5 s while tokens flow) can tell that it left; the story would otherwise run 3000 tokens.
+    body = {**endless_stream(GEMMA), "stream": False}
+    with (
+        httpx.Client(base_url=base_url, timeout=2.0) as impatient,
+        contextlib.suppress(httpx.ReadTimeout),
+    ):
+        impatient.post("/api/generate", json=body)
+        raise AssertionError("the endless story was answered within 2 s")
+    assert wait_for(lambda: busy(redis_client) == 0, timeout=3)
+
+
 def test_disconnect_while_queued_never_reaches_the_worker(base_url: str, redis_client: redis.Redis) -> None:
     long_body = endless_stream(GEMMA)
     # The generation worker's RQ record (the store worker is registered there too). Its job function
