@@ -104,6 +104,9 @@ class Generation(JobFollower):
     async def withdraw(self) -> bool:
         return await self.services.admission.withdraw(self.job_id)
 
+    def describe(self) -> str:
+        return f"the {self.job.kind} on {self.model}"
+
     def observe(self, event: dict[str, Any]) -> None:
         # Every event of every response shape passes through here, so timing is taken once.
         if event["type"] in ("token", "tool_call") and not self._first_token_seen:
