@@ -61,11 +61,14 @@ class JobFollower:
         raise NotImplementedError
 
     async def next_event(self) -> Event:
+        """The job's next event; once it is the job's last (done, error), there is nothing to let go of."""
         assert self._events is not None, "follow() first"
         try:
             event = await anext(self._events)
         except StopAsyncIteration:
             event = {"type": "error", "status": 500, "error": "the event stream ended early"}
+        if event["type"] not in OUTPUT and event["type"] != "gone":
+            self._done = True
         self.observe(event)
         return event
 
@@ -79,8 +82,6 @@ class JobFollower:
         if first["type"] == "gone":
             self.abandon()
             return None
-        if first["type"] not in OUTPUT:
-            self._done = True  # done or error: the job is over before any output
         return first
 
     async def relay(self, first: Event, render: Callable[[Event], Iterable[bytes]]) -> AsyncIterator[bytes]:
@@ -88,12 +89,9 @@ class JobFollower:
         event = first
         try:
             while event["type"] != "gone":
-                terminal = event["type"] not in OUTPUT
-                if terminal:
-                    self._done = True
                 for piece in render(event):
                     yield piece
-                if terminal:
+                if event["type"] not in OUTPUT:
                     return
                 event = await self.next_event()
         finally:
@@ -118,8 +116,6 @@ class JobFollower:
             raise
         if event["type"] == "gone":
             self.abandon()
-        else:
-            self._done = True
         return event
 
     def abandon(self) -> None:
