@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import platform
-import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from app.store import (
     ModelStore,
     StoredModel,
 )
+from app.store_temps import quantize_output
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,13 @@ class ModelBuilder:
             raise CreateError("quantization is not available in this process", status=500)
         status = f"quantizing {have} model to {want}"
         self.progress({"status": status, "digest": "0", "total": size, "completed": 0})
-        # In the blobs directory so the result can be hard-linked into place; never a valid blob name.
-        out = self.store.blobs_dir / f"quantize-{secrets.token_hex(8)}.partial"
-        try:
+        # Removed when the quantizer fails or the create is cancelled; locked so that a store worker
+        # starting meanwhile leaves it alone, while one killed mid-quantize leaves it to the next start.
+        with quantize_output(self.store) as out:
             self.quantizer(source, out, want)
             self._check_cancelled()
             existed = self._blob_exists_as(out)
             new_digest, new_size = self.store.write_blob_from_file(out, link=True)
-        finally:
-            out.unlink(missing_ok=True)
         if not existed:
             self._created.add(new_digest)
         self.progress({"status": status, "digest": "0", "total": size, "completed": size})

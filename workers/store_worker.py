@@ -29,6 +29,7 @@ from app.logs import configure_logging
 from app.registry import RegistrySettings
 from app.settings import load_settings
 from app.store import ModelStore
+from app.store_temps import remove_leftovers
 from workers import store_jobs
 from workers.publisher import Publisher
 from workers.rq_worker import FlagStoppedWorker
@@ -171,6 +172,7 @@ def main() -> None:
     """Entry point of `herd store-worker` and `python -m workers.store_worker`."""
     settings = load_settings(StoreWorkerSettings)
     configure_logging("store-worker", settings.debug)
+    remove_leftovers(ModelStore(settings.models_dir))  # what a killed create or upload left on disk
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     heartbeat = Heartbeat(client, settings)
     heartbeat.beat()
