@@ -7,14 +7,18 @@
   on its port (Ollama switches such pulls to http://), the request is retried over http.
 * Auth: a 401 carrying ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` is answered by
   fetching a token from the realm and repeating the request once (the Docker token protocol).
+* Guard: loopback, link-local and cloud metadata addresses are refused before any connection unless
+  HERD_REGISTRY_ALLOW names them (:mod:`app.registry.guard`), redirects and token realms included.
 * Errors: every transport failure becomes a RegistryError naming the host (and the proxy when one is
   in the way) and the cause: name not resolved, connection refused, proxy refused, proxy
-  authentication required, certificate not trusted, timeout.
+  authentication required, certificate not trusted, timeout. A registry's error answer is reported by
+  its status and its structured error (OCI ``errors[].code``/``message``, trimmed), never its raw body.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import socket
@@ -24,9 +28,11 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpcore
 import httpx
 
 from app.registry.errors import RegistryError
+from app.registry.guard import GuardedBackend, RegistryGuard
 from app.registry.proxies import ProxyConfig
 from app.registry.settings import RegistrySettings
 
@@ -66,29 +72,49 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-class _RoutingTransport(httpx.BaseTransport):
-    """Sends each request directly or through the proxy that the environment names for its URL."""
+def _port_of(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
 
-    def __init__(self, proxies: ProxyConfig, verify: ssl.SSLContext, limits: httpx.Limits) -> None:
+
+class _RoutingTransport(httpx.BaseTransport):
+    """Sends each request directly or through the proxy that the environment names for its URL.
+
+    Direct connections go through the guard's socket backend (checked at connect time); a proxied
+    request has its registry name checked before the CONNECT, while the proxy itself, which the
+    operator configured, is connected to as it is.
+    """
+
+    def __init__(
+        self, proxies: ProxyConfig, verify: ssl.SSLContext, limits: httpx.Limits, guard: RegistryGuard
+    ) -> None:
         self._proxies = proxies
         self._verify = verify
         self._limits = limits
+        self._guard = guard
         self._transports: dict[str | None, httpx.HTTPTransport] = {}
         self._lock = threading.Lock()  # ranged parts ask from several threads at once
 
     def transport_for(self, url: httpx.URL) -> tuple[str | None, httpx.HTTPTransport]:
         """The proxy (None: direct) for ``url`` and the pooled transport that goes that way."""
-        port = url.port or (443 if url.scheme == "https" else 80)
-        proxy = self._proxies.proxy_for(url.scheme, url.host, port)
+        proxy = self._proxies.proxy_for(url.scheme, url.host, _port_of(url))
         with self._lock:
             if proxy not in self._transports:
-                self._transports[proxy] = httpx.HTTPTransport(
+                transport = httpx.HTTPTransport(
                     verify=self._verify, proxy=proxy, limits=self._limits, trust_env=False
                 )
+                if proxy is None:
+                    # httpx takes no network backend; its pool reads this attribute for every new connection.
+                    pool = transport._pool
+                    if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
+                        raise RuntimeError("this httpx version cannot take the registry guard's backend")
+                    pool._network_backend = GuardedBackend(self._guard)
+                self._transports[proxy] = transport
             return proxy, self._transports[proxy]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        _, transport = self.transport_for(request.url)
+        proxy, transport = self.transport_for(request.url)
+        if proxy is not None:
+            self._guard.check_before_proxy(request.url.host, _port_of(request.url))
         return transport.handle_request(request)
 
     def close(self) -> None:
@@ -114,7 +140,7 @@ class RegistryClient:
             if settings.ca_bundle is not None:
                 ctx.load_verify_locations(cafile=str(settings.ca_bundle))
         limits = httpx.Limits(max_connections=settings.concurrency + 4, max_keepalive_connections=8)
-        self._routing = _RoutingTransport(self.proxies, ctx, limits)
+        self._routing = _RoutingTransport(self.proxies, ctx, limits, RegistryGuard(settings.allow_list))
         self._http = httpx.Client(
             transport=self._routing,
             follow_redirects=True,
@@ -269,6 +295,9 @@ class RegistryClient:
             return RegistryError(f"{host}: timed out ({type(exc).__name__}){via}", status=504)
         if isinstance(exc, httpx.ConnectError) and ("Name or service" in text or "resolution" in text):
             return RegistryError(f"{host}: cannot resolve host name ({text}){via}", status=502)
+        if isinstance(exc, (httpx.ProtocolError, httpx.DecodingError)):
+            # h11 quotes the bytes it choked on: whatever answered there (a banner, a page) stays out.
+            return RegistryError(f"{host}: the answer is not HTTP ({type(exc).__name__}){via}", status=502)
         return RegistryError(f"{host}: {type(exc).__name__}: {text}{via}", status=502)
 
 
@@ -283,20 +312,66 @@ def _is_tls_protocol_error(exc: BaseException) -> bool:
     return "WRONG_VERSION_NUMBER" in text or "record layer failure" in text
 
 
+_ERROR_BODY_MAX = 64 * 1024
+_ERROR_TEXT_MAX = 200
+_ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def _trim(text: str) -> str:
+    """One line of at most 200 printable characters."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= _ERROR_TEXT_MAX else flat[: _ERROR_TEXT_MAX - 1] + "…"
+
+
+def structured_error(body: bytes) -> str:
+    """The registry's ``{"errors": [{"code", "message"}]}`` as "CODE: message; ...", trimmed; else "".
+
+    Only these two fields are reported: ``detail`` and any body that is not this JSON shape can hold
+    whatever the server at that address serves (a page, a secret), which must not reach the client.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    parts: list[str] = []
+    for item in errors[:3]:
+        if not isinstance(item, dict):
+            continue
+        code, message = item.get("code"), item.get("message")
+        code = code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
+        message = _trim(message) if isinstance(message, str) else ""
+        text = f"{code}: {message}" if code and message else code or message
+        if text:
+            parts.append(text)
+    return _trim("; ".join(parts))
+
+
+def _error_body(response: httpx.Response) -> bytes:
+    """At most 64 KiB of an error answer's body (a hostile server may send gigabytes)."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= _ERROR_BODY_MAX:
+                break
+    except httpx.HTTPError:
+        pass
+    return bytes(body[:_ERROR_BODY_MAX])
+
+
 def response_error(response: httpx.Response, what: str) -> RegistryError:
     """A RegistryError for a non-success answer to ``what`` (e.g. "manifest for x:latest")."""
     host = response.request.url.netloc.decode("ascii", "replace")
     code = response.status_code
-    try:
-        response.read()
-        detail = response.text[:300].strip()
-    except httpx.HTTPError:
-        detail = ""
-    suffix = f": {detail}" if detail else ""
     if code == 404:
         return RegistryError(f"{host}: {what} not found", status=404)
-    if code in (401, 403):
-        return RegistryError(f"{host}: unauthorized for {what} (HTTP {code}){suffix}", status=401)
     if code == 407:
         return RegistryError(f"{host}: proxy authentication required", status=502)
+    detail = structured_error(_error_body(response))
+    suffix = f": {detail}" if detail else ""
+    if code in (401, 403):
+        return RegistryError(f"{host}: unauthorized for {what} (HTTP {code}){suffix}", status=401)
     return RegistryError(f"{host}: HTTP {code} for {what}{suffix}", status=502)

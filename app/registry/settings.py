@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
 
+from app.registry.guard import AllowList
 from app.settings import CommonSettings
 
 
@@ -53,6 +54,24 @@ class RegistrySettings(CommonSettings):
         validation_alias=AliasChoices("HERD_REGISTRY_READ_TIMEOUT"),
         description="Seconds without a byte from the registry before a request counts as broken.",
     )
+
+    registry_allow: str = Field(
+        default="",
+        validation_alias=AliasChoices("HERD_REGISTRY_ALLOW"),
+        description="Registries on loopback, link-local or cloud metadata addresses that pulls and pushes "
+        "may reach (refused otherwise): comma-separated host names, host:port, IP addresses or CIDR ranges.",
+    )
+
+    @field_validator("registry_allow")
+    @classmethod
+    def _allow_list_parses(cls, value: str) -> str:
+        AllowList.parse(value)  # a bad entry stops the store worker at start, not its first pull
+        return value
+
+    @property
+    def allow_list(self) -> AllowList:
+        """HERD_REGISTRY_ALLOW, parsed."""
+        return AllowList.parse(self.registry_allow)
 
     @field_validator("ca_bundle")
     @classmethod

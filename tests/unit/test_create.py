@@ -6,6 +6,7 @@ tests (events and cancel flags go through Redis Streams exactly as in the stack)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from app.contracts import CreateSpec, ModelJob, cancel_key, decode_event, events
 from app.create import CreateCancelled, CreateError, ModelBuilder, normalize_quantize
 from app.names import ModelName
 from app.store import MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, MEDIA_TEMPLATE, ModelStore
+from app.store_temps import remove_leftovers
 from tests.support.redis_server import running_redis
 from tests.support.tiny_gguf import write_tiny_llama
 from workers import store_jobs
@@ -203,3 +205,38 @@ def test_a_job_whose_client_left_before_it_started_never_runs(
     assert _events(redis_client, "j3") == []
     with pytest.raises(LookupError):
         store.get(_name("never:v1"))
+
+
+def test_a_failed_quantize_removes_its_partial(store: ModelStore, gguf_digest: str) -> None:
+    # The tensor data cut short: the GGUF header still parses, llama.cpp's loader then refuses the file.
+    blob = store.blob_path(gguf_digest)
+    os.truncate(blob, blob.stat().st_size - 64 * 1024)
+    during: list[tuple[list[str], list[Path]]] = []
+    real = store_jobs._quantizer(1)
+
+    def quantizer(source: Path, out: Path, want: str) -> None:
+        # While it runs: its partial exists, locked, so a store worker starting now leaves it alone.
+        during.append(([p.name for p in store.blobs_dir.glob("quantize-*.partial")], remove_leftovers(store)))
+        real(source, out, want)
+
+    builder = ModelBuilder(
+        store, progress=lambda _: None, quantizer=quantizer, check_template=_check_template
+    )
+    with pytest.raises(CreateError, match="could not quantize") as err:
+        builder.build(_name("broken:v1"), CreateSpec(files={"t.gguf": gguf_digest}, quantize="Q8_0"))
+    assert err.value.status == 500
+    assert len(during) == 1 and len(during[0][0]) == 1 and during[0][1] == []
+    assert not list(store.blobs_dir.glob("quantize-*"))
+
+
+def test_a_create_cancelled_while_quantizing_removes_the_quantizers_output(
+    store: ModelStore, gguf_digest: str
+) -> None:
+    statuses: list[dict[str, Any]] = []
+    # The client leaves while llama.cpp quantizes: the output is complete, and must not stay behind.
+    builder = _builder(store, statuses, cancelled=lambda: any("quantizing" in s["status"] for s in statuses))
+    with pytest.raises(CreateCancelled):
+        builder.build(_name("left:v1"), CreateSpec(files={"t.gguf": gguf_digest}, quantize="Q8_0"))
+    assert statuses[-1]["status"] == "quantizing F16 model to Q8_0" and statuses[-1]["completed"] == 0
+    assert not list(store.blobs_dir.glob("quantize-*"))
+    assert {p.name for p in store.blobs_dir.iterdir()} == {store.blob_path(gguf_digest).name}

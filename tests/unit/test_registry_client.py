@@ -1,15 +1,18 @@
-"""Pure parts of the registry client: Bearer challenges, names to URLs, settings, part planning."""
+"""Pure parts of the registry client: Bearer challenges, names to URLs, settings, part planning, the guard."""
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 
 from app.names import ModelName
 from app.registry import RegistrySettings
-from app.registry.client import _redact, parse_bearer_challenge
+from app.registry.client import _redact, parse_bearer_challenge, structured_error
+from app.registry.guard import AllowList, RegistryGuard, RegistryRefused, refused_kind
 from app.registry.reference import Reference, normalise_digest
 from app.registry.transfer import _plan
 from app.settings import SettingsError, load_settings
@@ -73,3 +76,106 @@ def test_ca_bundle_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HERD_PULL_CONCURRENCY", "0")
     with pytest.raises(SettingsError, match="HERD_PULL_CONCURRENCY"):
         load_settings(RegistrySettings)
+
+
+# --- the SSRF guard: addresses judged without any connection ------------------------------------------
+
+REFUSED = {
+    "127.0.0.1": "a loopback address",
+    "127.45.6.7": "a loopback address",
+    "::1": "a loopback address",
+    "::ffff:127.0.0.1": "a loopback address",  # IPv4-mapped: judged by the IPv4 inside
+    "169.254.169.254": "a cloud metadata address",
+    "::ffff:169.254.169.254": "a cloud metadata address",
+    "64:ff9b::a9fe:a9fe": "a cloud metadata address",  # NAT64 of 169.254.169.254
+    "fd00:ec2::254": "a cloud metadata address",
+    "100.100.100.200": "a cloud metadata address",
+    "169.254.10.20": "a link-local address",
+    "fe80::1": "a link-local address",
+    "0.0.0.0": "an unspecified address",
+    "0.1.2.3": "an unspecified address",
+    "::": "an unspecified address",
+}
+ALLOWED = [
+    "10.0.0.5",
+    "10.255.255.53",
+    "192.168.1.20",
+    "172.16.0.9",
+    "172.31.255.1",
+    "fd12:3456::1",
+    "8.8.8.8",
+]
+
+
+@pytest.mark.parametrize("address", sorted(REFUSED))
+def test_refused_addresses(address: str) -> None:
+    ip = ipaddress.ip_address(address)
+    assert refused_kind(ip) == REFUSED[address]
+    with pytest.raises(RegistryRefused) as err:
+        RegistryGuard().check(address, ip, 443)
+    assert err.value.status == 403
+    assert address in str(err.value) and "HERD_REGISTRY_ALLOW" in str(err.value)
+
+
+@pytest.mark.parametrize("address", ALLOWED)
+def test_lan_and_public_addresses_are_allowed(address: str) -> None:
+    ip = ipaddress.ip_address(address)
+    assert refused_kind(ip) is None
+    RegistryGuard().check("registry.corp", ip, 5000)
+
+
+def test_the_allow_list_unlocks_what_it_names() -> None:
+    loopback, metadata = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("169.254.169.254")
+    allow = AllowList.parse(" 127.0.0.0/8 , registry.local:5000, [::1]:8080, fe80::/10,Localhost,")
+    guard = RegistryGuard(allow)
+    guard.check("127.0.0.1", loopback, 1)  # the range
+    guard.check("localhost", loopback, 1)  # the name, any port
+    guard.check("registry.local", loopback, 5000)
+    with pytest.raises(RegistryRefused):
+        RegistryGuard(AllowList.parse("registry.local:5000")).check("registry.local", loopback, 5001)
+    guard.check("::1", ipaddress.ip_address("::1"), 8080)
+    with pytest.raises(RegistryRefused):
+        guard.check("::1", ipaddress.ip_address("::1"), 8081)
+    # A range never unlocks a metadata address; naming it does.
+    with pytest.raises(RegistryRefused):
+        RegistryGuard(AllowList.parse("169.254.0.0/16")).check("169.254.169.254", metadata, 80)
+    RegistryGuard(AllowList.parse("169.254.0.0/16")).check(
+        "169.254.1.1", ipaddress.ip_address("169.254.1.1"), 80
+    )
+    RegistryGuard(AllowList.parse("169.254.169.254")).check("169.254.169.254", metadata, 80)
+
+
+def test_localhost_names_are_refused_before_a_proxy_resolves_them() -> None:
+    with pytest.raises(RegistryRefused, match=r"models\.localhost is a loopback name"):
+        RegistryGuard().check_before_proxy("models.localhost", 443)
+    RegistryGuard(AllowList.parse("models.localhost")).check_before_proxy("models.localhost", 443)
+
+
+@pytest.mark.parametrize(
+    "value", ["not a host", "10.0.0.0/33", "host:0", "host:99999", "[::1", "[::1]x", "a_b:c:d/x"]
+)
+def test_a_bad_allow_entry_stops_the_process_naming_the_variable(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HERD_REGISTRY_ALLOW", value)
+    with pytest.raises(SettingsError, match="HERD_REGISTRY_ALLOW") as err:
+        load_settings(RegistrySettings)
+    assert repr(value.strip().lower()) in str(err.value) or value in str(err.value)
+
+
+def test_the_allow_setting_is_read() -> None:
+    assert load_settings(RegistrySettings, HERD_REGISTRY_ALLOW="127.0.0.1:5000").allow_list.hosts == {
+        ("127.0.0.1", 5000)
+    }
+    assert load_settings(RegistrySettings).allow_list == AllowList()
+
+
+def test_only_the_structured_error_of_an_error_body_is_reported() -> None:
+    body = json.dumps(
+        {"errors": [{"code": "DENIED", "message": "no\nway " + "x" * 500, "detail": {"secret": "s3cr3t"}}]}
+    ).encode()
+    text = structured_error(body)
+    assert text.startswith("DENIED: no way xxx") and len(text) <= 200 and "s3cr3t" not in text
+    assert structured_error(b"<html>s3cr3t</html>") == ""
+    assert structured_error(b'{"error": "s3cr3t"}') == ""
+    assert structured_error(json.dumps({"errors": [{"code": "<b>s3cr3t</b>"}]}).encode()) == ""

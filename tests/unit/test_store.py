@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from app.store import (
     ModelStore,
     StoreError,
 )
+from app.store_temps import UNLOCKED_TEMP_AGE_S, quantize_output, remove_leftovers
 
 GEMMA_TEMPLATE = (
     "{{- range $i, $_ := .Messages }}<start_of_turn>{{ .Role }}\n{{ .Content }}<end_of_turn>\n"
@@ -554,3 +556,40 @@ def test_concurrent_imports_and_deletes_leave_a_consistent_store(store: ModelSto
     for m in store.list():
         assert m.model_path.exists()
     _no_partials(store.root)
+
+
+# --- leftover temp files (removed at store-worker start) -------------------------------------------
+
+
+def test_leftovers_go_while_pull_partials_and_a_running_quantize_stay(store: ModelStore) -> None:
+    blobs = store.blobs_dir
+    blobs.mkdir(parents=True, exist_ok=True)
+    dead_quantize = blobs / "quantize-00000000000000aa.partial"
+    dead_quantize.write_bytes(b"q" * 4096)
+    hexd = "cd" * 32
+    pull_partial, pull_state = blobs / f"sha256-{hexd}-partial", blobs / f"sha256-{hexd}-partial.parts"
+    pull_partial.write_bytes(b"resume")
+    pull_state.write_text("{}")
+    old_temp, fresh_temp = (
+        blobs / f"sha256-{hexd}-partial-{'e' * 16}",
+        blobs / f"sha256-{hexd}-partial-{'f' * 16}",
+    )
+    old_temp.write_bytes(b"old")
+    fresh_temp.write_bytes(b"fresh")
+    hour_ago = time.time() - UNLOCKED_TEMP_AGE_S - 60
+    os.utime(old_temp, (hour_ago, hour_ago))
+    manifest_temp = (
+        store.manifests_dir / "registry.ollama.ai" / "library" / "m" / f".latest.partial-{'a' * 16}"
+    )
+    manifest_temp.parent.mkdir(parents=True)
+    manifest_temp.write_text("{}")
+    os.utime(manifest_temp, (hour_ago, hour_ago))
+
+    with quantize_output(store) as running:
+        running.write_bytes(b"being written")  # the quantizer truncates and writes the locked inode
+        removed = remove_leftovers(store)
+        assert running.read_bytes() == b"being written"  # a running create's output is left alone
+    assert not running.exists()  # and its block removes it
+    assert sorted(removed) == sorted([dead_quantize, old_temp, manifest_temp])
+    assert {p.name for p in blobs.iterdir()} == {pull_partial.name, pull_state.name, fresh_temp.name}
+    assert remove_leftovers(ModelStore(store.root / "absent")) == []
