@@ -73,7 +73,9 @@ def start_stack(
         HERD_API_PROCESSES=1,
         **overrides,
     )
-    stack = Stack(settings, env={"HERD_HEARTBEAT": "0.5", **(env or {})})
+    # Test registries listen on 127.0.0.1, which the store worker refuses unless HERD_REGISTRY_ALLOW names it.
+    base = {"HERD_HEARTBEAT": "0.5", "HERD_REGISTRY_ALLOW": "127.0.0.1"}
+    stack = Stack(settings, env={**base, **(env or {})})
     try:
         stack.start()
         yield stack
