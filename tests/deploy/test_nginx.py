@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from app.stack.nginx import find_nginx
+from app.stack.processes import ManagedProcess
 from app.stack.settings import DEFAULT_ORIGINS, origin_regex
 from tests.deploy.bundle import COMPOSE_FILE, NGINX_DIR, load_compose
+from tests.support.ports import free_port
+from tests.unit.test_edge_config import ECHO_SERVER, raw_exchange
 
 SCRIPT = NGINX_DIR / "40-herd-config.sh"
 EXTRA_ORIGINS = [
@@ -48,6 +56,7 @@ def _conf_dir(tmp_path: Path, **env: str) -> Path:
     (conf / "certs").mkdir()
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=herd",
+         "-addext", "subjectAltName=IP:127.0.0.1",
          "-keyout", str(conf / "certs" / "tls.key"), "-out", str(conf / "certs" / "tls.crt")],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
@@ -149,7 +158,8 @@ def test_edge_policies_carried_over_from_the_local_template() -> None:
     proxy = (NGINX_DIR / "snippets" / "herd-proxy.conf").read_text()
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in conf
     assert "error_page 413 @too_large;" in conf
-    assert "error_page 497 =308 https://" in conf
+    assert "error_page 497 @plain_http;" in conf
+    assert "error_page 400 /.herd-bad-request;" in conf and "error_page 405 @not_allowed;" in conf
     assert "$herd_origin_ok = 0" in conf
     for directive in (
         "proxy_buffering off;",
@@ -159,3 +169,92 @@ def test_edge_policies_carried_over_from_the_local_template() -> None:
         assert directive in proxy
     # The listener Prometheus and the healthcheck use is not the public one.
     assert "listen 11437;" in conf and "listen 443 ssl;" in conf
+
+
+# --- the compose nginx, running -----------------------------------------------------------------------
+
+
+@contextmanager
+def compose_edge(tmp_path: Path) -> Iterator[tuple[int, Path, ManagedProcess]]:
+    """The compose nginx.conf run by the real nginx before an echo upstream: (TLS port, CA, upstream).
+
+    Only what ties it to the compose network is rewritten: its listen ports (443, 11437) become free
+    loopback ones, the `api` upstream the echo server's port, and the pid file one under ``tmp_path``.
+    """
+    conf = _conf_dir(tmp_path)
+    tls_port, internal_port, api_port = free_port(), free_port(), free_port()
+    text = (conf / "nginx.conf").read_text()
+    for old, new in (
+        ("listen 443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;"),
+        ("listen 11437;", f"listen 127.0.0.1:{internal_port};"),
+        ("server api:11435;", f"server 127.0.0.1:{api_port};"),
+        ("pid /tmp/nginx.pid;", f"pid {tmp_path / 'nginx.pid'};"),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (conf / "nginx.conf").write_text(text)
+    argv = [
+        find_nginx(),
+        "-c",
+        str(conf / "nginx.conf"),
+        "-p",
+        str(conf),
+        "-e",
+        "stderr",
+        "-g",
+        "daemon off;",
+    ]
+    upstream = ManagedProcess(
+        "echo", [sys.executable, "-c", ECHO_SERVER, str(api_port)], log_path=tmp_path / "echo.log"
+    )
+    nginx = ManagedProcess("nginx", argv, log_path=tmp_path / "nginx.log")
+    try:
+        upstream.start()
+        upstream.wait_ready(lambda: _port_open(api_port), timeout=10)
+        nginx.start()
+        nginx.wait_ready(lambda: _port_open(tls_port), timeout=10)
+        yield tls_port, conf / "certs" / "tls.crt", upstream
+    finally:
+        nginx.stop()
+        upstream.stop()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_compose_edge_refuses_plain_http_and_answers_its_own_errors_in_json(tmp_path: Path) -> None:
+    with compose_edge(tmp_path) as (port, ca, upstream):
+        # Plain HTTP on the TLS port: a 400 that says to use https, never a redirect, but for GET /.
+        post = (
+            b"POST /api/chat HTTP/1.1\r\nHost: herd.lan\r\nAuthorization: Bearer sk-1\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        status, head, body = raw_exchange("127.0.0.1", port, post)
+        assert status == 400 and "location:" not in head, head
+        assert "use https://" in json.loads(body)["error"]
+        status, head, body = raw_exchange("127.0.0.1", port, b"GET /v1/models HTTP/1.0\r\n\r\n")
+        assert status == 400 and "use https://" in json.loads(body)["error"]["message"], body
+        status, head, _ = raw_exchange("127.0.0.1", port, b"GET / HTTP/1.1\r\nHost: herd.lan\r\n\r\n")
+        assert status == 308 and f"\r\nlocation: https://herd.lan:{port}/\r\n" in head, head
+
+        # Over TLS: HTTP/1.0 without Host reaches the API with one; nginx's own refusals are JSON.
+        status, _, body = raw_exchange("127.0.0.1", port, b"GET /api/tags HTTP/1.0\r\n\r\n", tls_ca=ca)
+        assert status == 200 and json.loads(body)["headers"]["host"] == "localhost", body
+        close = b"Connection: close\r\n\r\n"
+        for request, expected in (
+            (b"GET /api/tags HTTP/1.1\r\n" + close, 400),
+            (b"TRACE /api/tags HTTP/1.1\r\nHost: a\r\n" + close, 405),
+            (b"GET /api/t\xffgs HTTP/1.1\r\nHost: a\r\n" + close, 400),
+            (b"GET /?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: a\r\n" + close, 414),
+        ):
+            status, head, body = raw_exchange("127.0.0.1", port, request, tls_ca=ca)
+            assert status == expected and "application/json" in head, head
+            assert isinstance(json.loads(body)["error"], str), body
+        upstream.stop()
+        status, head, body = raw_exchange(
+            "127.0.0.1", port, b"GET /api/tags HTTP/1.1\r\nHost: a\r\n" + close, tls_ca=ca
+        )
+        assert status == 502 and "unreachable" in json.loads(body)["error"], head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import logging
 import os
 import re
@@ -74,6 +75,32 @@ def test_oversized_generate_body_gets_413_json(base_url: str) -> None:
     assert head.startswith(b"HTTP/1.1 413")
     assert b"application/json" in head.lower()
     assert b'"error": "request body too large' in body
+
+
+def _raw_http(base_url: str, data: bytes) -> tuple[bytes, bytes]:
+    """Send raw bytes to nginx and read to EOF: the response's head and body."""
+    parts = urlsplit(base_url)
+    assert parts.hostname and parts.port
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(data)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_http_1_0_without_host_is_served_and_refused_in_json(base_url: str) -> None:
+    # Ollama (Go's net/http) serves HTTP/1.0 without Host; uvicorn refused it in plain text.
+    head, body = _raw_http(base_url, b"GET /api/version HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert json.loads(body)["version"] == OLLAMA_API_VERSION
+    bad = b'{"model": 7}'
+    request = b"POST /api/generate HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(bad), bad)
+    head, body = _raw_http(base_url, request)
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"application/json" in head.lower(), head
+    assert isinstance(json.loads(body)["error"], str), body
 
 
 # --- API keys ---------------------------------------------------------------------------------------
@@ -178,10 +205,15 @@ def test_a_lan_bind_serves_the_api_over_https(
             assert response.status_code == 200
             assert response.json()["done"] is True
             assert "strict-transport-security" in response.headers
-        # Plain HTTP to the LAN address is only ever redirected to HTTPS.
-        plain = httpx.get(f"http://127.0.0.2:{settings.listen_port}/api/tags", trust_env=False, timeout=10)
-        assert plain.status_code == 308
-        assert plain.headers["location"] == f"https://127.0.0.2:{settings.listen_port}/api/tags"
+        # Plain HTTP to the LAN address is refused in JSON, never served nor followed; only / is redirected.
+        plain_url = f"http://127.0.0.2:{settings.listen_port}"
+        with httpx.Client(base_url=plain_url, trust_env=False, timeout=10) as plain:
+            refused = plain.post("/api/generate", json=body, headers={"Authorization": "Bearer sk-x"})
+            assert refused.status_code == 400 and "location" not in refused.headers
+            assert "use https://" in refused.json()["error"]
+            page = plain.get("/")
+            assert page.status_code == 308
+            assert page.headers["location"] == f"https://127.0.0.2:{settings.listen_port}/"
         # The operator can compare what a client is shown with the fingerprint logged at start.
         assert f"sha256 fingerprint {fingerprint(cert)}" in caplog.text
     finally:

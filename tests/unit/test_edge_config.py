@@ -4,6 +4,7 @@ rendered from StackSettings, in front of a small upstream that echoes what reach
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import ssl
 import sys
@@ -66,6 +67,7 @@ class EdgeClient(httpx.Client):
 
     settings: StackSettings
     logs: Path
+    upstream: ManagedProcess
 
 
 StartEdge = Callable[..., AbstractContextManager[EdgeClient]]
@@ -108,7 +110,7 @@ def start_edge(tmp_path: Path) -> StartEdge:
                 verify = ssl.create_default_context(cafile=str(tls_paths(settings)[0]))
             base = f"{scheme}://{host}:{settings.listen_port}"
             with EdgeClient(base_url=base, timeout=10, trust_env=False, verify=verify) as client:
-                client.settings, client.logs = settings, logs
+                client.settings, client.logs, client.upstream = settings, logs, upstream
                 yield client
         finally:
             nginx.stop()
@@ -128,6 +130,21 @@ def assert_json_error(response: httpx.Response, status: int, fragment: str) -> N
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert fragment in response.json()["error"]
+
+
+def raw_exchange(host: str, port: int, data: bytes, *, tls_ca: Path | None = None) -> tuple[int, str, bytes]:
+    """Send raw bytes (over TLS when ``tls_ca`` is given) and read to EOF: (status, head, body)."""
+    with socket.create_connection((host, port), timeout=10) as raw:
+        sock: socket.socket = raw
+        if tls_ca is not None:
+            sock = ssl.create_default_context(cafile=str(tls_ca)).wrap_socket(raw, server_hostname=host)
+        with sock:
+            sock.sendall(data)
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head.decode("latin-1").lower(), body
 
 
 # --- origin patterns --------------------------------------------------------------------------------
@@ -261,6 +278,81 @@ def test_loopback_bind_only_answers_to_loopback_host_names(edge: EdgeClient) -> 
         assert edge.get("/", headers={"Host": host}).status_code == 200, host
     for host in ("evil.com", "localhost.evil.com", "127.0.0.1.nip.io", "evil.com:11434", "192.168.1.5"):
         assert_json_error(edge.get("/", headers={"Host": host}), 403, "host not allowed")
+
+
+def test_http_1_0_without_host_reaches_the_api_with_a_host(edge: EdgeClient) -> None:
+    # nginx speaks HTTP/1.1 upstream, where uvicorn refuses a request without Host in plain text.
+    port = edge.settings.listen_port
+    status, head, body = raw_exchange("127.0.0.1", port, b"GET /api/tags HTTP/1.0\r\n\r\n")
+    assert status == 200, head
+    assert json.loads(body)["headers"]["host"] == "localhost"
+    # A Host the client sent is passed on as it came.
+    sent = b"GET /api/tags HTTP/1.0\r\nHost: 127.0.0.1:7\r\n\r\n"
+    assert json.loads(raw_exchange("127.0.0.1", port, sent)[2])["headers"]["host"] == "127.0.0.1:7"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "fragment"),
+    [
+        # A raw byte outside printable ASCII in the target: uvicorn refused \xff in plain text once nginx
+        # had passed it on; DEL nginx refuses itself.
+        (b"GET /api/t\xffgs HTTP/1.1\r\nHost: 127.0.0.1\r\n", 400, "printable ASCII"),
+        (b"GET /api/\x7f HTTP/1.1\r\nHost: 127.0.0.1\r\n", 400, "bad request"),
+        # nginx's own HTML pages until now.
+        (b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n", 400, "too large"),
+        (b"GET /api/tags?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n", 414, "too long"),
+        (
+            b"POST /api/show HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n",
+            501,
+            "Transfer-Encoding",
+        ),
+    ],
+    ids=["high-byte-path", "del-path", "huge-header", "huge-uri", "transfer-encoding"],
+)
+def test_refusals_before_the_api_are_json(
+    edge: EdgeClient, request_bytes: bytes, status: int, fragment: str
+) -> None:
+    request = request_bytes + b"Connection: close\r\n\r\n"
+    got, head, body = raw_exchange("127.0.0.1", edge.settings.listen_port, request)
+    assert got == status, head
+    assert "application/json" in head, head
+    assert fragment in json.loads(body)["error"], body
+
+
+def test_an_unreachable_api_gets_a_json_502(edge: EdgeClient) -> None:
+    edge.upstream.stop()
+    assert_json_error(edge.get("/api/tags"), 502, "unreachable")
+    openai = edge.post("/v1/chat/completions", json={})
+    assert openai.status_code == 502 and "unreachable" in openai.json()["error"]["message"]
+
+
+def test_plain_http_on_the_tls_port_is_refused_in_json_not_redirected(start_edge: StartEdge) -> None:
+    # Refused, not redirected: the key has crossed in clear text already, and a redirect would hide it.
+    # (The echo upstream answers 200 to everything, so a 400 here is nginx's own.)
+    refused = [
+        b"POST /api/generate HTTP/1.1\r\nHost: herd.lan\r\nAuthorization: Bearer sk-1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        b"GET /api/tags HTTP/1.1\r\nHost: herd.lan\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: herd.lan\r\nContent-Length: 0\r\n\r\n",
+        b"GET /v1/models HTTP/1.0\r\n\r\n",
+    ]
+    with start_edge(host="127.0.0.2") as client:
+        port = client.settings.listen_port
+        for request in refused:
+            status, head, body = raw_exchange("127.0.0.2", port, request)
+            assert status == 400, head
+            assert "location:" not in head and "application/json" in head, head
+            error = json.loads(body)["error"]
+            message = error["message"] if b" /v1/" in request else error
+            assert "use https://" in message, body
+        # Only a browser opening / is sent on to HTTPS.
+        for method in (b"GET", b"HEAD"):
+            request = method + b" / HTTP/1.1\r\nHost: herd.lan:%d\r\nConnection: close\r\n\r\n" % port
+            status, head, _ = raw_exchange("127.0.0.2", port, request)
+            assert status == 308, head
+            assert f"\r\nlocation: https://herd.lan:{port}/\r\n" in head, head
+        # The same port serves the API over TLS.
+        assert client.get("/api/tags").status_code == 200
 
 
 def _handshake(host: str, port: int, cafile: Path, **versions: ssl.TLSVersion) -> tuple[str | None, bytes]:
