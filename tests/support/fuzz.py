@@ -2,7 +2,8 @@
 
 Two jobs: steer half of the generated bodies at a model the stack really serves (so generation, chat and
 embedding run for real instead of stopping at 404) with a short generation length, and record every
-response's method, path and status as one JSON line in $HERD_FUZZ_LOG, the figures the test reports.
+response's method, path and status as one JSON line in $HERD_FUZZ_LOG, the figures the test reports. A
+request that got no response at all (a timeout, a reset) is recorded there too, as a network error.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ def after_call(
     }
     if response.status_code >= 400:
         record["body"] = response.content[:300].decode("utf-8", "replace")
+    _log(path, record)
+
+
+@schemathesis.hook
+def after_network_error(context: schemathesis.HookContext, case: schemathesis.Case, request: Any) -> None:
+    path = os.environ.get("HERD_FUZZ_LOG")
+    if path:
+        _log(path, {"method": case.operation.method.upper(), "path": case.operation.path, "status": None})
+
+
+def _log(path: str, record: dict[str, Any]) -> None:
+    """One record as a JSON line; each is one short append, so the fuzzer's workers never interleave."""
     with open(path, "a", encoding="utf-8") as log:
         log.write(json.dumps(record) + "\n")
 
