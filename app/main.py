@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
@@ -21,8 +17,9 @@ from app import __version__, metrics
 from app.admission import Admission
 from app.auth import ApiKeyMiddleware
 from app.errors import ERROR_SCHEMA, document_errors, install_error_handlers
+from app.json_bodies import JsonBodyCheckMiddleware, JsonContentTypeMiddleware
 from app.logs import configure_logging
-from app.openai_errors import OPENAI_ERROR_SCHEMA, V1_PREFIX, install_openai_error_handlers
+from app.openai_errors import OPENAI_ERROR_SCHEMA, V1_PREFIX, install_openai_error_handlers, send_error
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
 from app.routers import embed, generate, manage, meta, models, openai
@@ -78,81 +75,36 @@ class RequestIdMiddleware:
             )
 
 
-class JsonBodyMiddleware:
-    """Reads every /api body as JSON whatever its Content-Type, as Ollama does.
+class UnhandledErrorMiddleware:
+    """Answers an exception that no handler took with a JSON 500 in the request's error shape.
 
-    `curl -d '{...}'`, the form every Ollama example uses, sends application/x-www-form-urlencoded;
-    FastAPI would refuse that body.
+    Starlette's last resort answers in plain text and re-raises; uvicorn, seeing an exception after the
+    response, closes the connection, and nginx, which keeps upstream connections alive, sent the next
+    request (anyone's) down the closed one: a 502. Caught here, the exchange ends as any other does.
     """
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"].startswith("/api/")
-            and not scope["path"].startswith("/api/blobs")
-        ):
-            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
-
-
-# A JSON `\uD800`-`\uDFFF` escape: the only way a lone UTF-16 surrogate gets into a decoded string.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _replace_lone_surrogates(value: Any) -> Any:
-    """``value`` with every unpaired surrogate in its strings replaced by U+FFFD."""
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_replace_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
-    return value
-
-
-class LoneSurrogateMiddleware:
-    """Replaces unpaired UTF-16 surrogates in JSON bodies with U+FFFD, as Ollama's Go decoder does.
-
-    Python's json accepts `"\\ud800"` and yields a string no UTF-8 encoder takes: the worker then failed
-    with a 500 when it tokenized the prompt. Only bodies that contain such an escape are re-encoded.
-    """
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
-        if not (path.startswith(("/api/", "/v1/")) and not path.startswith("/api/blobs")):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away before its body ended: let the app see the same
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if _SURROGATE_ESCAPE.search(body):
-            # Not JSON: left as it is, for the app to answer with its own 400.
-            with contextlib.suppress(ValueError):
-                body = json.dumps(_replace_lone_surrogates(json.loads(body))).encode()
-        replayed = False
+        started = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                # Later reads wait for the disconnect that streaming responses watch for.
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception:
+            rid = scope.get("state", {}).get("request_id", "")
+            log.exception("unhandled error", extra={"path": scope["path"], "request_id": rid})
+            if started:
+                raise  # part of the answer is out: only closing the connection can tell the client
+            await send_error(send, scope["path"], 500, f"internal server error (request id {rid})")
 
 
 def build_services(settings: ApiSettings) -> Services:
@@ -211,14 +163,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.error("redis unreachable: %s", exc)
         metrics.count_rejection("redis_unavailable")
         return JSONResponse(
-            {"error": "service unavailable: queue unreachable"}, status_code=503, headers={"Retry-After": "1"}
+            {"error": "service unavailable: queue unreachable"},
+            status_code=503,
+            headers={"Retry-After": str(settings.retry_after_s)},
         )
 
-    app.add_middleware(ApiKeyMiddleware, keys_file=settings.api_keys_file)
     install_openai_error_handlers(app)  # after every handler: /v1 answers in OpenAI's shape
 
-    app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(LoneSurrogateMiddleware)
+    # Added innermost first. The key is checked before any body is read or parsed, so a hostile body
+    # from a client without a key costs nothing; only the request id and the error barrier come before.
+    app.add_middleware(JsonContentTypeMiddleware)
+    app.add_middleware(JsonBodyCheckMiddleware)
+    app.add_middleware(ApiKeyMiddleware, keys_file=settings.api_keys_file)
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     for router in (meta.router, generate.router, embed.router, models.router, manage.router, openai.router):

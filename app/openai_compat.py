@@ -13,11 +13,11 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from app.contracts import ChatMessage, ToolCall, ToolCallFunction
 from app.openai_errors import OpenAIError, unsupported
-from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS
+from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, absent_nulls
 
 SYSTEM_FINGERPRINT = "fp_herd"
 _LEGACY_FUNCTIONS = "is not supported: use 'tools' (the legacy function-calling fields are deprecated)"
@@ -27,29 +27,35 @@ MAX_COMPLETION_LOGPROBS = 5
 # --- Request bodies ---------------------------------------------------------------------------------
 
 
-class StreamOptions(BaseModel):
+class _Body(BaseModel):
+    """A request object: unknown fields ignored, JSON null the same as absent (OpenAI's optional fields
+    are all nullable), and bools strict: "yes" or 1 is refused, as OpenAI refuses them."""
+
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_nulls(cls, data: Any) -> Any:
+        return absent_nulls(data)
 
 
-class ResponseFormat(BaseModel):
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(_Body):
     """`{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}`."""
-
-    model_config = ConfigDict(extra="ignore")
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
 
 
-class _Request(BaseModel):
+class _Request(_Body):
     """Fields shared by chat and text completions. Unknown fields are ignored, as OpenAI's clients add new
     ones often; the known ones Herd cannot honour are refused in `refuse_unsupported`."""
 
-    model_config = ConfigDict(extra="ignore")
-
     model: str = Field(description="Model name, e.g. gemma3:270m.")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NUM_PREDICT)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -64,10 +70,8 @@ class _Request(BaseModel):
     logit_bias: dict[str, float] | None = None
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(_Body):
     """One message of a chat completion request."""
-
-    model_config = ConfigDict(extra="ignore")
 
     role: str
     content: str | list[Any] | None = None
@@ -82,11 +86,11 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessageIn]
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NUM_PREDICT)
     response_format: ResponseFormat | None = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
@@ -98,15 +102,13 @@ class CompletionRequest(_Request):
 
     prompt: str | list[Any]
     suffix: str | None = None
-    echo: bool | None = None
+    echo: StrictBool | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(_Body):
     """POST /v1/embeddings."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: str = Field(description="Model name, e.g. gemma3:270m.")
     input: str | list[Any]

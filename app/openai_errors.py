@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError, WebSocketRequestValidatio
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Send
 
 from app.errors import HerdError
 
@@ -100,9 +101,30 @@ def openai_error_response(
     )
 
 
-def is_v1(request: Request) -> bool:
-    path = request.url.path
+def is_v1_path(path: str) -> bool:
+    """Whether a request path is under the OpenAI-compatible API."""
     return path == V1_PREFIX or path.startswith(V1_PREFIX + "/")
+
+
+def is_v1(request: Request) -> bool:
+    return is_v1_path(request.url.path)
+
+
+def error_document(path: str, status_code: int, message: str, *, code: str | None = None) -> dict[str, Any]:
+    """The error body a request at ``path`` expects: OpenAI's shape under /v1, Ollama's elsewhere."""
+    if is_v1_path(path):
+        return error_body(status_code, message, code=code)
+    return {"error": message}
+
+
+async def send_error(
+    send: Send, path: str, status_code: int, message: str, *, code: str | None = None
+) -> None:
+    """Answer with an error from an ASGI middleware, where FastAPI's handlers cannot reach."""
+    body = json.dumps(error_document(path, status_code, message, code=code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def validation_param(loc: tuple[Any, ...] | list[Any]) -> str | None:

@@ -14,6 +14,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from app.contracts import JOB_RESULT_TTL_S
+from app.errors import BadRequest
 
 # Only used to construct Job objects: nothing is ever sent through it.
 _UNUSED_CONNECTION = redis.Redis()
@@ -23,11 +24,15 @@ def new_job(func: str, payload: BaseModel, job_id: str, queue: str, description:
     """A queued RQ job calling `func(payload=...)` with a JSON payload and no wall-clock timeout.
 
     Generation time is bounded by num_predict and the context, a pull by the network: progress, not a
-    timer, shows that a job is alive.
+    timer, shows that a job is alive. A payload that cannot be written as JSON is the client's: a 400.
     """
+    try:
+        kwargs = {"payload": payload.model_dump(mode="json")}
+    except (ValueError, RecursionError) as exc:  # pydantic's "Maximum serialization depth exceeded"
+        raise BadRequest(f"request cannot be queued: {exc}") from exc
     job = Job.create(
         func,
-        kwargs={"payload": payload.model_dump(mode="json")},
+        kwargs=kwargs,
         connection=_UNUSED_CONNECTION,
         id=job_id,
         origin=queue,
@@ -40,4 +45,8 @@ def new_job(func: str, payload: BaseModel, job_id: str, queue: str, description:
         description=description,
     )
     job.enqueued_at = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        job.data  # noqa: B018  (serialized now, while a failure is still the request's 400)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise BadRequest(f"request cannot be queued: {exc}") from exc
     return job

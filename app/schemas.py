@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -24,6 +25,17 @@ MAX_NUM_CTX = 1 << 20  # over a million tokens of context is never a real reques
 MAX_NUM_PREDICT = 1 << 20
 # OpenAI caps top_logprobs at 20; so does Ollama.
 MAX_TOP_LOGPROBS = 20
+# llama.cpp takes counts and token ids as C ints; a larger Python int overflows on the way in.
+MAX_C_INT = (1 << 31) - 1
+# A token id of a `context` a previous answer returned.
+TokenId = Annotated[int, Field(ge=0, le=MAX_C_INT)]
+
+
+def absent_nulls(data: Any) -> Any:
+    """A body's fields without those that are JSON null, which Go's decoder treats as absent."""
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if value is not None}
+    return data
 
 
 class Options(BaseModel):
@@ -36,7 +48,7 @@ class Options(BaseModel):
     num_predict: int | None = Field(default=None, ge=-2, le=MAX_NUM_PREDICT)
     num_keep: int | None = Field(default=None, ge=-1)
     temperature: float | None = Field(default=None, ge=0, le=100)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0)  # capped, see _cap_counts
     top_p: float | None = Field(default=None, ge=0, le=1)
     min_p: float | None = Field(default=None, ge=0, le=1)
     typical_p: float | None = Field(default=None, ge=0, le=1)
@@ -50,6 +62,19 @@ class Options(BaseModel):
     num_thread: int | None = Field(default=None, ge=0, le=1024)
     # Herd's own: sequences decoded together for this model, applied when the model (re)loads.
     num_parallel: int | None = Field(default=None, ge=1, le=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_nulls(cls, data: Any) -> Any:
+        # Null options are skipped, as Ollama's Options.FromMap skips them.
+        return absent_nulls(data)
+
+    @field_validator("top_k", "num_keep")
+    @classmethod
+    def _cap_counts(cls, value: int | None) -> int | None:
+        # Past the vocabulary (top_k) or the context (num_keep) these mean "all": capped, never refused
+        # (Ollama takes any), so that the C int llama.cpp reads them into cannot overflow.
+        return min(value, MAX_NUM_CTX) if value is not None else None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -115,6 +140,7 @@ class _Named(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _legacy_name(cls, data: Any) -> Any:
+        data = absent_nulls(data)
         if isinstance(data, dict) and not data.get("model") and isinstance(data.get("name"), str):
             data = {**data, "model": data["name"]}
         return data
@@ -129,7 +155,7 @@ class _Request(_Named):
 
 
 class _Generating(_Request):
-    logprobs: bool = Field(default=False, description="Return each generated token's log probability.")
+    logprobs: StrictBool = Field(default=False, description="Return each generated token's log probability.")
     top_logprobs: int = Field(
         default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: this many likeliest alternatives."
     )
@@ -146,12 +172,13 @@ class GenerateRequest(_Generating):
     suffix: str = ""
     system: str = ""
     template: str = ""
-    context: list[int] | None = None
-    stream: bool = True
-    raw: bool = False
+    context: list[TokenId] | None = None
+    # Strict like every bool here: Go's decoder refuses "yes" or 1 for a bool, and so does Ollama.
+    stream: StrictBool = True
+    raw: StrictBool = False
     format: str | dict[str, Any] | None = None
     images: list[str] | None = None
-    think: bool | str | None = None
+    think: StrictBool | str | None = None
 
 
 class ChatRequest(_Generating):
@@ -159,16 +186,16 @@ class ChatRequest(_Generating):
 
     messages: list[ChatMessage] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
-    stream: bool = True
+    stream: StrictBool = True
     format: str | dict[str, Any] | None = None
-    think: bool | str | None = None
+    think: StrictBool | str | None = None
 
 
 class EmbedRequest(_Request):
     """POST /api/embed."""
 
     input: str | list[str] = ""
-    truncate: bool = True
+    truncate: StrictBool = True
     dimensions: int | None = Field(default=None, ge=1, le=1 << 16)
 
 
@@ -181,14 +208,14 @@ class EmbeddingsRequest(_Request):
 class ShowRequest(_Named):
     """POST /api/show."""
 
-    verbose: bool = False
+    verbose: StrictBool = False
 
 
 class PullRequest(_Named):
     """POST /api/pull and POST /api/push."""
 
-    insecure: bool = False
-    stream: bool = True
+    insecure: StrictBool = False
+    stream: StrictBool = True
 
 
 class CreateRequest(_Named):
@@ -205,7 +232,7 @@ class CreateRequest(_Named):
     quantize: str | None = Field(default=None, description="q4_K_M, q8_0, ... for an F16 or F32 source.")
     # Older clients say "quantization".
     quantization: str | None = None
-    stream: bool = True
+    stream: StrictBool = True
 
 
 class CopyRequest(BaseModel):
@@ -215,6 +242,11 @@ class CopyRequest(BaseModel):
 
     source: str = ""
     destination: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_nulls(cls, data: Any) -> Any:
+        return absent_nulls(data)
 
 
 class DeleteRequest(_Named):

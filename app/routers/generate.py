@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -46,6 +47,16 @@ def check_tools(tools: list[dict[str, Any]]) -> None:
             raise BadRequest(f"tools[{i}].function.name must be a non-empty string")
 
 
+def check_images(images: list[str] | None, field: str) -> None:
+    """Every image must be standard base64, as Go's decoder reads Ollama's `[]byte` images."""
+    for i, image in enumerate(images or ()):
+        try:
+            # Go's base64 decoder skips line breaks, and nothing else that is not of its alphabet.
+            binascii.a2b_base64(image.replace("\r", "").replace("\n", ""), strict_mode=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest(f"invalid base64 data in {field}[{i}]: {exc}") from exc
+
+
 async def _unload_without_worker(services: Services, display: str) -> bool:
     """True when no worker holds the model, so an unload request has nothing to do."""
     return not await services.workers.holders(display)
@@ -69,6 +80,7 @@ async def generate(
     stored = services.resolve(body.model)
     if body.raw and (body.template or body.system or body.context):
         raise BadRequest("raw mode does not support template, system, or context")
+    check_images(body.images, "images")
     keep_alive = keep_alive_seconds(body.keep_alive)
     if not body.prompt and keep_alive == 0 and await _unload_without_worker(services, stored.name.display):
         return _unloaded("generate", body.model)
@@ -102,6 +114,7 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
     for i, message in enumerate(body.messages):
         if message.role not in ("system", "user", "assistant", "tool"):
             raise BadRequest(f"invalid role {message.role!r} in messages[{i}]")
+        check_images(message.images, f"messages[{i}].images")
     if body.tools:
         check_tools(body.tools)
         if not supports_tools(stored):

@@ -292,6 +292,22 @@ def test_legacy_embeddings_is_not_normalised(client: httpx.Client) -> None:
             400,
             "does not support insert",
         ),
+        # Go's decoder refuses a string or a number for a bool, and so does Ollama.
+        ("/api/generate", {"model": GEMMA, "prompt": "x", "stream": "yes"}, 400, "'stream'"),
+        ("/api/chat", {"model": GEMMA, "messages": [], "stream": 1}, 400, "'stream'"),
+        ("/api/generate", {"model": GEMMA, "prompt": "x", "raw": "false"}, 400, "'raw'"),
+        ("/api/embed", {"model": GEMMA, "input": "x", "truncate": "no"}, 400, "'truncate'"),
+        ("/api/pull", {"model": "x/y", "insecure": "true"}, 400, "'insecure'"),
+        # Images are base64, as Go decodes Ollama's []byte images; they used to be ignored silently.
+        ("/api/generate", {"model": GEMMA, "prompt": "x", "images": ["!!!notbase64"]}, 400, "images[0]"),
+        (
+            "/api/chat",
+            {"model": GEMMA, "messages": [{"role": "user", "content": "x", "images": ["aGk=", "aGk"]}]},
+            400,
+            "messages[0].images[1]",
+        ),
+        # A token id must fit the C int llama.cpp reads it into.
+        ("/api/generate", {"model": GEMMA, "prompt": "x", "context": [2, 2**40]}, 400, "context"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(
@@ -305,6 +321,36 @@ def test_bad_input_gets_a_clear_4xx(
         r = client.post(path, json=body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_null_fields_mean_absent_and_valid_images_are_accepted(client: httpx.Client) -> None:
+    # JSON null leaves a Go field as it was: `stream: null` streams, as when `stream` is absent.
+    body = {"model": GEMMA, "prompt": "hi", "stream": None, "keep_alive": None, "options": {"num_predict": 2}}
+    with client.stream("POST", "/api/generate", json=body) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        assert lines(response)[-1]["done"] is True
+    # A text model ignores images, as before; wrapped base64 (Go skips the line breaks) is valid too.
+    image = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk\r\n+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    )
+    chat = {
+        "model": GEMMA,
+        "messages": [{"role": "user", "content": "hi", "images": [image]}],
+        "stream": False,
+        "options": {"num_predict": 2},
+    }
+    response = client.post("/api/chat", json=chat)
+    assert response.status_code == 200, response.text
+    generate = {
+        "model": GEMMA,
+        "prompt": "hi",
+        "images": [image, ""],
+        "stream": False,
+        "options": {"num_predict": 2},
+    }
+    response = client.post("/api/generate", json=generate)
+    assert response.status_code == 200, response.text
 
 
 def test_prompt_longer_than_num_ctx_is_a_400(client: httpx.Client) -> None:
