@@ -16,16 +16,17 @@ only by naming it (its IP or a host name), never by a range that happens to cont
 Direct connections are checked on the address actually connected to: :class:`GuardedBackend` resolves
 the name once, checks every address, then connects to a checked address, so a name that resolves
 elsewhere on a second lookup (DNS rebinding) gains nothing. Through a proxy, the proxy resolves the
-name: the client checks the name as it resolves here before the CONNECT, which cannot see what the
-proxy resolves (a proxy's own rules must keep it off its loopback and metadata addresses).
+name: the client checks the name as it resolves here before the first CONNECT (a name that does not
+resolve here within 3 s is the proxy's), which cannot see what the proxy resolves; a proxy's own rules
+must keep it off its loopback and metadata addresses.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ALLOW_VARIABLE = "HERD_REGISTRY_ALLOW"
+# How long a name going through a proxy may take to resolve here before it is left to the proxy.
+PROXIED_LOOKUP_TIMEOUT_S = 3.0
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in (
@@ -166,11 +169,14 @@ class RegistryRefused(RegistryError):
         )
 
 
-@dataclass(frozen=True)
 class RegistryGuard:
-    """Checks registry addresses against the default refusals and the allow list."""
+    """Checks registry addresses against the default refusals and the allow list (one per client)."""
 
-    allow: AllowList = field(default_factory=AllowList)
+    def __init__(self, allow: AllowList | None = None) -> None:
+        self.allow = allow if allow is not None else AllowList()
+        # Names checked before a proxy CONNECT: once per client, since every part of a pull asks again.
+        self._proxied_ok: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
 
     def check(self, host: str, ip: IPAddress | None, port: int) -> None:
         """Raise RegistryRefused if ``host`` (resolved to ``ip``; None: not resolved) may not be reached."""
@@ -205,11 +211,30 @@ class RegistryGuard:
 
     def check_before_proxy(self, host: str, port: int) -> None:
         """Check a name the proxy will resolve, as it resolves here (a name unknown here is the proxy's)."""
-        if _is_localhost_name(host.lower().rstrip(".")):
+        key = (host.lower().rstrip("."), port)
+        with self._lock:
+            if key in self._proxied_ok:
+                return
+        if _is_localhost_name(key[0]):
             self.check(host, None, port)  # whatever the proxy makes of it, it names the proxy's own loopback
-        # A name unknown here is one only the proxy knows (a corporate DNS view): it resolves it unseen.
-        with contextlib.suppress(httpcore.ConnectError):
+        # A name unknown here, or a lookup that hangs (no DNS but the proxy's), is the proxy's to resolve.
+        outcome: list[BaseException | None] = []
+        lookup = threading.Thread(target=lambda: outcome.append(self._try_resolve(host, port)), daemon=True)
+        lookup.start()
+        lookup.join(PROXIED_LOOKUP_TIMEOUT_S)
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+        with self._lock:
+            self._proxied_ok.add(key)
+
+    def _try_resolve(self, host: str, port: int) -> RegistryRefused | None:
+        try:
             self.resolve(host, port)
+        except RegistryRefused as exc:
+            return exc
+        except httpcore.ConnectError:
+            pass
+        return None
 
 
 class GuardedBackend(httpcore.NetworkBackend):

@@ -169,7 +169,11 @@ def _banner_server() -> Iterator[int]:
             except TimeoutError:
                 continue
             with conn:
+                # Read the request first, so that closing does not reset a request still arriving.
+                conn.settimeout(5)
+                conn.recv(65536)
                 conn.sendall(f"-ERR {SECRET}\r\n".encode())
+                conn.shutdown(socket.SHUT_WR)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
