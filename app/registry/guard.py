@@ -16,9 +16,9 @@ only by naming it (its IP or a host name), never by a range that happens to cont
 Direct connections are checked on the address actually connected to: :class:`GuardedBackend` resolves
 the name once, checks every address, then connects to a checked address, so a name that resolves
 elsewhere on a second lookup (DNS rebinding) gains nothing. Through a proxy, the proxy resolves the
-name: the client checks the name as it resolves here before the first CONNECT (a name that does not
-resolve here within 3 s is the proxy's), which cannot see what the proxy resolves; a proxy's own rules
-must keep it off its loopback and metadata addresses.
+name: the client refuses a literal refused address or a ``localhost`` name before the CONNECT, and
+looks nothing up itself (what the proxy resolves a name to, it cannot see); a proxy's own rules must
+keep it off its loopback and metadata addresses.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +37,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ALLOW_VARIABLE = "HERD_REGISTRY_ALLOW"
-# How long a name going through a proxy may take to resolve here before it is left to the proxy.
-PROXIED_LOOKUP_TIMEOUT_S = 3.0
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in (
@@ -174,9 +171,6 @@ class RegistryGuard:
 
     def __init__(self, allow: AllowList | None = None) -> None:
         self.allow = allow if allow is not None else AllowList()
-        # Names checked before a proxy CONNECT: once per client, since every part of a pull asks again.
-        self._proxied_ok: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()
 
     def check(self, host: str, ip: IPAddress | None, port: int) -> None:
         """Raise RegistryRefused if ``host`` (resolved to ``ip``; None: not resolved) may not be reached."""
@@ -210,31 +204,20 @@ class RegistryGuard:
         return addresses
 
     def check_before_proxy(self, host: str, port: int) -> None:
-        """Check a name the proxy will resolve, as it resolves here (a name unknown here is the proxy's)."""
-        key = (host.lower().rstrip("."), port)
-        with self._lock:
-            if key in self._proxied_ok:
-                return
-        if _is_localhost_name(key[0]):
-            self.check(host, None, port)  # whatever the proxy makes of it, it names the proxy's own loopback
-        # A name unknown here, or a lookup that hangs (no DNS but the proxy's), is the proxy's to resolve.
-        outcome: list[BaseException | None] = []
-        lookup = threading.Thread(target=lambda: outcome.append(self._try_resolve(host, port)), daemon=True)
-        lookup.start()
-        lookup.join(PROXIED_LOOKUP_TIMEOUT_S)
-        if outcome and outcome[0] is not None:
-            raise outcome[0]
-        with self._lock:
-            self._proxied_ok.add(key)
+        """Check a host the proxy will resolve: a literal address, or a name that is loopback by definition.
 
-    def _try_resolve(self, host: str, port: int) -> RegistryRefused | None:
+        The name is not looked up here: behind a proxy the local resolver often knows no outside names,
+        and a lookup would send the registry's name to it for nothing. What the proxy resolves a name to
+        is the proxy's to police.
+        """
         try:
-            self.resolve(host, port)
-        except RegistryRefused as exc:
-            return exc
-        except httpcore.ConnectError:
-            pass
-        return None
+            literal: IPAddress | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            self.check(host, literal, port)
+        elif _is_localhost_name(host.lower().rstrip(".")):
+            self.check(host, None, port)
 
 
 class GuardedBackend(httpcore.NetworkBackend):
