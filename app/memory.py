@@ -63,6 +63,14 @@ def kv_bytes_per_token(info: GGUFInfo) -> int:
     return n_layer * n_head_kv * (head_k + head_v) * _KV_BYTES_PER_VALUE
 
 
+def cap_num_ctx(info: GGUFInfo, num_ctx: int) -> int:
+    """num_ctx capped at the model's trained context (``<arch>.context_length``), as Ollama caps it."""
+    # Past its trained context a model has never seen the positions, and the KV cache for them is memory
+    # spent on nothing: Ollama (llm/server.go) lowers num_ctx to it before sizing the runner, and so do we.
+    trained = info.context_length()
+    return min(num_ctx, trained) if trained is not None and trained > 0 else num_ctx
+
+
 def estimate(info: GGUFInfo, model_path: Path, *, n_ctx: int, n_parallel: int) -> Estimate:
     """What loading this model with `n_ctx` × `n_parallel` cells takes."""
     weights = int(model_path.stat().st_size * _WEIGHTS_FACTOR)

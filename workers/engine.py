@@ -162,6 +162,8 @@ class BatchEngine:
             raise ValueError("a sequence needs at least one prompt token")
         if len(request.prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(request.prompt)} tokens does not fit num_ctx {self.n_ctx}")
+        # llama_decode refuses an id outside the vocabulary only once the sequence runs: refuse it first.
+        self.model.check_tokens(request.prompt, "prompt")
         sampler = SequenceSampler(self.model, request.sampling, self.n_ctx)
         with self._lock:
             if not self._free_ids:

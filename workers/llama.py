@@ -42,6 +42,10 @@ class ModelLoadError(RuntimeError):
     """llama.cpp refused the file (not a GGUF, unsupported architecture, out of memory)."""
 
 
+class TokenOutOfRange(ValueError):
+    """A token id the model's vocabulary does not have (llama_decode fails on one)."""
+
+
 class LlamaModel:
     """The weights and vocabulary of one GGUF file, loaded once and shared by its contexts."""
 
@@ -107,6 +111,15 @@ class LlamaModel:
         if len(out) >= 2 and out[0] == out[1] == self.bos and self.add_bos:
             out = out[1:]
         return out
+
+    def check_tokens(self, tokens: list[int], what: str) -> None:
+        """Raise TokenOutOfRange naming the first id outside the vocabulary, e.g. a client's `context`."""
+        for token in tokens:
+            if not 0 <= token < self.n_vocab:
+                raise TokenOutOfRange(
+                    f"{what}: token id {token} is out of range for this model's vocabulary "
+                    f"(0..{self.n_vocab - 1})"
+                )
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens render as nothing)."""

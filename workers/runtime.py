@@ -32,13 +32,15 @@ from app.contracts import (
     worker_state_key,
 )
 from app.durations import parse_keep_alive
+from app.gguf_meta import GGUFError
+from app.memory import cap_num_ctx
 from app.names import InvalidModelName, ModelName
 from app.store import ModelNotFound, ModelStore, StoredModel
 from workers.cache import AUTO_PARALLEL, LoadedModel, ModelCache, ModelTooLarge
 from workers.embedder import InputTooLong
 from workers.engine import ContextError, DoneEvent, SequenceRequest, TokenEvent
 from workers.grammar import FormatError, grammar_for_format
-from workers.llama import ModelLoadError
+from workers.llama import LlamaModel, ModelLoadError, TokenOutOfRange
 from workers.metrics import WorkerMetrics
 from workers.prompt import TemplateError, generate_messages, render_chat
 from workers.publisher import Publisher
@@ -81,6 +83,14 @@ class JobError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _check_context(context: list[int], model: LlamaModel) -> None:
+    """A client's `context` may hold only the model's own token ids: a 400 names the first that is not."""
+    try:
+        model.check_tokens(context, "context")
+    except TokenOutOfRange as exc:
+        raise JobError(400, str(exc)) from exc
 
 
 @dataclass
@@ -291,8 +301,24 @@ class WorkerRuntime:
         except ModelNotFound as exc:
             raise JobError(404, str(exc)) from exc
 
-    def _n_ctx(self, options: dict[str, Any]) -> int:
-        return int(options.get("num_ctx") or self.settings.context_length)
+    def _n_ctx(self, stored: StoredModel, options: dict[str, Any]) -> int:
+        """The job's num_ctx (request, Modelfile or OLLAMA_CONTEXT_LENGTH), capped at the trained context."""
+        asked = options.get("num_ctx")
+        wanted = int(asked or self.settings.context_length)
+        try:
+            info = stored.gguf_info()
+        except (OSError, GGUFError):
+            return wanted  # the cache's estimate reads the same header and reports why it cannot
+        n_ctx = cap_num_ctx(info, wanted)
+        if n_ctx < wanted:
+            # Ollama's line (llm/server.go). The server's own default beyond a small model's context is
+            # routine, so only a request's or a Modelfile's num_ctx is worth a warning.
+            log.log(
+                logging.WARNING if asked else logging.DEBUG,
+                "requested context size too large for model",
+                extra={"model": stored.name.display, "num_ctx": wanted, "n_ctx_train": n_ctx},
+            )
+        return n_ctx
 
     def _acquire(
         self, stored: StoredModel, options: dict[str, Any], keep_alive: float | None
@@ -302,7 +328,7 @@ class WorkerRuntime:
         try:
             loaded, load_ns = self.cache.acquire(
                 stored,
-                n_ctx=self._n_ctx(options),
+                n_ctx=self._n_ctx(stored, options),
                 keep_alive=keep_alive,
                 n_parallel=int(parallel) if parallel else None,
             )
@@ -430,6 +456,8 @@ class WorkerRuntime:
     def _prompt_tokens(self, job: GenerateJob, loaded: LoadedModel, options: dict[str, Any]) -> list[int]:
         model = loaded.llama
         stored = loaded.stored
+        if job.kind == "generate" and job.context:
+            _check_context(job.context, model)
         if job.kind == "generate" and job.raw:
             return [*(job.context or []), *model.tokenize(job.prompt or "", add_special=not job.context)]
         template = loaded.template

@@ -21,6 +21,7 @@ from app.gguf_meta import (
     format_parameter_size,
     read_gguf_info,
 )
+from app.memory import cap_num_ctx
 
 SCALARS: dict[str, tuple[Any, GGUFValueType]] = {
     "test.u8": (250, GGUFValueType.UINT8),
@@ -164,6 +165,26 @@ def test_derived_fields(sample: Path) -> None:
     assert info.context_length() == 4096
     assert info.chat_template() == "{{ messages }}"
     assert info.version == 3
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(1_048_576, 4096), (4097, 4096), (4096, 4096), (1000, 1000)])
+def test_num_ctx_is_capped_at_the_trained_context(sample: Path, asked: int, expected: int) -> None:
+    assert cap_num_ctx(read_gguf_info(sample), asked) == expected
+
+
+@pytest.mark.parametrize("trained", [None, 0])
+def test_num_ctx_is_kept_when_the_file_declares_no_trained_context(
+    tmp_path: Path, trained: int | None
+) -> None:
+    w = GGUFWriter(tmp_path / "x.gguf", "llama")
+    if trained is not None:
+        w.add_context_length(trained)
+    w.add_tensor("output_norm.weight", np.ones((8,), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert cap_num_ctx(read_gguf_info(tmp_path / "x.gguf"), 1_048_576) == 1_048_576
 
 
 def test_missing_optional_fields(tmp_path: Path) -> None:
