@@ -55,6 +55,11 @@ def cancel_key(job_id: str) -> str:
     return f"herd:cancel:{job_id}"
 
 
+def lease_key(job_id: str) -> str:
+    """Present while a client waits for the job; a worker drops a job whose lease has lapsed."""
+    return f"herd:lease:{job_id}"
+
+
 # --- Job payloads -----------------------------------------------------------------------------------
 
 

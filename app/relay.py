@@ -11,7 +11,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.contracts import EVENT_STREAM_TTL_S, cancel_key, events_key
+from app.admission import LEASE_S, Abandonment
+from app.contracts import EVENT_STREAM_TTL_S, cancel_key, events_key, lease_key
 from app.placement import WorkerDirectory
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ TERMINAL = frozenset({"done", "error", "embedding"})
 # How long one XREAD blocks before the relay checks on the client and the worker.
 POLL_MS = 250
 # How long a request that has seen no event yet waits for Redis to come back before it fails. Its job
-# is persisted in Redis's append-only file, so after a restart a worker still takes it.
+# is persisted in Redis's append-only file, so after a restart a worker still takes it; once this has
+# passed, its lease (app/admission.py LEASE_S, no longer than this) has lapsed and no worker runs it.
 REDIS_OUTAGE_S = 30.0
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError)
 _LOST = "lost the connection to the queue (Redis) mid-request; the output may be incomplete, please retry"
@@ -34,8 +36,8 @@ class EventRelay:
         self._client = client
         self._workers = workers
         self._worker_timeout_s = worker_timeout_s
-        # Cancellations waiting for Redis to come back; held here so they are not garbage-collected.
-        self._pending_cancels: set[asyncio.Task[None]] = set()
+        # Jobs to cancel or withdraw once Redis answers again, however long it stays away.
+        self._abandoned = Abandonment(client)
 
     async def events(
         self, job_id: str, client_gone: Callable[[], Awaitable[bool]] | None = None
@@ -48,6 +50,9 @@ class EventRelay:
         outage_ms = 0
         while True:
             try:
+                if last == "0-0":
+                    # Someone still waits for this job: renew its lease (see app/admission.py).
+                    await self._client.pexpire(lease_key(job_id), int(LEASE_S * 1000))
                 # RESP2 reply shape, with decoded responses: [(stream, [(entry_id, fields), ...])].
                 reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self._client.xread(  # type: ignore[assignment]
                     {key: last}, block=POLL_MS, count=512
@@ -62,6 +67,12 @@ class EventRelay:
                     return
                 outage_ms += POLL_MS
                 if outage_ms >= REDIS_OUTAGE_S * 1000:
+                    log.warning(
+                        "redis unreachable for %gs; the client is told to retry",
+                        REDIS_OUTAGE_S,
+                        extra={"job": job_id},
+                    )
+                    self._abandon_when_back(job_id)
                     yield {"type": "error", "status": 503, "error": _UNREACHABLE}
                     return
                 if client_gone is not None and await client_gone():
@@ -102,23 +113,17 @@ class EventRelay:
         """Cancel a job its client was told had failed, as soon as Redis answers again.
 
         Otherwise the worker would decode it to the end for nobody, holding a slot the jobs queued
-        behind it wait for.
+        behind it wait for. No deadline: after a long outage the job would still run for nobody.
         """
-        task = asyncio.ensure_future(self._retry_cancel(job_id))
-        self._pending_cancels.add(task)
-        task.add_done_callback(self._pending_cancels.discard)
+        self._abandoned.add(job_id)
 
-    async def _retry_cancel(self, job_id: str) -> None:
-        deadline = asyncio.get_running_loop().time() + REDIS_OUTAGE_S
-        while True:
-            try:
-                await self.cancel(job_id)
-                return
-            except _REDIS_DOWN:
-                if asyncio.get_running_loop().time() >= deadline:
-                    log.warning("could not cancel a job after losing Redis", extra={"job": job_id})
-                    return
-                await asyncio.sleep(POLL_MS / 1000)
+    def _abandon_when_back(self, job_id: str) -> None:
+        """Withdraw (or cancel) a job whose client was told to retry, as soon as Redis answers again.
+
+        Its lease has lapsed by now, so no worker starts it (workers/jobs.py); this also takes it off its
+        queue, where it would count against OLLAMA_MAX_QUEUE until a worker dropped it.
+        """
+        self._abandoned.add(job_id)
 
     async def cancel(self, job_id: str) -> None:
         """Tell the worker to stop this job at its next decode step (its client went away)."""

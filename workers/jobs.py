@@ -6,12 +6,21 @@ here once at start (workers.main); nothing else in the process reads it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from app.contracts import EmbedJob, GenerateJob
+from app.contracts import EmbedJob, GenerateJob, lease_key
+from workers.publisher import Publisher
 from workers.runtime import WorkerRuntime
 
+log = logging.getLogger(__name__)
+
 _runtime: WorkerRuntime | None = None
+
+ABANDONED = (
+    "the job waited while the queue (Redis) was unreachable and its client was told to retry; "
+    "it was not run, please retry"
+)
 
 
 def bind_runtime(runtime: WorkerRuntime | None) -> None:
@@ -26,11 +35,35 @@ def _require() -> WorkerRuntime:
     return _runtime
 
 
+def _abandoned(runtime: WorkerRuntime, job: GenerateJob | EmbedJob) -> bool:
+    """True, after publishing an error, when nobody waits for the job any more: its lease lapsed.
+
+    The API renews the lease while the client waits (app/admission.py). A lease lapses when Redis was
+    unreachable for so long that the client was told to retry; running the job then would be work for
+    nobody, and done twice when the client retries. The error reaches a client that, by a hair, still
+    waits.
+    """
+    if runtime.client.exists(lease_key(job.job_id)):
+        return False
+    log.warning(
+        "job dropped: its client was told to retry while Redis was unreachable",
+        extra={"request_id": job.request_id, "job": job.job_id},
+    )
+    Publisher(runtime.client).send(job.job_id, "error", status=503, error=ABANDONED)
+    return True
+
+
 def run_generate(payload: dict[str, Any]) -> None:
     """/api/generate and /api/chat: prepare the sequence and hand it to the decode loop."""
-    _require().generate(GenerateJob.model_validate(payload))
+    runtime = _require()
+    job = GenerateJob.model_validate(payload)
+    if not _abandoned(runtime, job):
+        runtime.generate(job)
 
 
 def run_embed(payload: dict[str, Any]) -> None:
     """/api/embed and /api/embeddings."""
-    _require().embed(EmbedJob.model_validate(payload))
+    runtime = _require()
+    job = EmbedJob.model_validate(payload)
+    if not _abandoned(runtime, job):
+        runtime.embed(job)

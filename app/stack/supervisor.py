@@ -1,8 +1,10 @@
 """The stack supervisor: runs redis-server, gunicorn, the workers and nginx, and keeps them running.
 
 Start order is the dependency order (Redis, the API, the workers, nginx last so clients only get in once
-everything behind it is up); stop order is the reverse. A worker that dies is restarted with a backoff;
-the death of Redis, the API or nginx stops the whole stack, since nothing useful can be served without it.
+everything behind it is up); stop order is the reverse. A worker or Redis that dies is restarted with a
+backoff, Redis on its own config and data (the append-only file), while everything else keeps running: the
+API answers 503 meanwhile and the API and workers reconnect by themselves. The death of the API or nginx
+stops the whole stack, since nothing can be served without it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ _WORKER_STOP_MARGIN_S = 10.0
 # once a worker has stayed up for WORKER_STABLE_S.
 WORKER_BACKOFF_MAX_S = 30.0
 WORKER_STABLE_S = 60.0
+# Redis is restarted on the same schedule, capped much lower: every request fails while it is down, and a
+# request waiting for its job gives up after 30 s (app/relay.py REDIS_OUTAGE_S), so a Redis that keeps
+# dying is retried every few seconds (logged each time), never in a tight loop.
+REDIS_BACKOFF_MAX_S = 5.0
 _POLL_S = 0.5
 # Where python -m finds the app and workers packages, whether installed (editable or not) or run from a
 # checkout: the directory that holds the app package.
@@ -104,8 +110,9 @@ class Stack:
         self._lock_file: IO[bytes] | None = None
         self._stop_requested = threading.Event()
         self._stopped = True
-        self._worker_failures: dict[str, int] = {}
-        self._worker_restart_at: dict[str, float] = {}
+        # Per supervised process name: deaths in a row, and when the pending restart is due.
+        self._failures: dict[str, int] = {}
+        self._restart_at: dict[str, float] = {}
 
     # --- environment and commands ------------------------------------------------------------------
 
@@ -369,39 +376,39 @@ class Stack:
         logger.info("received %s; stopping the stack", signal.Signals(signum).name)
         self.request_stop()
 
-    def _supervise_worker(self, worker: ManagedProcess, now: float) -> None:
-        """Schedule, or carry out, the restart of a worker that died."""
-        if worker.alive:
+    def _supervise(self, proc: ManagedProcess, now: float, stop_timeout: float, backoff_max: float) -> None:
+        """Schedule, or carry out, the restart of a process that died: after 1, 2, 4 ... s, at most ``backoff_max``."""
+        if proc.alive:
             return
-        restart_at = self._worker_restart_at.get(worker.name)
+        restart_at = self._restart_at.get(proc.name)
         if restart_at is None:
-            code = worker.returncode
-            failures = self._worker_failures.get(worker.name, 0)
-            if worker.uptime() >= WORKER_STABLE_S:
+            code = proc.returncode
+            failures = self._failures.get(proc.name, 0)
+            if proc.uptime() >= WORKER_STABLE_S:
                 failures = 0
-            delay = min(WORKER_BACKOFF_MAX_S, 2.0**failures)
-            self._worker_failures[worker.name] = failures + 1
-            self._worker_restart_at[worker.name] = now + delay
+            delay = min(backoff_max, 2.0**failures)
+            self._failures[proc.name] = failures + 1
+            self._restart_at[proc.name] = now + delay
             logger.warning(
                 "process=%s pid=%s %s; restarting in %.0fs (restart %d)\n%s",
-                worker.name,
-                worker.pid,
+                proc.name,
+                proc.pid,
                 describe_exit(code) if code is not None else "stopped",
                 delay,
-                worker.restarts + 1,
-                worker.log_tail(10),
+                proc.restarts + 1,
+                proc.log_tail(10),
             )
         elif now >= restart_at:
-            del self._worker_restart_at[worker.name]
+            del self._restart_at[proc.name]
             try:
-                worker.restart(self.worker_stop_timeout())
+                proc.restart(stop_timeout)
             except ProcessError as exc:
                 # Cannot even exec: no backoff will fix that; keep trying slowly and say why.
-                logger.error("process=%s restart failed: %s", worker.name, exc)
+                logger.error("process=%s restart failed: %s", proc.name, exc)
 
     def check_once(self) -> None:
-        """One supervision pass: StackError if Redis, the API or nginx died; restart dead workers."""
-        for proc in (self.redis, self.api, self.nginx):
+        """One supervision pass: StackError if the API or nginx died; restart a dead Redis or worker."""
+        for proc in (self.api, self.nginx):
             if proc is None:
                 continue
             try:
@@ -409,10 +416,11 @@ class Stack:
             except ProcessDied as exc:
                 raise StackError(f"{exc}\nthe stack cannot run without {proc.name}; stopping it") from None
         now = time.monotonic()
-        for worker in self.workers:
-            self._supervise_worker(worker, now)
-        if self.store_worker is not None:
-            self._supervise_worker(self.store_worker, now)
+        if self.redis is not None:
+            # Same argv, so the same redis.conf: same port, same data dir, its append-only file replayed.
+            self._supervise(self.redis, now, _STOP_TIMEOUT_S["redis"], REDIS_BACKOFF_MAX_S)
+        for worker in [*self.workers, *([self.store_worker] if self.store_worker is not None else [])]:
+            self._supervise(worker, now, self.worker_stop_timeout(), WORKER_BACKOFF_MAX_S)
 
     def run_forever(self, install_signal_handlers: bool = True) -> int:
         """Supervise until SIGINT/SIGTERM (returns 0) or a vital process dies (returns 1); then stop."""

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from app.admission import Admission
-from app.contracts import JOB_FUNC_GENERATE, SHARED_QUEUE, GenerateJob, rq_queue_key
+from app.admission import LEASE_S, Abandonment, Admission
+from app.contracts import (
+    EVENT_STREAM_TTL_S,
+    JOB_FUNC_GENERATE,
+    MODELS_QUEUE,
+    SHARED_QUEUE,
+    GenerateJob,
+    cancel_key,
+    lease_key,
+    rq_queue_key,
+)
 from app.errors import ServerBusy
+from app.relay import POLL_MS, REDIS_OUTAGE_S
+from tests.support.ports import free_port
 from tests.support.redis_server import running_redis
 
 
@@ -83,3 +98,80 @@ def test_withdraw_removes_a_waiting_job_only_once(redis_url: str) -> None:
         return first, second, waiting
 
     assert asyncio.run(scenario()) == (True, False, 0)
+
+
+def test_an_admitted_job_holds_a_lease_no_longer_than_the_relay_waits(redis_url: str) -> None:
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        await Admission(client, 5, 1).admit(JOB_FUNC_GENERATE, _job(1), SHARED_QUEUE)
+        ttl = int(await client.pttl(lease_key("job-1")))
+        await client.aclose()
+        return ttl
+
+    # A client is told to retry after REDIS_OUTAGE_S of failed polls (one poll less of wall time after the
+    # lease's last renewal); by then the lease must have lapsed.
+    assert LEASE_S < REDIS_OUTAGE_S - POLL_MS / 1000
+    assert 0 < asyncio.run(scenario()) <= LEASE_S * 1000
+
+
+def test_abandonment_withdraws_and_flags_jobs_once_redis_answers(redis_url: str) -> None:
+    async def scenario() -> dict[str, int]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        await Admission(client, 5, 1).admit(JOB_FUNC_GENERATE, _job(1), SHARED_QUEUE)
+        await client.rpush(rq_queue_key(MODELS_QUEUE), "model-job")
+        abandoned = Abandonment(client)
+        abandoned.add("job-1")
+        abandoned.add("model-job")
+        deadline = asyncio.get_running_loop().time() + 5
+        while await client.exists(cancel_key("job-1"), cancel_key("model-job")) < 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        found = {
+            "queued": int(await client.llen(rq_queue_key(SHARED_QUEUE))),
+            "model_queued": int(await client.llen(rq_queue_key(MODELS_QUEUE))),
+            "hash": int(await client.exists(Job.key_for("job-1"))),
+            "lease": int(await client.exists(lease_key("job-1"))),
+            "flag_ttl": int(await client.ttl(cancel_key("job-1"))),
+        }
+        await client.aclose()
+        return found
+
+    found = asyncio.run(scenario())
+    assert found["queued"] == found["model_queued"] == found["hash"] == found["lease"] == 0
+    assert 0 < found["flag_ttl"] <= EVENT_STREAM_TTL_S
+
+
+def test_abandonment_waits_for_redis_to_come_back() -> None:
+    # Jobs let go of while Redis is down are let go of once a Redis answers on that address.
+    port = free_port()
+
+    async def scenario() -> bool:
+        client = aioredis.Redis(
+            port=port, decode_responses=True, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1
+        )
+        abandoned = Abandonment(client)
+        abandoned.add("job-9")
+        await asyncio.sleep(0.6)  # a few refused tries
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    if await client.exists(cancel_key("job-9")):
+                        return True
+                except aioredis.ConnectionError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    assert asyncio.run(scenario())

@@ -510,15 +510,78 @@ def test_supervisor_restarts_a_dead_worker_after_a_backoff(
 
 def test_supervisor_stops_when_a_vital_process_dies(stack_settings: StackSettings, tmp_path: Path) -> None:
     stack = Stack(stack_settings)
-    redis_stub = ManagedProcess(
-        "redis", [sys.executable, "-c", "print('redis went away')"], log_path=tmp_path / "r.log"
+    api_stub = ManagedProcess(
+        "api", [sys.executable, "-c", "print('api went away')"], log_path=tmp_path / "a.log"
     )
-    stack.redis = redis_stub
-    redis_stub.start()
-    assert wait_until(lambda: not redis_stub.alive)
-    with pytest.raises(StackError, match="cannot run without redis") as info:
+    stack.api = api_stub
+    api_stub.start()
+    assert wait_until(lambda: not api_stub.alive)
+    with pytest.raises(StackError, match="cannot run without api") as info:
         stack.check_once()
-    assert "redis went away" in str(info.value)
+    assert "api went away" in str(info.value)
+
+
+def test_supervisor_restarts_a_killed_redis_on_its_data_and_leaves_the_rest_running(
+    stack_settings: StackSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = write_redis_conf(stack_settings)
+    stack = Stack(stack_settings)
+    stack.redis = ManagedProcess("redis", redis_argv(conf), log_path=tmp_path / "redis.log", cwd=conf.parent)
+    worker = ManagedProcess(
+        "worker-w0", [sys.executable, "-c", "import time; time.sleep(600)"], log_path=tmp_path / "w.log"
+    )
+    stack.workers = [worker]
+    client = redis.Redis(port=stack_settings.redis_port, socket_timeout=1)
+    try:
+        stack.redis.start()
+        worker.start()
+        stack.redis.wait_ready(lambda: bool(client.ping()))
+        client.set("kept", "1")
+        time.sleep(1.5)  # appendfsync everysec: the write is on disk once a second has passed
+        killed, worker_pid = stack.redis.pid, worker.pid
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+        assert wait_until(lambda: not stack.redis.alive if stack.redis else False)
+        caplog.set_level("WARNING", logger="app.stack.supervisor")
+
+        def redis_back() -> bool:
+            stack.check_once()  # never a StackError: Redis is restarted, not fatal
+            return port_open(stack_settings.redis_port)
+
+        died_at = time.monotonic()
+        assert wait_until(redis_back, timeout=10)
+        back_after = time.monotonic() - died_at
+        assert stack.redis.pid != killed and stack.redis.restarts == 1
+        assert 0.9 <= back_after < 4, back_after  # the first restart waits 1 s, then Redis is up at once
+        assert client.get("kept") == b"1", "restarted without its append-only file"
+        assert worker.pid == worker_pid and worker.alive and worker.restarts == 0
+        assert "process=redis" in caplog.text and "was killed by SIGKILL; restarting in 1s" in caplog.text
+    finally:
+        client.close()
+        worker.stop()
+        stack.redis.stop()
+
+
+def test_supervisor_backs_off_a_crash_looping_redis(
+    stack_settings: StackSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # redis-server refuses a config it cannot read: every restart dies at once, as a broken Redis would.
+    stack = Stack(stack_settings)
+    stack.redis = ManagedProcess(
+        "redis", redis_argv(tmp_path / "missing.conf"), log_path=tmp_path / "redis.log"
+    )
+    caplog.set_level("WARNING", logger="app.stack.supervisor")
+    stack.redis.start()
+    started = time.monotonic()
+    while time.monotonic() - started < 4.5:
+        stack.check_once()
+        time.sleep(0.05)
+    stack.redis.stop()
+    delays = [int(d) for d in re.findall(r"process=redis .*; restarting in (\d+)s", caplog.text)]
+    # Died at 0 s, restarted at 1 s and 3 s, and the next restart is due at 7 s: not a tight loop.
+    assert delays == [1, 2, 4], caplog.text
+    assert stack.redis.restarts == 2
+    assert "Fatal error, can't open config file" in caplog.text or "missing.conf" in caplog.text
 
 
 def test_stack_refuses_a_port_in_use_and_leaves_nothing_running(stack_settings: StackSettings) -> None:
