@@ -68,7 +68,7 @@ class ApiSettings(CommonSettings):
         default=2,
         ge=1,
         validation_alias=AliasChoices("HERD_RETRY_AFTER"),
-        description="The Retry-After value (seconds) sent with 503 when the queue is full.",
+        description="The Retry-After value (seconds) sent with a 503: queue full, or Redis unreachable.",
     )
     api_keys_file: Path | None = Field(
         default=None,
