@@ -144,3 +144,17 @@ def test_the_bracket_count_ignores_strings(client: httpx.Client) -> None:
     body = {**TINY, "prompt": "[{" * 40}  # more brackets than the limit, so they are really counted
     response = client.post("/api/generate", json=body, headers=AUTH)
     assert response.status_code == 200, response.text
+
+
+def test_v1_bools_are_strict_and_null_means_absent(client: httpx.Client) -> None:
+    body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for field, value in (("stream", "yes"), ("stream", 1), ("logprobs", "true")):
+        response = client.post("/v1/chat/completions", json={**body, field: value}, headers=AUTH)
+        assert response.status_code == 400, (field, value, response.text)
+        error = response.json()["error"]
+        assert error["param"] == field and error["type"] == "invalid_request_error", error
+    # OpenAI's optional fields are nullable: null is the default (here, not streamed).
+    nulls = {**body, "stream": None, "temperature": None, "stop": None, "stream_options": None}
+    response = client.post("/v1/chat/completions", json=nulls, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"
