@@ -122,7 +122,7 @@ class Generation(JobFollower):
 
     def error(self, status: int, message: str) -> Response:
         """An error answered before any output: Ollama's `{"error": ...}`."""
-        return error_response(status, message)
+        return error_response(status, message, self.error_headers(status))
 
     def complete(self, text: str, event: dict[str, Any]) -> Response:
         """The whole answer of a non-streaming request."""

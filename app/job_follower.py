@@ -53,6 +53,10 @@ class JobFollower:
         """Start reading the job's events (once it is on its queue)."""
         self._events = self.services.relay.events(self.job_id, self.request.is_disconnected)
 
+    def error_headers(self, status: int) -> dict[str, str] | None:
+        """Headers of an error answer: a 503 ("please retry") says when, as admission's 503 does."""
+        return {"Retry-After": str(self.services.settings.retry_after_s)} if status == 503 else None
+
     def observe(self, event: Event) -> None:
         """Called with every event as it arrives (generations take their timing metrics here)."""
 

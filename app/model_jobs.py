@@ -71,7 +71,8 @@ class ModelJobRun(JobFollower):
                 else Response(media_type="application/x-ndjson")
             )
         if first["type"] != "progress":
-            return error_response(int(first.get("status", 500)), str(first.get("error")))
+            status = int(first.get("status", 500))
+            return error_response(status, str(first.get("error")), self.error_headers(status))
         if stream:
             return StreamingResponse(self.relay(first, _progress_lines), media_type="application/x-ndjson")
         return await self._last(first)
@@ -84,7 +85,8 @@ class ModelJobRun(JobFollower):
             return Response(status_code=499)
         if end["type"] == "done":
             return JSONResponse(last[-1])
-        return error_response(int(end.get("status", 500)), str(end.get("error")))
+        status = int(end.get("status", 500))
+        return error_response(status, str(end.get("error")), self.error_headers(status))
 
 
 def _progress_lines(event: dict[str, Any]) -> list[bytes]:

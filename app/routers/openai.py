@@ -74,7 +74,7 @@ class OpenAIGeneration(Generation):
 
     def error(self, status: int, message: str) -> Response:
         """An error before any output, in OpenAI's shape."""
-        return openai_error_response(status, message)
+        return openai_error_response(status, message, headers=self.error_headers(status))
 
     def complete(self, text: str, event: dict[str, Any]) -> Response:
         """One chat.completion or text_completion object."""
