@@ -127,7 +127,8 @@ class EmbedJob(BaseModel):
 
 # --- Events -----------------------------------------------------------------------------------------
 
-# "started" names the worker that took the job, so the API can tell when that worker dies.
+# "started" names the worker that took the job and its incarnation (WorkerState.incarnation), so the API
+# can tell when that worker dies, even once a restarted process heartbeats under the same id.
 # "progress" carries one Ollama progress object (pull, push, create) under "data".
 # "token" carries text (and `logprobs` when asked); "tool_call" one whole call parsed from the output.
 EventType = Literal["started", "token", "tool_call", "done", "error", "embedding", "progress"]
@@ -172,6 +173,8 @@ class WorkerState(BaseModel):
     """The document under worker_state_key, refreshed on every heartbeat and model change."""
 
     worker_id: str
+    # Unique to one start of the worker process: a restart under the same worker_id advertises another.
+    incarnation: str = ""
     pid: int
     device: str  # "cpu" or "cuda:<index>"
     queue: str

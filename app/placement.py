@@ -9,6 +9,7 @@ itself would evict them), else to the shared queue, which every worker takes fro
 
 from __future__ import annotations
 
+import json
 import logging
 
 import redis.asyncio as aioredis
@@ -45,9 +46,23 @@ class WorkerDirectory:
                 log.warning("unreadable worker state", extra={"worker": worker_id})
         return states
 
-    async def alive(self, worker_id: str) -> bool:
-        """Whether this worker's heartbeat is current."""
-        return bool(await self._client.exists(worker_state_key(worker_id)))
+    async def alive(self, worker_id: str, incarnation: str | None = None) -> bool:
+        """Whether this worker's heartbeat is current and, when given, still from that incarnation.
+
+        A worker restarted under the same id heartbeats within seconds of its death: only the
+        incarnation tells that the process which started a job is gone.
+        """
+        doc = await self._client.get(worker_state_key(worker_id))
+        if doc is None:
+            return False
+        if incarnation is None:
+            return True
+        try:
+            current = json.loads(doc).get("incarnation")
+        except (ValueError, AttributeError):
+            log.warning("unreadable worker state", extra={"worker": worker_id})
+            return True  # unreadable is not dead: its expiry decides
+        return bool(current == incarnation)
 
     async def holders(self, model_display: str) -> list[WorkerState]:
         """Live workers that hold this model now."""

@@ -46,7 +46,9 @@ class EventRelay:
         key = events_key(job_id)
         last = "0-0"
         quiet_ms = 0
+        # The worker that started the job, and which start of that worker process (its incarnation).
         worker: str | None = None
+        incarnation: str | None = None
         outage_ms = 0
         while True:
             try:
@@ -89,7 +91,7 @@ class EventRelay:
                 if (
                     worker is not None
                     and quiet_ms >= self._worker_timeout_s * 1000
-                    and not await self._workers.alive(worker)
+                    and not await self._workers.alive(worker, incarnation)
                 ):
                     yield {"type": "error", "status": 500, "error": "the worker running this request stopped"}
                     return
@@ -101,6 +103,7 @@ class EventRelay:
                     event: dict[str, Any] = json.loads(fields["e"])
                     if event["type"] == "started":
                         worker = event.get("worker")
+                        incarnation = event.get("incarnation")
                         continue
                     yield event
                     if event["type"] in TERMINAL:

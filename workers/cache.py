@@ -13,6 +13,7 @@ decoding meanwhile.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.chat_templates import ChatTemplate, choose_template
 from app.contracts import LoadedModelState
-from app.durations import FOREVER
+from app.durations import FOREVER, MAX_KEEP_ALIVE_S
 from app.gguf_meta import GGUFError
 from app.memory import Estimate, available_ram, estimate, format_gib, free_vram
 from app.store import StoredModel
@@ -42,6 +43,21 @@ class ModelTooLarge(RuntimeError):
     """The model cannot fit in this worker's memory even after every possible eviction."""
 
 
+class InvalidKeepAlive(ValueError):
+    """A keep_alive that is no number of seconds (NaN)."""
+
+
+def bound_keep_alive(seconds: float) -> float:
+    """keep_alive as the cache holds it: FOREVER for a negative one and for one beyond MAX_KEEP_ALIVE_S.
+
+    The API bounds it already; a job enqueued by other means must not reach the expiry arithmetic
+    either, where a huge value overflows `datetime` and `time_t` (and killed the heartbeat thread).
+    """
+    if math.isnan(seconds):
+        raise InvalidKeepAlive(f"invalid keep_alive {seconds!r}: not a number of seconds")
+    return FOREVER if seconds < 0 or seconds > MAX_KEEP_ALIVE_S else seconds
+
+
 def eviction_order(model: LoadedModel) -> tuple[float, float]:
     """Evict the shortest keep_alive first, then the least recently used."""
     return (model.keep_alive if model.keep_alive >= 0 else float("inf"), model.last_used)
@@ -56,7 +72,7 @@ class LoadedModel:
     engine: BatchEngine
     template: ChatTemplate
     n_ctx: int
-    keep_alive: float
+    keep_alive: float  # bound_keep_alive's: FOREVER or at most MAX_KEEP_ALIVE_S, so expiries never overflow
     users: int = 0  # jobs holding it: running sequences plus jobs being prepared
     expires_at: float | None = None  # wall clock; None while in use or pinned
     last_used: float = field(default_factory=time.time)
@@ -135,7 +151,7 @@ class ModelCache:
         batch_invariant: bool = True,
         on_change: Callable[[], None] = lambda: None,
     ):
-        self.default_keep_alive = default_keep_alive
+        self.default_keep_alive = bound_keep_alive(default_keep_alive)
         self.max_loaded = max_loaded
         self.n_parallel = n_parallel  # 0: AUTO_PARALLEL when it fits, else 1
         self.memory_limit = memory_limit
@@ -207,7 +223,10 @@ class ModelCache:
         """The model loaded with this context size and held for one job; returns it and the load time (ns).
 
         `n_parallel` (a request's or the model's `num_parallel`) applies when the model is (re)loaded.
+        InvalidKeepAlive for a NaN keep_alive, before anything is held.
         """
+        if keep_alive is not None:
+            keep_alive = bound_keep_alive(keep_alive)
         name = stored.name.canonical
         with self._changed:
             while True:
@@ -228,7 +247,12 @@ class ModelCache:
                     started = time.perf_counter_ns()
                     wanted, need = self._plan(stored, n_ctx, n_parallel)
                     loaded.engine.close()
-                    loaded.engine = self._new_engine(loaded.llama, n_ctx, wanted)
+                    try:
+                        loaded.engine = self._new_engine(loaded.llama, n_ctx, wanted)
+                    except BaseException:
+                        # Its old context is freed: the model cannot stay listed as usable.
+                        self._unload_locked(name, "requested")
+                        raise
                     loaded.n_ctx = n_ctx
                     loaded.estimate = need
                     self._on_change()
@@ -240,54 +264,70 @@ class ModelCache:
                 # Wait for a model to go idle (a running model is never evicted).
                 self._changed.wait(timeout=1.0)
         started = time.perf_counter_ns()
+        loaded = self._load(stored, n_ctx, wanted, need)
+        loaded.keep_alive = keep_alive if keep_alive is not None else self.default_keep_alive
+        load_ns = time.perf_counter_ns() - started
+        with self._changed:
+            self._models[name] = loaded
+            self.loads += 1
+        try:
+            if self._metrics is not None:
+                self._metrics.record_load(stored.name.display, load_ns / 1e9)
+            log.info(
+                "model loaded",
+                extra={
+                    "model": stored.name.display,
+                    "n_ctx": n_ctx,
+                    "parallel": wanted,
+                    "estimate_mib": need.total >> 20,
+                    "load_ms": round(load_ns / 1e6, 1),
+                },
+            )
+            self._on_change()
+        except BaseException:
+            self.release(loaded)  # listed and held for this job, which now fails
+            raise
+        return loaded, load_ns
+
+    def _load(self, stored: StoredModel, n_ctx: int, n_parallel: int, need: Estimate) -> LoadedModel:
+        """The model's weights, context and template, held once; on failure nothing stays allocated."""
         try:
             # Repacked CPU weights switch kernels at 4 rows: batch-invariant decoding needs them plain.
             llama_model = LlamaModel(
                 stored.model_path, n_gpu_layers=self._n_gpu_layers, repack=not self._batch_invariant
             )
-            try:
-                engine = self._new_engine(llama_model, n_ctx, wanted)
-            except Exception:
-                llama_model.close()
-                raise
-        except (ModelLoadError, ContextError):
+        except ModelLoadError:
             if self._metrics is not None:
                 self._metrics.record_load_failure(stored.name.display)
             raise
-        template = choose_template(
-            request_template=None,
-            layer=stored.template,
-            gguf_template=llama_model.meta("tokenizer.chat_template"),
-            architecture=llama_model.meta("general.architecture") or "",
-        )
-        loaded = LoadedModel(
+        try:
+            engine = self._new_engine(llama_model, n_ctx, n_parallel)
+        except BaseException as exc:
+            llama_model.close()
+            if isinstance(exc, ContextError) and self._metrics is not None:
+                self._metrics.record_load_failure(stored.name.display)
+            raise
+        try:
+            template = choose_template(
+                request_template=None,
+                layer=stored.template,
+                gguf_template=llama_model.meta("tokenizer.chat_template"),
+                architecture=llama_model.meta("general.architecture") or "",
+            )
+        except BaseException:
+            engine.close()
+            llama_model.close()
+            raise
+        return LoadedModel(
             stored=stored,
             llama=llama_model,
             engine=engine,
             template=template,
             n_ctx=n_ctx,
-            keep_alive=keep_alive if keep_alive is not None else self.default_keep_alive,
+            keep_alive=self.default_keep_alive,
             users=1,
             estimate=need,
         )
-        load_ns = time.perf_counter_ns() - started
-        with self._changed:
-            self._models[name] = loaded
-            self.loads += 1
-        if self._metrics is not None:
-            self._metrics.record_load(stored.name.display, load_ns / 1e9)
-        log.info(
-            "model loaded",
-            extra={
-                "model": stored.name.display,
-                "n_ctx": n_ctx,
-                "parallel": wanted,
-                "estimate_mib": need.total >> 20,
-                "load_ms": round(load_ns / 1e6, 1),
-            },
-        )
-        self._on_change()
-        return loaded, load_ns
 
     def _hold(self, loaded: LoadedModel, keep_alive: float | None) -> LoadedModel:
         loaded.users += 1

@@ -3,7 +3,8 @@
 Threads: RQ's loop runs job functions on the main thread (prepare: resolve, load, render, tokenize,
 submit); one decode thread steps every busy engine and publishes tokens; one heartbeat thread keeps
 this worker's state key alive. Models are only ever freed under the cache lock, which the decode
-thread holds around each step.
+thread holds around each step. The decode and heartbeat threads are vital (workers/watchdog.py): if
+either dies the process ends, and the supervisor restarts it as a new incarnation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import os
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,7 @@ from app.gguf_meta import GGUFError
 from app.memory import cap_num_ctx
 from app.names import InvalidModelName, ModelName
 from app.store import ModelNotFound, ModelStore, StoredModel
-from workers.cache import AUTO_PARALLEL, LoadedModel, ModelCache, ModelTooLarge
+from workers.cache import AUTO_PARALLEL, InvalidKeepAlive, LoadedModel, ModelCache, ModelTooLarge
 from workers.embedder import InputTooLong
 from workers.engine import ContextError, DoneEvent, SequenceRequest, TokenEvent
 from workers.grammar import FormatError, grammar_for_format
@@ -47,6 +50,7 @@ from workers.publisher import Publisher
 from workers.sampling import GrammarError, SamplingParams
 from workers.settings import WorkerSettings
 from workers.tool_calls import ToolCallParser, tool_call_tag
+from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +108,14 @@ class _Running:
 class WorkerRuntime:
     """Everything one worker process holds between jobs."""
 
-    def __init__(self, settings: WorkerSettings, client: redis.Redis):
+    def __init__(
+        self, settings: WorkerSettings, client: redis.Redis, on_thread_death: Callable[[str], None] = die
+    ):
         self.settings = settings
         self.client = client
+        # This process's start, unique across restarts under the same worker id: the API tells by it
+        # that the worker which started a job is gone even once a new one heartbeats under that id.
+        self.incarnation = uuid.uuid4().hex
         self.store = ModelStore(settings.models_dir)
         self.queue_name = worker_queue_name(settings.worker_id)
         self.metrics = WorkerMetrics(settings.worker_id)
@@ -138,7 +147,7 @@ class WorkerRuntime:
         self._slot_freed = threading.Event()
         self._job_publisher = Publisher(client)  # main thread only
         self._loop_publisher = Publisher(client)  # decode thread only
-        self._threads: list[threading.Thread] = []
+        self._threads = VitalThreads(self._stop, on_thread_death)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -147,16 +156,18 @@ class WorkerRuntime:
         self.client.sadd(WORKERS_SET, self.settings.worker_id)
         self.client.sadd(QUEUE_KEYS_SET, rq_queue_key(self.queue_name))
         self.publish_state()
-        for target, name in ((self._decode_loop, "decode"), (self._heartbeat_loop, "heartbeat")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._threads.start(self._decode_loop, "decode")
+        self._threads.start(self._heartbeat_loop, "heartbeat")
+
+    def check_threads(self) -> None:
+        """Called by the main loop: ends the process if the decode or heartbeat thread is gone."""
+        self._threads.check()
 
     def stop(self) -> None:
         """Stop the threads, free every model and withdraw this worker's state."""
         self._stop.set()
         self._wake.set()
-        for thread in self._threads:
+        for thread in self._threads.threads:
             thread.join(timeout=10)
         self.cache.close()
         try:
@@ -334,8 +345,15 @@ class WorkerRuntime:
             )
         except ModelTooLarge as exc:
             raise JobError(500, str(exc)) from exc
+        except InvalidKeepAlive as exc:
+            raise JobError(400, str(exc)) from exc
         if load_ns:
-            self._advertise()
+            try:
+                self._advertise()
+            except BaseException:
+                # Held and not yet handed to the caller: nobody else could ever let it go.
+                self.cache.release(loaded)
+                raise
         return loaded, load_ns
 
     def _wait_for_engine_slot(self, loaded: LoadedModel) -> None:
@@ -349,7 +367,9 @@ class WorkerRuntime:
         if self._cancelled(job.job_id):
             log.info("client left before the job started", extra={"request_id": job.request_id})
             return
-        self._job_publisher.send(job.job_id, "started", worker=self.settings.worker_id)
+        self._job_publisher.send(
+            job.job_id, "started", worker=self.settings.worker_id, incarnation=self.incarnation
+        )
         log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": job.kind})
         try:
             self._generate(job)
@@ -483,7 +503,9 @@ class WorkerRuntime:
         """Embed every input now (embedding jobs are short and run on the job thread)."""
         if self._cancelled(job.job_id):
             return
-        self._job_publisher.send(job.job_id, "started", worker=self.settings.worker_id)
+        self._job_publisher.send(
+            job.job_id, "started", worker=self.settings.worker_id, incarnation=self.incarnation
+        )
         log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": "embed"})
         try:
             stored = self._resolve(job.model)
@@ -647,6 +669,7 @@ class WorkerRuntime:
             worker_id=self.settings.worker_id,
             pid=os.getpid(),
             device=self.settings.device,
+            incarnation=self.incarnation,
             queue=self.queue_name,
             slots_total=self.slots_total,
             slots_busy=self.slots_busy,

@@ -1,8 +1,11 @@
-"""A worker SIGKILLed mid-generation: its client hears within 5 s, the jobs behind it survive, it comes back.
+"""A worker SIGKILLed mid-generation: its clients hear within 5 s, the jobs behind it survive, it comes back.
 
 tests/e2e/test_resilience.py already shows the stream ends with an error and the worker is restarted;
 this adds the bounds the issue sets: the error within 5 s, nothing waiting lost or run twice, and the
-dead worker's advertised state (slots, models) gone from Redis.
+dead worker's advertised state (slots, models) gone from Redis. With the supervisor running, the worker
+is back under the same id about as soon as its state expires: its streams must still end, told apart by
+the incarnation of the process that started them. And a request the API would have refused (a
+keep_alive beyond any duration, enqueued straight into the worker's queue) leaves the worker whole.
 """
 
 from __future__ import annotations
@@ -14,13 +17,26 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
 
-from app.contracts import WorkerState, worker_state_key
+from app.contracts import (
+    JOB_FUNC_GENERATE,
+    WorkerState,
+    events_key,
+    lease_key,
+    worker_queue_name,
+    worker_state_key,
+)
+from app.names import ModelName
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
@@ -29,6 +45,33 @@ from tests.support.prompts import endless_stream
 LONG = endless_stream(GEMMA)
 SHORT = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
 WAITING = 3
+
+
+@contextmanager
+def supervised(stack: Stack) -> Iterator[threading.Thread]:
+    """The stack's own supervision loop (what `herd up` runs) on a thread; on exit it stops the stack."""
+    thread = threading.Thread(
+        target=stack.run_forever, kwargs={"install_signal_handlers": False}, name="supervisor", daemon=True
+    )
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stack.request_stop()
+        thread.join(timeout=120)
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def advertised(r: redis.Redis, worker_id: str = "w0") -> WorkerState | None:
+    doc = r.get(worker_state_key(worker_id))
+    return WorkerState.model_validate_json(doc) if doc else None
 
 
 @pytest.fixture
@@ -130,4 +173,178 @@ def test_sigkill_mid_generation_errors_within_5s_and_loses_no_waiting_job(kill_s
     while advertised().slots_busy and time.monotonic() < deadline:
         time.sleep(0.05)
     assert advertised().pid == worker.pid and advertised().slots_busy == 0
+    r.close()
+
+
+STREAMS = 8
+WORKER_TIMEOUT_S = 3.0
+
+
+@pytest.fixture
+def parallel_stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # Eight slots, so all eight streams run on the worker that is killed; the default heartbeat (1 s,
+    # state TTL 3 s) and HERD_WORKER_TIMEOUT (3 s), as an operator gets them.
+    env = {
+        "OLLAMA_NUM_PARALLEL": str(STREAMS),
+        "OLLAMA_CONTEXT_LENGTH": "1024",
+        "OLLAMA_MAX_QUEUE": "16",
+        "HERD_HEARTBEAT": "1",
+        "HERD_WORKER_TIMEOUT": str(WORKER_TIMEOUT_S),
+    }
+    with start_stack(models_dir, tmp_path_factory.mktemp("run-kill-parallel"), env=env) as stack:
+        yield stack
+
+
+def test_sigkill_under_the_supervisor_ends_every_open_stream_though_the_worker_is_back_at_once(
+    parallel_stack: Stack,
+) -> None:
+    stack = parallel_stack
+    base = stack.settings.base_url
+    worker = stack.workers[0]
+    r = redis.Redis.from_url(stack.settings.stack_redis_url, decode_responses=True)
+    lines: dict[int, list[tuple[float, dict[str, Any]]]] = {i: [] for i in range(STREAMS)}
+    failures: list[BaseException] = []
+
+    def read(i: int) -> None:
+        try:
+            with (
+                httpx.Client(base_url=base, timeout=60) as c,
+                c.stream("POST", "/api/generate", json=LONG) as response,
+            ):
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line:
+                        lines[i].append((time.monotonic(), json.loads(line)))
+        except BaseException as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    with supervised(stack):
+        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(STREAMS)]
+        for t in readers:
+            t.start()
+        wait_until(lambda: all(lines.values()), 120, f"all {STREAMS} streams to have tokens")
+        before = advertised(r)
+        assert before is not None and before.slots_busy == STREAMS, before
+        pid = worker.pid
+        assert pid is not None
+
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        for t in readers:
+            t.join(timeout=WORKER_TIMEOUT_S + 30)
+        assert not failures, failures
+        assert not any(t.is_alive() for t in readers), "a stream is still open"
+        error_after = {i: got[-1][0] - killed for i, got in lines.items()}
+        for i, got in lines.items():
+            assert "stopped" in str(got[-1][1].get("error")), (i, got[-1][1])
+        worst = max(error_after.values())
+        print(
+            f"\nworker SIGKILL under the supervisor, {STREAMS} streams open: each got its error line "
+            f"{min(error_after.values()):.2f}-{worst:.2f}s after the kill "
+            f"(HERD_WORKER_TIMEOUT={WORKER_TIMEOUT_S:g})"
+        )
+        assert worst <= WORKER_TIMEOUT_S + 2, error_after
+
+        # The supervisor restarted it under the same id: a new incarnation, whose state carries no slot
+        # of the dead one, and which serves the next request.
+        wait_until(lambda: worker.alive and worker.pid != pid, 30, "the supervisor to restart the worker")
+        wait_until(lambda: (s := advertised(r)) is not None and s.pid == worker.pid, 30, "its new state")
+        after = advertised(r)
+        assert after is not None and after.incarnation and after.incarnation != before.incarnation
+        assert after.slots_busy == 0
+        print(f"worker SIGKILL: new incarnation heartbeating {time.monotonic() - killed:.2f}s after the kill")
+        with httpx.Client(base_url=base, timeout=120) as c:
+            answer = c.post("/api/generate", json=SHORT)
+        assert answer.status_code == 200 and answer.json()["done"] is True
+    r.close()
+
+
+# What the audit sent through the API, here enqueued as the API would, past the API's bound on it.
+AUDIT_KEEP_ALIVE = 1e15
+
+
+@pytest.fixture
+def plain_stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"OLLAMA_NUM_PARALLEL": "1", "HERD_HEARTBEAT": "0.5"}
+    with start_stack(models_dir, tmp_path_factory.mktemp("run-keep-alive"), env=env) as stack:
+        yield stack
+
+
+def _events(r: redis.Redis, job_id: str, timeout: float) -> list[dict[str, Any]]:
+    """A job's events read straight from its stream, up to its terminal one."""
+    events: list[dict[str, Any]] = []
+    last = "0-0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _stream, entries in r.xread({events_key(job_id): last}, block=250) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                events.append(json.loads(fields["e"]))
+                if events[-1]["type"] in ("done", "error"):
+                    return events
+    raise AssertionError(f"no terminal event for {job_id} in {timeout:g}s: {events}")
+
+
+def test_a_keep_alive_beyond_any_duration_enqueued_past_the_api_leaves_the_worker_whole(
+    plain_stack: Stack,
+) -> None:
+    stack = plain_stack
+    worker = stack.workers[0]
+    r = redis.Redis.from_url(stack.settings.stack_redis_url, decode_responses=True)
+    with supervised(stack):
+        pid = worker.pid
+        job_id = f"audit-{uuid.uuid4().hex}"
+        # {"model":"gemma3:270m","prompt":"hi","stream":false,"keep_alive":1e15}, as the API queues it
+        # (with the answer kept short: the model would otherwise chat on for minutes on this machine).
+        payload = {
+            "job_id": job_id,
+            "request_id": job_id,
+            "kind": "generate",
+            "model": ModelName.parse(GEMMA).canonical,
+            "prompt": "hi",
+            "options": {"temperature": 0, "num_predict": 8},
+            "keep_alive": AUDIT_KEEP_ALIVE,
+            "admitted_ns": time.time_ns(),
+        }
+        r.set(lease_key(job_id), "1", ex=120)  # a client waits for it, as the API's admission records
+        with redis.Redis.from_url(stack.settings.stack_redis_url) as raw:  # RQ reads undecoded replies
+            queue = Queue(worker_queue_name("w0"), connection=raw, serializer=JSONSerializer)
+            queue.enqueue_job(
+                Job.create(
+                    JOB_FUNC_GENERATE,
+                    kwargs={"payload": payload},
+                    connection=raw,
+                    id=job_id,
+                    origin=queue.name,
+                    timeout=-1,
+                    serializer=JSONSerializer,
+                )
+            )
+        events = _events(r, job_id, 120)
+        assert events[-1]["type"] == "done", events
+        assert any(e["type"] == "token" for e in events)
+
+        # The heartbeat goes on (it died here before), from the same process, with the model held for
+        # ever and its hold let go.
+        first = advertised(r)
+        assert first is not None
+        time.sleep(3)
+        state = advertised(r)
+        assert state is not None and state.heartbeat_at > first.heartbeat_at
+        assert worker.alive and worker.pid == pid and state.pid == pid
+        assert state.incarnation == first.incarnation
+        (model,) = state.models
+        assert model.busy == 0 and state.slots_busy == 0
+        assert model.keep_alive == -1, model  # beyond the longest duration: for ever
+        log = worker.log_tail(400)
+        assert "thread died" not in log and "Traceback" not in log, log
+
+        base = stack.settings.base_url
+        with httpx.Client(base_url=base, timeout=120) as c:
+            assert c.get("/health/ready").status_code == 200
+            ps = c.get("/api/ps").json()["models"]
+            assert [m["name"] for m in ps] == [GEMMA] and ps[0]["expires_at"] > "2100", ps
+            answer = c.post("/api/generate", json=SHORT)
+            assert answer.status_code == 200 and answer.json()["done"] is True
+    print(f"\nkeep_alive {AUDIT_KEEP_ALIVE:g} enqueued past the API: answered, worker still heartbeating")
     r.close()
