@@ -6,7 +6,6 @@ import logging
 import time
 
 import redis
-from redis.client import Pipeline
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
@@ -14,19 +13,11 @@ from app.contracts import SHARED_QUEUE, worker_state_key
 from app.logs import configure_logging
 from app.settings import load_settings
 from workers import jobs, metrics
-from workers.rq_worker import DEQUEUE_POLL_S, FlagStoppedWorker
+from workers.rq_worker import DEQUEUE_POLL_S, FlagStoppedWorker, redis_client
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-# While Redis is unreachable, how long the work loop waits before it tries again.
-REDIS_RETRY_S = 1.0
-
-
-def _redis_down(exc: redis.RedisError) -> None:
-    log.warning("Redis unreachable (%s); retrying in %gs", exc, REDIS_RETRY_S)
-    time.sleep(REDIS_RETRY_S)
 
 
 class HerdWorker(FlagStoppedWorker):
@@ -41,30 +32,13 @@ class HerdWorker(FlagStoppedWorker):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.runtime = runtime
 
-    # RQ's work loop quits on a Redis error outside its own dequeue. A Herd worker outlives a Redis restart
-    # instead (its models stay loaded): these three calls of the loop wait for Redis to answer again.
-    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        try:
-            super().heartbeat(timeout, pipeline)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            _redis_down(exc)
-
-    def check_for_suspension(self, burst: bool) -> None:
-        try:
-            super().check_for_suspension(burst)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            _redis_down(exc)
-
-    def run_maintenance_tasks(self) -> None:
-        try:
-            super().run_maintenance_tasks()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            _redis_down(exc)
-
     def on_stop_requested(self) -> None:
         self.runtime.request_drain()
 
     def ready_for_job(self) -> bool:
+        # At least once a second, whatever the loop waits for: a worker without its decode or heartbeat
+        # thread must not go on taking jobs.
+        self.runtime.check_threads()
         # Waiting jobs stay in Redis (where OLLAMA_MAX_QUEUE counts them) until a slot is free here.
         if self.runtime.wait_for_free_slot(timeout=DEQUEUE_POLL_S):
             return True
@@ -106,7 +80,7 @@ def main() -> None:
     """Entry point of `herd worker` and `python -m workers.main`."""
     settings = load_settings(WorkerSettings)
     configure_logging("worker", settings.debug)
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = redis_client(settings.redis_url)
     claim_worker_name(client, settings)
     # Before any model loads, so the first load is already counted where Prometheus can see it.
     stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)

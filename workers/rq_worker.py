@@ -1,17 +1,31 @@
-"""The RQ worker base of both Herd worker kinds: SIGTERM and SIGINT only raise flags.
+"""The RQ worker base of both Herd worker kinds: SIGTERM and SIGINT only raise flags, and are obeyed within
+seconds even while Redis is down or hung.
 
 RQ's own handler raises StopRequested wherever the main thread is, which can cut a Redis reply (a popped
 job) in half, or lets a running job go on for minutes (warm shutdown). Here a signal handler touches no
 Redis: it sets RQ's stop flag and calls `on_stop_requested`, and the dequeue loop checks the flag between
 short pops.
+
+Three of RQ's habits would still hold a stop for up to a minute, and are replaced:
+- its command listener (a pub/sub thread that sleeps 60 s between reads) is joined at teardown; Herd
+  sends its workers no RQ commands (stops are signals, cancellations herd:cancel keys), so none is started;
+- it retries an unreachable Redis inside its dequeue loop, backing off to a minute without looking at the
+  stop flag: a failed pop leaves that loop here, and the retry (every REDIS_RETRY_S) checks the flag;
+- it raises its connection's socket timeout to fit its own blocking pop (over 400 s): Herd's pops last
+  DEQUEUE_POLL_S, so the timeout stays REDIS_SOCKET_TIMEOUT_S, and a hung Redis is noticed within it;
+- its teardown records the worker's death in Redis: with Redis unreachable that would wait on every call,
+  so it is skipped, and the registration expires (the inference worker's start clears a stale one).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import time
 from types import FrameType
 
+import redis
+from redis.client import Pipeline
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker
@@ -20,13 +34,50 @@ log = logging.getLogger(__name__)
 
 # Seconds one blocking pop waits for a job: how soon the dequeue loop notices a stop request.
 DEQUEUE_POLL_S = 1
+# Longest wait for any one Redis reply. A hung Redis (stopped, or its host gone) otherwise blocks a call
+# for ever, signals included. Above DEQUEUE_POLL_S, which a blocking pop legitimately waits.
+REDIS_SOCKET_TIMEOUT_S = DEQUEUE_POLL_S + 2
+# While Redis is unreachable, how long the work loop waits before it tries again.
+REDIS_RETRY_S = 1.0
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class RedisUnreachable(Exception):
+    """A pop failed on Redis; raised past RQ's own retry loop, which would not look at the stop flag."""
+
+
+class _Queue(Queue):
+    @classmethod
+    def dequeue_any(cls, *args: object, **kwargs: object) -> tuple[Job, Queue] | None:
+        try:
+            return super().dequeue_any(*args, **kwargs)  # type: ignore[arg-type]
+        except _REDIS_DOWN as exc:
+            raise RedisUnreachable(str(exc)) from exc
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A worker's Redis client, which waits at most REDIS_SOCKET_TIMEOUT_S for a connection or a reply."""
+    return redis.Redis.from_url(
+        url,
+        health_check_interval=30,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )
 
 
 class FlagStoppedWorker(SimpleWorker):
     """A never-forking RQ worker that stops taking jobs on SIGTERM/SIGINT without interrupting anything."""
 
+    queue_class = _Queue
     # Logged on the signal, after "received SIGTERM: ".
     stop_message = "taking no more jobs"
+    # Set on a failed Redis call of the work loop, cleared by a successful pop.
+    redis_unreachable = False
+
+    @property
+    def connection_timeout(self) -> int:
+        """The socket timeout RQ gives the worker's Redis connection (see the module's docstring)."""
+        return REDIS_SOCKET_TIMEOUT_S
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self._request_stop)
@@ -50,8 +101,56 @@ class FlagStoppedWorker(SimpleWorker):
         while not self._stop_requested:
             if not self.ready_for_job():
                 continue
-            # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
-            result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
+            try:
+                # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
+                result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
+            except (RedisUnreachable, *_REDIS_DOWN) as exc:  # the pop, or RQ's bookkeeping around it
+                self._redis_down(exc)
+                continue
+            self.redis_unreachable = False
             if result is not None:
                 return result
         return None  # RQ's loop then ends and records this worker's death
+
+    def _redis_down(self, exc: Exception) -> None:
+        """Log an unreachable Redis and wait REDIS_RETRY_S, cut short by a stop request."""
+        if not self.redis_unreachable:
+            log.warning("Redis unreachable (%s); retrying every %gs", exc, REDIS_RETRY_S)
+        self.redis_unreachable = True
+        deadline = time.monotonic() + REDIS_RETRY_S
+        while not self._stop_requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # RQ's work loop quits on a Redis error outside its own dequeue. A Herd worker outlives a Redis restart
+    # instead (an inference worker's models stay loaded): these calls of the loop wait for Redis instead.
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        if self.redis_unreachable and pipeline is None:
+            return  # the next pop tells when Redis is back; a call now would only wait on it
+        try:
+            super().heartbeat(timeout, pipeline)
+        except _REDIS_DOWN as exc:
+            self._redis_down(exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except _REDIS_DOWN as exc:
+            self._redis_down(exc)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except _REDIS_DOWN as exc:
+            self._redis_down(exc)
+
+    def subscribe(self) -> None:
+        """Start no RQ command listener (see the module's docstring)."""
+
+    def teardown(self) -> None:
+        if self.redis_unreachable:
+            log.warning("Redis unreachable: this worker's RQ registration is left to expire")
+            return
+        try:
+            super().teardown()
+        except _REDIS_DOWN as exc:
+            log.warning("could not record this worker's stop in Redis: %s", exc)

@@ -32,7 +32,7 @@ from app.store import ModelStore
 from app.store_temps import remove_leftovers
 from workers import store_jobs
 from workers.publisher import Publisher
-from workers.rq_worker import FlagStoppedWorker
+from workers.rq_worker import FlagStoppedWorker, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Heartbeat(threading.Thread):
         self._settings = settings
         # Not `_stop`: that is threading.Thread's own method, which join() calls.
         self._stopping = threading.Event()
+        self._reachable = True  # whether the last beat reached Redis
 
     def beat(self) -> None:
         doc = {"worker_id": self._settings.worker_id, "pid": os.getpid(), "kind": "store", "at": time.time()}
@@ -97,11 +98,20 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
             except redis.RedisError as exc:
-                log.warning("store worker heartbeat failed: %s", exc)
+                if self._reachable:
+                    log.warning("store worker heartbeat failed: %s", exc)
+                self._reachable = False
+            else:
+                self._reachable = True
 
-    def stop(self) -> None:
+    def stop(self, redis_reachable: bool = True) -> None:
+        """Stop beating and clear the state key; with Redis unreachable, leave the key to expire instead."""
         self._stopping.set()
-        self.join(timeout=5)
+        if not (redis_reachable and self._reachable):
+            # A beat may be waiting on a hung Redis: neither it nor a delete may hold up the stop.
+            log.warning("Redis unreachable: the store worker's state is left to expire")
+            return
+        self.join(timeout=1)
         try:
             self._client.delete(worker_state_key(self._settings.worker_id))
         except redis.RedisError as exc:
@@ -173,7 +183,7 @@ def main() -> None:
     settings = load_settings(StoreWorkerSettings)
     configure_logging("store-worker", settings.debug)
     remove_leftovers(ModelStore(settings.models_dir))  # what a killed create or upload left on disk
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = redis_client(settings.redis_url)
     heartbeat = Heartbeat(client, settings)
     heartbeat.beat()
     heartbeat.start()
@@ -195,7 +205,7 @@ def main() -> None:
         worker.work(logging_level="WARNING")
     finally:
         store_jobs.bind_context(None)
-        heartbeat.stop()
+        heartbeat.stop(redis_reachable=not worker.redis_unreachable)
         log.info("store worker stopped", extra={"worker": settings.worker_id})
 
 

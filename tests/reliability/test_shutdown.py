@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from app.stack.processes import ManagedProcess
 from app.stack.settings import StackSettings
 from app.stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
+from tests.reliability.conftest import job_starts
+from tests.reliability.test_worker_kill import supervised
 from tests.support.prompts import endless_stream
 from tests.support.registry import running_registry
 from tests.support.tiny_gguf import write_tiny_llama
@@ -211,18 +214,25 @@ def test_sigterm_on_a_worker_finishes_what_fits_the_drain_fails_the_rest_and_req
     )
 
 
-def test_sigterm_on_an_idle_worker_exits_at_once(drain_stack: Stack) -> None:
+def test_sigterm_on_an_idle_worker_that_never_ran_a_job_exits_at_once(drain_stack: Stack) -> None:
+    # RQ's teardown joined its command listener, which sleeps up to 60 s: a worker that had never run a
+    # job (nothing else woke it) was SIGKILLed after its 40 s grace.
     worker = drain_stack.workers[0]
-    pid = worker.pid
-    assert pid is not None
-    signalled = time.monotonic()
-    os.kill(pid, signal.SIGTERM)
-    code = wait_exit(worker, 10)
-    took = time.monotonic() - signalled
-    assert code == 0, worker.log_tail()
-    # The blocking pop is cut into one-second polls; no running sequence means no drain to wait for.
-    assert took < 5, took
-    print(f"\nidle worker SIGTERM: exited 0 after {took:.2f}s")
+    with supervised(drain_stack):
+        time.sleep(2)  # well into its idle polling
+        assert not job_starts(drain_stack), "the worker ran a job"
+        pid = worker.pid
+        assert pid is not None
+        signalled = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        code = wait_exit(worker, 45)
+        took = time.monotonic() - signalled
+        assert code == 0, worker.log_tail()
+        # The blocking pop is cut into one-second polls; no running sequence means no drain to wait for.
+        assert took <= 5, took
+        # And the supervisor brings it back, as it would after any exit.
+        wait_for(lambda: worker.alive and worker.pid != pid, 30, "the supervisor to restart the worker")
+    print(f"\nidle worker (never ran a job) SIGTERM under the supervisor: exited 0 after {took:.2f}s")
 
 
 @pytest.fixture
@@ -335,3 +345,37 @@ def test_sigterm_on_the_store_worker_mid_pull_fails_it_clearly_and_leaves_the_st
         f"\nstore worker SIGTERM mid-pull: the client got its error after {errored:.3f}s, "
         f"the worker exited 0 after {exited:.2f}s; no manifest, partial kept and resumed"
     )
+
+
+def test_sigterm_on_the_store_worker_while_redis_hangs_exits_within_5s(store_stack: Stack) -> None:
+    # The audit's store worker ignored SIGTERM for 40 s with Redis down. Redis is frozen here (SIGSTOP)
+    # rather than killed: the supervisor would restart a dead one, and a frozen one is the harder case
+    # (every call waits on it, where a dead one refuses at once).
+    store_worker = store_stack.store_worker
+    redis_proc = store_stack.redis
+    assert store_worker is not None and redis_proc is not None and redis_proc.pid is not None
+    with supervised(store_stack):
+        pid = store_worker.pid
+        assert pid is not None
+        os.kill(redis_proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: "Redis unreachable" in store_worker.log_tail(50),
+                30,
+                "the store worker to find Redis unreachable",
+            )
+            signalled = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            code = wait_exit(store_worker, 45)
+            took = time.monotonic() - signalled
+        finally:
+            os.kill(redis_proc.pid, signal.SIGCONT)
+        assert code == 0, store_worker.log_tail()
+        assert took <= 5, took
+        # With Redis back, the supervisor's restart serves again.
+        wait_for(lambda: store_worker.alive and store_worker.pid != pid, 30, "the store worker's restart")
+        r = redis.Redis.from_url(store_stack.settings.stack_redis_url)
+        state = worker_state_key(f"store-{socket.gethostname()}-{store_worker.pid}")
+        wait_for(lambda: bool(r.exists(state)), 30, "the restarted store worker's heartbeat")
+        r.close()
+    print(f"\nstore worker SIGTERM with Redis frozen: exited 0 after {took:.2f}s")
