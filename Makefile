@@ -12,17 +12,22 @@ HERD := $(VENV)/bin/herd
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.herd-installed-$(PYPROJECT_HASH)
 BOOTSTRAP_PYTHON := $(shell command -v python3.11 || command -v python3.12 || command -v python3)
-# chromium: the edge tests drive a real headless browser against the stack.
+# What running needs: redis-server and nginx.
+RUN_PACKAGES := redis-server nginx
+# What only the tests need. chromium: the edge tests drive a real headless browser against the stack.
 # squid: the registry tests pull through a real forward proxy (tests/support/proxy.py).
 # prometheus: its promtool checks the alert rules; rsync: the Ansible role copies the bundle with it (tests/deploy).
-SYSTEM_PACKAGES := redis-server nginx chromium squid prometheus rsync
+TEST_PACKAGES := chromium squid prometheus rsync
+# pytest's slowest tests are printed at the end of every run, so a test that grew shows up.
+PYTEST_ARGS ?= --durations=25
 
-.PHONY: help setup system-deps up test lint bench clean distclean
+.PHONY: help setup test-setup system-deps test-deps apt-install up test soak lint bench clean distclean
 
 help:
 	@echo "make setup      create .venv, install Herd and its dev tools, install redis-server and nginx"
 	@echo "make up         set up, then run the stack (nginx on OLLAMA_HOST, default 127.0.0.1:11434)"
-	@echo "make test       set up, place the default model, run the whole test suite"
+	@echo "make test       set up (with the test tools), place the default model, run the whole test suite"
+	@echo "make soak       the ten-minute soak (make test runs the same test for 90 s)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make bench      set up, then run the benchmarks (python -m bench)"
 	@echo "make clean      remove the run dir (.run) and tool caches; keeps .venv"
@@ -30,12 +35,20 @@ help:
 
 setup: system-deps $(STAMP)
 
-# redis-server and nginx come from the system's packages (each package is named after its binary;
-# /usr/sbin is checked by hand because it is not on an ordinary user's PATH). apt-get update runs only when something is
-# missing, so a set-up machine never touches the network here.
+test-setup: setup test-deps
+
+# System packages come from apt (each package is named after its binary; /usr/sbin is checked by hand
+# because it is not on an ordinary user's PATH). apt-get update runs only when something is missing, so a
+# set-up machine never touches the network here.
 system-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(RUN_PACKAGES)"
+
+test-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)"
+
+apt-install:
 	@missing=""; \
-	for pkg in $(SYSTEM_PACKAGES); do \
+	for pkg in $(PACKAGES); do \
 	  if ! command -v "$$pkg" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$$pkg" ] && [ ! -x "/usr/bin/$$pkg" ]; then \
 	    missing="$$missing $$pkg"; \
 	  fi; \
@@ -67,9 +80,13 @@ up: setup
 	$(HERD) up
 
 # pytest's own exit status stands: 5 ("no tests collected") fails the target like any other failure.
-test: setup
+test: test-setup
 	$(HERD) setup
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: test-setup
+	$(HERD) setup
+	HERD_SOAK_SECONDS=600 $(PY) -m pytest tests/reliability/test_soak.py -s $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,3 +1,4 @@
-"""Herd: a self-hosted LLM server that speaks Ollama's API."""
+"""Herd's API: the FastAPI service (routers, admission, placement, relaying a job's events to its client).
 
-__version__ = "0.1.0"
+It imports the core (`herd`), never `workers` and never llama_cpp.
+"""

@@ -19,7 +19,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from rq.job import Job
 
-from app.contracts import (
+from app.errors import ServerBusy
+from app.metrics import count_rejection
+from app.rq_jobs import new_job
+from herd.contracts import (
     EVENT_STREAM_TTL_S,
     MODELS_QUEUE,
     QUEUE_KEYS_SET,
@@ -30,9 +33,6 @@ from app.contracts import (
     lease_key,
     rq_queue_key,
 )
-from app.errors import ServerBusy
-from app.metrics import count_rejection
-from app.rq_jobs import new_job
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app import metrics
-from app.contracts import JOB_FUNC_GENERATE, GenerateJob
 from app.errors import error_response
 from app.job_follower import JobFollower, ndjson
 from app.services import Services
-from app.store import StoredModel
+from herd.contracts import JOB_FUNC_GENERATE, GenerateJob
+from herd.store import StoredModel
 
 Kind = Literal["generate", "chat"]
 _STATS = (

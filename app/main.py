@@ -13,19 +13,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import __version__, metrics
+from app import metrics
 from app.admission import Admission
 from app.auth import ApiKeyMiddleware
 from app.errors import ERROR_SCHEMA, document_errors, install_error_handlers
 from app.json_bodies import JsonBodyCheckMiddleware, JsonContentTypeMiddleware
-from app.logs import configure_logging
 from app.openai_errors import OPENAI_ERROR_SCHEMA, V1_PREFIX, install_openai_error_handlers, send_error
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
 from app.routers import embed, generate, manage, meta, models, openai
 from app.services import Services
-from app.settings import ApiSettings, load_settings
-from app.store import ModelStore
+from app.settings import ApiSettings
+from herd import __version__
+from herd.logs import configure_logging
+from herd.settings import load_settings
+from herd.store import ModelStore
 
 log = logging.getLogger(__name__)
 

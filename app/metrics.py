@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.types import Scope
 
-from app.names import InvalidModelName, ModelName
+from herd.names import InvalidModelName, ModelName
 
 if TYPE_CHECKING:  # services imports admission, which counts rejections here
     from app.services import Services

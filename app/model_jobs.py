@@ -17,11 +17,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from rq.job import Job
 
-from app.contracts import MODELS_QUEUE, ModelJob, rq_queue_key
 from app.errors import error_response
 from app.job_follower import JobFollower, ndjson
 from app.rq_jobs import new_job
 from app.services import Services
+from herd.contracts import MODELS_QUEUE, ModelJob, rq_queue_key
 
 
 async def enqueue(client: aioredis.Redis, func: str, job: ModelJob) -> None:

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from app.contracts import ChatMessage, ToolCall, ToolCallFunction
 from app.openai_errors import OpenAIError, unsupported
 from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, absent_nulls
+from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
 
 SYSTEM_FINGERPRINT = "fp_herd"
 _LEGACY_FUNCTIONS = "is not supported: use 'tools' (the legacy function-calling fields are deprecated)"

@@ -15,10 +15,10 @@ import logging
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from app.contracts import SHARED_QUEUE, WORKERS_SET, LoadedModelState, WorkerState, worker_state_key
-from app.gguf_meta import GGUFError
-from app.memory import estimate
-from app.store import StoredModel
+from herd.contracts import SHARED_QUEUE, WORKERS_SET, LoadedModelState, WorkerState, worker_state_key
+from herd.gguf_meta import GGUFError
+from herd.memory import estimate
+from herd.store import StoredModel
 
 log = logging.getLogger(__name__)
 

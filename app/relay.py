@@ -12,8 +12,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.admission import LEASE_S, Abandonment
-from app.contracts import EVENT_STREAM_TTL_S, cancel_key, events_key, lease_key
 from app.placement import WorkerDirectory
+from herd.contracts import EVENT_STREAM_TTL_S, cancel_key, events_key, lease_key
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from app.contracts import JOB_RESULT_TTL_S
 from app.errors import BadRequest
+from herd.contracts import JOB_RESULT_TTL_S
 
 # Only used to construct Job objects: nothing is ever sent through it.
 _UNUSED_CONNECTION = redis.Redis()

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.contracts import ChatMessage
+from herd.contracts import ChatMessage
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from fastapi import Request
 
 from app.admission import Admission
 from app.errors import BadRequest, ModelNotFoundError
-from app.names import InvalidModelName, ModelName
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
 from app.settings import ApiSettings
-from app.store import ModelNotFound, ModelStore, StoredModel
+from herd.names import InvalidModelName, ModelName
+from herd.store import ModelNotFound, ModelStore, StoredModel
 
 
 @dataclass

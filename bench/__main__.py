@@ -20,9 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.names import ModelName
-from app.stack.setup import ensure_default_model
-from app.store import ModelStore
 from bench.concurrency import HERD, HERD_THROUGHPUT, LEVELS, LLAMA_SERVER, NUM_PARALLEL, bench_concurrency
 from bench.memory import kv_bytes_per_token
 from bench.plot import plot_concurrency
@@ -38,6 +35,9 @@ from bench.report import (
 from bench.single import PROMPT, Result, bench_engine, bench_llama_cpp, bench_stack
 from bench.stats import LevelSummary, summarize
 from bench.steps import bench_decode_rows
+from herd.names import ModelName
+from herd.store import ModelStore
+from stack.setup import ensure_default_model
 
 N_TOKENS = 128
 NUM_CTX = 4096

@@ -97,10 +97,10 @@ def step_figures(step_ms: Mapping[int, float], streams: int) -> dict[str, Any]:
     Herd decodes `streams` sequences in the groups the engine forms (HERD_BATCH_INVARIANT keeps each
     below llama.cpp's kernel switch), so its ceiling is `streams` × t(1) over the sum of its groups' steps.
     """
-    from workers.engine import MAX_DECODE_ROWS, _decode_groups
+    from workers.engine import MAX_DECODE_ROWS, decode_groups
 
     one = step_ms[1]
-    groups = [len(g) for g in _decode_groups(list(range(streams)), MAX_DECODE_ROWS)]  # type: ignore[arg-type]
+    groups = [len(g) for g in decode_groups(list(range(streams)), MAX_DECODE_ROWS)]  # type: ignore[arg-type]
     grouped = sum(step_ms[g] for g in groups) if all(g in step_ms for g in groups) else None
     return {
         "rows": [

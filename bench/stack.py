@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from app.stack.settings import StackSettings
-from app.stack.supervisor import Stack
 from bench.memory import rss_bytes
 from bench.ports import free_port
+from stack.settings import StackSettings
+from stack.supervisor import Stack
 
 MODEL = "gemma3:270m"
 

@@ -15,8 +15,11 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md /src/
+COPY herd /src/herd
 COPY app /src/app
 COPY workers /src/workers
+COPY stack /src/stack
+COPY cli /src/cli
 # No extra: the base dependencies only (fastapi, gunicorn, redis, rq, ...), versions from pyproject.toml.
 RUN /opt/venv/bin/pip install /src \
     && if /opt/venv/bin/python -c "import llama_cpp" 2>/dev/null; then echo "llama_cpp must not be in the API image" >&2; exit 1; fi

@@ -28,7 +28,7 @@ if [ -d "$ca_dir" ]; then
     done
     if [ "$found" -gt 0 ]; then
         mv "$bundle.tmp" "$bundle"
-        # HERD_CA_BUNDLE: the CAs Herd's registry client trusts on top of the system's (app/registry).
+        # HERD_CA_BUNDLE: the CAs Herd's registry client trusts on top of the system's (workers/store/registry).
         export SSL_CERT_FILE="$bundle" REQUESTS_CA_BUNDLE="$bundle" CURL_CA_BUNDLE="$bundle" HERD_CA_BUNDLE="$bundle"
     else
         rm -f "$bundle.tmp"

@@ -14,7 +14,7 @@ import urllib.request
 
 import redis
 
-from app.contracts import worker_state_key
+from herd.contracts import worker_state_key
 
 TIMEOUT_S = 3.0
 

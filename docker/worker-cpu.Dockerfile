@@ -17,8 +17,11 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md /src/
+COPY herd /src/herd
 COPY app /src/app
 COPY workers /src/workers
+COPY stack /src/stack
+COPY cli /src/cli
 RUN /opt/venv/bin/pip install "/src[worker]"
 
 FROM python:3.11.11-slim-bookworm

@@ -27,8 +27,11 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     LIBRARY_PATH=/usr/local/cuda/lib64/stubs
 RUN uv python install 3.11.11 && uv venv --python 3.11.11 /opt/venv
 COPY pyproject.toml README.md /src/
+COPY herd /src/herd
 COPY app /src/app
 COPY workers /src/workers
+COPY stack /src/stack
+COPY cli /src/cli
 RUN CMAKE_ARGS="${CMAKE_ARGS} -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" \
     uv pip install --python /opt/venv/bin/python "/src[worker]"
 

@@ -7,14 +7,14 @@
 #   HERD_MAX_BODY_SIZE   nginx's body limit outside /api/blobs/ (16m, 512k, ...): herd.d/limits.conf
 #   HERD_METRICS_PUBLIC  serve /metrics on the public port too (1/true/yes/on): herd.d/metrics.conf
 #
-# The origin regexes are the ones app/stack/settings.py origin_regex() makes for the local stack
+# The origin regexes are the ones stack/settings.py origin_regex() makes for the local stack
 # (tests/deploy/test_nginx.py compares them).
 set -eu
 
 out="${HERD_NGINX_GENERATED_DIR:-/etc/nginx/herd.d}"
 mkdir -p "$out"
 
-# Ollama's built-in origins (app/stack/settings.py DEFAULT_ORIGINS).
+# Ollama's built-in origins (stack/settings.py DEFAULT_ORIGINS).
 DEFAULT_ORIGINS="http://localhost,https://localhost,http://localhost:*,https://localhost:*"
 DEFAULT_ORIGINS="$DEFAULT_ORIGINS,http://127.0.0.1,https://127.0.0.1,http://127.0.0.1:*,https://127.0.0.1:*"
 DEFAULT_ORIGINS="$DEFAULT_ORIGINS,http://0.0.0.0,https://0.0.0.0,http://0.0.0.0:*,https://0.0.0.0:*"

@@ -1,7 +1,7 @@
 """The model cache: which models this worker holds, for how long, and which one to evict.
 
 A model is loaded on demand, kept while it has running sequences, and afterwards until its keep_alive
-runs out (never, for a negative keep_alive). Before loading, its memory estimate (app/memory.py) is
+runs out (never, for a negative keep_alive). Before loading, its memory estimate (herd/memory.py) is
 checked against the worker's budget. When it does not fit, or OLLAMA_MAX_LOADED_MODELS is reached, idle
 models are evicted: the shortest keep_alive first, then the least recently used. A model with running
 sequences never is, and a pinned one (negative keep_alive) never is for memory. When nothing can be
@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from app.chat_templates import ChatTemplate, choose_template
-from app.contracts import LoadedModelState
-from app.durations import FOREVER, MAX_KEEP_ALIVE_S
-from app.gguf_meta import GGUFError
-from app.memory import Estimate, available_ram, estimate, format_gib, free_vram
-from app.store import StoredModel
+from herd.contracts import LoadedModelState
+from herd.durations import FOREVER, MAX_KEEP_ALIVE_S
+from herd.gguf_meta import GGUFError
+from herd.memory import Estimate, available_ram, estimate, format_gib, free_vram
+from herd.store import StoredModel
+from herd.templates.builtin import ChatTemplate, choose_template
 from workers.embedder import Embedder
 from workers.engine import MAX_DECODE_ROWS, BatchEngine, ContextError
 from workers.llama import LlamaModel, ModelLoadError

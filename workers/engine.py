@@ -1,8 +1,9 @@
 """The batching engine: many sequences of one model decoded together in one llama.cpp context.
 
-One context holds `n_parallel` sequences of `n_ctx` cells each (Ollama's num_ctx × NUM_PARALLEL). Each
-step builds one llama_batch with the next token of every generating sequence plus a chunk of any prompt
-still being prefilled, decodes it once, and samples each sequence with its own sampler chain. A new
+One context holds `n_parallel` sequences of `n_ctx` cells each (Ollama's num_ctx × NUM_PARALLEL). A step
+is either one prompt chunk of the oldest sequence still being prefilled, or the next token of every
+generating sequence (in batches of at most `max_decode_rows`); the two alternate, so a long prompt stalls
+the running streams by one chunk at most. Each sequence is sampled with its own sampler chain. A new
 sequence joins between steps; a finished or cancelled one frees its slot and its KV cells at once.
 Single-sequence decoding is simply a batch of one.
 
@@ -200,7 +201,7 @@ class BatchEngine:
             self._prefill_turn = False
             return events + self._prefill(prefilling[0])
         self._prefill_turn = True
-        for group in _decode_groups(decoding, self.max_decode_rows):
+        for group in decode_groups(decoding, self.max_decode_rows):
             events.extend(self._decode(group))
         return events
 
@@ -299,7 +300,7 @@ class BatchEngine:
             if stop_at > 0 or seq.logprobs:
                 events.append(self._text_event(seq, text[:stop_at]))
             return [*events, self._finish(seq, "stop")]
-        keep = _stop_prefix_len(text, seq.request.stop)
+        keep = stop_prefix_len(text, seq.request.stop)
         if keep:
             text, seq.held = text[:-keep], text[-keep:]
         if text:
@@ -349,7 +350,7 @@ class BatchEngine:
             self.ctx = None
 
 
-def _decode_groups(seqs: list[_Sequence], limit: int) -> list[list[_Sequence]]:
+def decode_groups(seqs: list[_Sequence], limit: int) -> list[list[_Sequence]]:
     """Split the generating sequences into as few batches of at most `limit` as possible, evenly."""
     if not seqs:
         return []
@@ -364,7 +365,7 @@ def _find_stop(text: str, stops: list[str]) -> int | None:
     return min(found) if found else None
 
 
-def _stop_prefix_len(text: str, stops: list[str]) -> int:
+def stop_prefix_len(text: str, stops: list[str]) -> int:
     """Length of the longest tail of text that could be the start of a stop string."""
     best = 0
     for stop in stops:

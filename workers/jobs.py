@@ -1,4 +1,4 @@
-"""RQ job functions. RQ calls them by dotted path (app.contracts.JOB_FUNC_*) with a JSON payload.
+"""RQ job functions. RQ calls them by dotted path (herd.contracts.JOB_FUNC_*) with a JSON payload.
 
 RQ gives a job function no handle on the worker that runs it, so the worker process binds its runtime
 here once at start (workers.main); nothing else in the process reads it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.contracts import EmbedJob, GenerateJob, lease_key
+from herd.contracts import EmbedJob, GenerateJob, lease_key
 from workers.publisher import Publisher
 from workers.runtime import WorkerRuntime
 

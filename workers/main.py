@@ -9,9 +9,9 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from app.contracts import SHARED_QUEUE, worker_state_key
-from app.logs import configure_logging
-from app.settings import load_settings
+from herd.contracts import SHARED_QUEUE, worker_state_key
+from herd.logs import configure_logging
+from herd.settings import load_settings
 from workers import jobs, metrics
 from workers.rq_worker import DEQUEUE_POLL_S, FlagStoppedWorker, redis_client
 from workers.runtime import WorkerRuntime

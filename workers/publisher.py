@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from app.contracts import EVENT_STREAM_TTL_S, EventType, cancel_key, encode_event, events_key
+from herd.contracts import EVENT_STREAM_TTL_S, EventType, cancel_key, encode_event, events_key
 
 log = logging.getLogger(__name__)
 

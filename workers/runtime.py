@@ -20,8 +20,7 @@ from typing import Any
 
 import redis
 
-from app.chat_templates import choose_template
-from app.contracts import (
+from herd.contracts import (
     QUEUE_KEYS_SET,
     SHARED_QUEUE,
     WORKERS_SET,
@@ -34,22 +33,23 @@ from app.contracts import (
     worker_queue_name,
     worker_state_key,
 )
-from app.durations import parse_keep_alive
-from app.gguf_meta import GGUFError
-from app.memory import cap_num_ctx
-from app.names import InvalidModelName, ModelName
-from app.store import ModelNotFound, ModelStore, StoredModel
+from herd.durations import parse_keep_alive
+from herd.gguf_meta import GGUFError
+from herd.memory import cap_num_ctx
+from herd.names import InvalidModelName, ModelName
+from herd.store import ModelNotFound, ModelStore, StoredModel
+from herd.templates.builtin import choose_template
+from herd.templates.chat import TemplateError, generate_messages, render_chat
+from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from workers.cache import AUTO_PARALLEL, InvalidKeepAlive, LoadedModel, ModelCache, ModelTooLarge
 from workers.embedder import InputTooLong
 from workers.engine import ContextError, DoneEvent, SequenceRequest, TokenEvent
 from workers.grammar import FormatError, grammar_for_format
 from workers.llama import LlamaModel, ModelLoadError, TokenOutOfRange
 from workers.metrics import WorkerMetrics
-from workers.prompt import TemplateError, generate_messages, render_chat
 from workers.publisher import Publisher
 from workers.sampling import GrammarError, SamplingParams
 from workers.settings import WorkerSettings
-from workers.tool_calls import ToolCallParser, tool_call_tag
 from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)

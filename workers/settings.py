@@ -8,8 +8,8 @@ import socket
 
 from pydantic import AliasChoices, Field, field_validator
 
-from app.durations import parse_keep_alive
-from app.settings import CommonSettings
+from herd.durations import parse_keep_alive
+from herd.settings import DEFAULT_DRAIN_S, CommonSettings
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -100,7 +100,7 @@ class WorkerSettings(CommonSettings):
         description="Seconds between worker state refreshes in Redis; the state expires after three.",
     )
     drain_s: float = Field(
-        default=30.0,
+        default=DEFAULT_DRAIN_S,
         ge=0,
         le=3600,
         validation_alias=AliasChoices("HERD_DRAIN_SECONDS"),

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from app import metrics
-from app.contracts import JOB_FUNC_EMBED, EmbedJob
 from app.errors import HerdError
 from app.routers.generate import keep_alive_seconds
 from app.schemas import EmbeddingsRequest, EmbedRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.store import StoredModel
+from herd.contracts import JOB_FUNC_EMBED, EmbedJob
+from herd.store import StoredModel
 
 router = APIRouter(tags=["embed"])
 

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.capabilities import supports_tools
-from app.contracts import GenerateJob
-from app.durations import InvalidDuration, parse_keep_alive
 from app.errors import BadRequest
 from app.generation import created_at, run_generation
 from app.openapi_bodies import NDJSON_STREAM
 from app.schemas import ChatRequest, GenerateRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
+from herd.contracts import GenerateJob
+from herd.durations import InvalidDuration, parse_keep_alive
+from herd.templates.capabilities import supports_tools
 
 router = APIRouter(tags=["generate"])
 

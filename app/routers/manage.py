@@ -17,7 +17,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from app.contracts import (
+from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy
+from app.model_jobs import run_model_job
+from app.openapi_bodies import NDJSON_STREAM, NO_BODY
+from app.schemas import CopyRequest, CreateRequest, DeleteRequest, Options, PullRequest
+from app.services import Services, get_services, new_job_id, now_ns, request_id
+from herd.contracts import (
     JOB_FUNC_CREATE,
     JOB_FUNC_GENERATE,
     JOB_FUNC_PULL,
@@ -26,14 +31,9 @@ from app.contracts import (
     GenerateJob,
     ModelJob,
 )
-from app.create import CreateError, normalize_quantize
-from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy
-from app.model_jobs import run_model_job
-from app.names import InvalidModelName, ModelName
-from app.openapi_bodies import NDJSON_STREAM, NO_BODY
-from app.schemas import CopyRequest, CreateRequest, DeleteRequest, Options, PullRequest
-from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.store import ModelNotFound, StoreError
+from herd.names import InvalidModelName, ModelName
+from herd.store import ModelNotFound, StoreError
+from herd.store.create import CreateError, normalize_quantize
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["manage"])

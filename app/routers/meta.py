@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import __version__, metrics
+from app import metrics
 from app.services import Services, get_services
+from herd import __version__
 
 router = APIRouter(tags=["meta"])
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from app.capabilities import capabilities, model_template
-from app.gguf_meta import GGUFError, GGUFInfo, read_gguf_info
 from app.schemas import ShowRequest
 from app.services import Services, get_services
-from app.store import StoredModel
+from herd.gguf_meta import GGUFError, GGUFInfo, read_gguf_info
+from herd.store import StoredModel
+from herd.templates.capabilities import capabilities, model_template
 
 router = APIRouter(tags=["models"])
 

@@ -14,8 +14,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app import metrics
-from app.capabilities import supports_tools
-from app.contracts import JOB_FUNC_EMBED, EmbedJob, GenerateJob
 from app.errors import BadRequest, ModelNotFoundError
 from app.generation import Generation
 from app.openai_compat import (
@@ -37,7 +35,9 @@ from app.openai_compat import (
 from app.openai_errors import OpenAIError, error_body, openai_error_response
 from app.openapi_bodies import SSE_STREAM
 from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.store import StoredModel
+from herd.contracts import JOB_FUNC_EMBED, EmbedJob, GenerateJob
+from herd.store import StoredModel
+from herd.templates.capabilities import supports_tools
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

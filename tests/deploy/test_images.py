@@ -107,7 +107,7 @@ def test_the_api_starts_without_llama_cpp() -> None:
         "        if name == 'llama_cpp' or name.startswith('llama_cpp.'):\n"
         "            raise ImportError('llama_cpp is not in the API image')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import app.main, app.cli\n"
+        "import app.main, cli.main\n"
         "app.main.create_app()\n"
         "assert not any(m.startswith('llama_cpp') for m in sys.modules)\n"
         "print('ok')\n"

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.names import ModelName
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
 from tests.deploy.bundle import alert_rules, dashboard_queries, metric_family, metric_names
 from tests.e2e.conftest import start_stack
 from tests.support.tiny_gguf import write_tiny_llama

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from app.stack.nginx import find_nginx
-from app.stack.processes import ManagedProcess
-from app.stack.settings import DEFAULT_ORIGINS, origin_regex
+from stack.nginx import find_nginx
+from stack.processes import ManagedProcess
+from stack.settings import DEFAULT_ORIGINS, origin_regex
 from tests.deploy.bundle import COMPOSE_FILE, NGINX_DIR, load_compose
 from tests.support.ports import free_port
 from tests.unit.test_edge_config import ECHO_SERVER, raw_exchange

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import redis
 
-from app.names import ModelName
-from app.stack.settings import StackSettings
-from app.stack.setup import ensure_default_model
-from app.stack.supervisor import Stack
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
+from stack.settings import StackSettings
+from stack.setup import ensure_default_model
+from stack.supervisor import Stack
 from tests.support.ollama_store import write_ollama_model
 from tests.support.ports import free_port, free_port_run
 from tests.support.tiny_gguf import CHATML_TEMPLATE, TOOLS_TEMPLATE, write_tiny_llama

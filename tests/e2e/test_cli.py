@@ -17,7 +17,7 @@ import httpx
 import pexpect
 import pytest
 
-from app.modelfile import ERR_INVALID_COMMAND
+from herd.store.modelfile import ERR_INVALID_COMMAND
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.support.ports import free_port
 from tests.support.registry import (

@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from app.routers.meta import OLLAMA_API_VERSION
-from app.stack.settings import StackSettings
-from app.stack.supervisor import Stack
-from app.stack.tls import fingerprint, tls_paths
+from stack.settings import StackSettings
+from stack.supervisor import Stack
+from stack.tls import fingerprint, tls_paths
 from tests.e2e.conftest import start_stack
 from tests.support.ports import free_port
 
@@ -182,7 +182,7 @@ def test_key_file_changes_apply_without_restart(keyed_stack: tuple[Stack, Path],
 def test_a_lan_bind_serves_the_api_over_https(
     models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.stack.tls")
+    caplog.set_level(logging.INFO, logger="stack.tls")
     # 127.0.0.2 stands in for a LAN address (only 127.0.0.1, ::1 and localhost are a loopback bind).
     settings = StackSettings(
         OLLAMA_HOST=f"127.0.0.2:{free_port()}",

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA
 
 GREEDY = {"temperature": 0, "seed": 7, "num_predict": 2}

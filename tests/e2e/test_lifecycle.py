@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import redis
 
-from app.contracts import WORKERS_SET, WorkerState, worker_state_key
+from herd.contracts import WORKERS_SET, WorkerState, worker_state_key
 from tests.e2e.conftest import GEMMA
 from tests.support.prompts import endless_stream
 

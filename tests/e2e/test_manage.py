@@ -20,7 +20,7 @@ import ollama
 import pytest
 import redis
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.support.registry import OciRegistry, running_registry
 from tests.support.tiny_gguf import write_tiny_llama
 

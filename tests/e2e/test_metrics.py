@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
 
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import redis
 
-from app.contracts import QUEUE_KEYS_SET
+from herd.contracts import QUEUE_KEYS_SET
 from tests.e2e.conftest import GEMMA
 
 GREEDY = {"temperature": 0, "seed": 7, "repeat_penalty": 1.0}

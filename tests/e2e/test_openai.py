@@ -19,7 +19,7 @@ import pytest
 import redis
 from openai import OpenAI
 
-from app.contracts import QUEUE_KEYS_SET
+from herd.contracts import QUEUE_KEYS_SET
 from tests.e2e.conftest import GEMMA, HANDMADE
 
 GREEDY: dict[str, Any] = {"temperature": 0, "seed": 7}

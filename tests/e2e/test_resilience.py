@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.support.prompts import endless_stream
 

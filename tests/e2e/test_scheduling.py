@@ -14,11 +14,11 @@ import httpx
 import pytest
 import redis
 
-from app.contracts import WorkerState, worker_state_key
-from app.memory import estimate
-from app.names import ModelName
-from app.stack.supervisor import Stack
-from app.store import ModelStore
+from herd.contracts import WorkerState, worker_state_key
+from herd.memory import estimate
+from herd.names import ModelName
+from herd.store import ModelStore
+from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
 from tests.support.prompts import OPENINGS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA
 
 OPTIONS = {"temperature": 0, "repeat_penalty": 1.0}

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.names import ModelName
-from app.stack.supervisor import Stack
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.support.prompts import endless_stream
 from tests.support.tiny_gguf import write_tiny_llama

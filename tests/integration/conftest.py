@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from app.registry import RegistrySettings
-from app.store import ModelStore
+from herd.store import ModelStore
 from tests.support.proxy import Squid, running_squid
 from tests.support.registry import OciRegistry, TestCA, make_ca, running_registry
 from tests.support.tiny_gguf import write_tiny_llama
+from workers.store.registry import RegistrySettings
 
 REGISTRY_HOST = "registry.herd.test"
 HF_HOST = "hf.co"

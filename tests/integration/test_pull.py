@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from app.names import ModelName
-from app.registry import RegistryCancelled, RegistryError, RegistrySettings, pull_model
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
 from tests.integration.conftest import REGISTRY_HOST
 from tests.support.proxy import Squid, running_squid
 from tests.support.registry import OciRegistry, digest_of
+from workers.store.registry import RegistryCancelled, RegistryError, RegistrySettings, pull_model
 
 
 def _pull(

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from app.names import ModelName
-from app.registry import RegistryError, RegistrySettings, pull_model
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
 from tests.integration.conftest import HF_HOST
 from tests.support.proxy import Squid
 from tests.support.registry import OciRegistry, TestCA, running_registry
 from tests.support.tiny_gguf import write_tiny_llama
+from workers.store.registry import RegistryError, RegistrySettings, pull_model
 
 
 @pytest.fixture

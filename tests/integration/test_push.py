@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from app.names import ModelName
-from app.registry import RegistryError, RegistrySettings, pull_model, push_model
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
 from tests.integration.conftest import REGISTRY_HOST
 from tests.support.proxy import Squid
 from tests.support.registry import OciRegistry
+from workers.store.registry import RegistryError, RegistrySettings, pull_model, push_model
 
 
 def test_push_then_pull_back(

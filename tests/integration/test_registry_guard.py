@@ -20,14 +20,14 @@ from typing import Any
 import httpx
 import pytest
 
-from app.names import ModelName
-from app.registry import RegistryError, RegistrySettings, pull_model
-from app.registry.guard import RegistryRefused
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
 from tests.e2e.conftest import start_stack
 from tests.support.ports import free_port
 from tests.support.proxy import running_squid
 from tests.support.registry import running_registry
+from workers.store.registry import RegistryError, RegistrySettings, pull_model
+from workers.store.registry.guard import RegistryRefused
 
 SECRET = "s3cret-from-the-upstream-body"
 

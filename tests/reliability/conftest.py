@@ -10,8 +10,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from app.stack.nginx import logs_dir
-from app.stack.supervisor import Stack
+from stack.nginx import logs_dir
+from stack.supervisor import Stack
 from tests.e2e.conftest import models_dir  # noqa: F401  (the session fixture, shared with e2e)
 
 _JOB_STARTED = re.compile(r'msg="job started" request_id=(\S+) job=(\S+)')

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from app.contracts import QUEUE_KEYS_SET
+from herd.contracts import QUEUE_KEYS_SET
 from tests.e2e.conftest import start_stack
 from tests.reliability.conftest import job_starts
 

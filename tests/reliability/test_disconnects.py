@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
 from tests.support.prompts import endless_stream

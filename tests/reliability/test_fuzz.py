@@ -21,9 +21,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 
-from app.names import ModelName
-from app.stack.supervisor import Stack
-from app.store import ModelStore
+from herd.names import ModelName
+from herd.store import ModelStore
+from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
 from tests.support.ports import free_port
 from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.json_bodies import MAX_JSON_DEPTH, nested_deeper_than
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 
 KEY = "sk-herd-hostile-bodies"

@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from app.relay import REDIS_OUTAGE_S
-from app.stack.redis_conf import redis_dir
-from app.stack.supervisor import REDIS_BACKOFF_MAX_S, Stack
+from stack.redis_conf import redis_dir
+from stack.supervisor import REDIS_BACKOFF_MAX_S, Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
 
@@ -255,7 +255,7 @@ def test_a_job_whose_client_was_told_to_retry_never_runs_after_redis_comes_back(
     stack = supervised
     base = stack.settings.base_url
     assert stack.redis is not None
-    caplog.set_level("WARNING", logger="app.stack.supervisor")
+    caplog.set_level("WARNING", logger="stack.supervisor")
     pids = _pids(stack)
     redis_restarts = stack.redis.restarts
     data = redis_dir(stack.settings) / "data"

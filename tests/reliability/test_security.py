@@ -28,12 +28,13 @@ import redis
 import yaml
 
 from app.main import create_app
-from app.names import ModelName
-from app.settings import ApiSettings, load_settings
-from app.stack.settings import StackSettings
-from app.stack.supervisor import Stack
-from app.stack.tls import tls_paths
-from app.store import ModelStore
+from app.settings import ApiSettings
+from herd.names import ModelName
+from herd.settings import load_settings
+from herd.store import ModelStore
+from stack.settings import StackSettings
+from stack.supervisor import Stack
+from stack.tls import tls_paths
 from tests.e2e.conftest import start_stack
 from tests.support.ports import free_port, free_port_run
 from tests.support.security import (

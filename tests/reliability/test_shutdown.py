@@ -25,11 +25,11 @@ import httpx
 import pytest
 import redis
 
-from app.contracts import SHARED_QUEUE, WORKERS_SET, rq_queue_key, worker_queue_name, worker_state_key
-from app.settings import SettingsError, load_settings
-from app.stack.processes import ManagedProcess
-from app.stack.settings import StackSettings
-from app.stack.supervisor import Stack
+from herd.contracts import SHARED_QUEUE, WORKERS_SET, rq_queue_key, worker_queue_name, worker_state_key
+from herd.settings import SettingsError, load_settings
+from stack.processes import ManagedProcess
+from stack.settings import StackSettings
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
 from tests.reliability.test_worker_kill import supervised

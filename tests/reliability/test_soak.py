@@ -1,8 +1,8 @@
-"""Soak: ten minutes of mixed traffic at a steady rate, with memory, errors and latency measured.
+"""Soak: mixed traffic at a steady rate, with memory, errors and latency measured.
 
 Open loop: a request is sent every 1/RATE seconds whatever the previous ones are doing, so a slowdown
-shows up as latency rather than as a lower rate. HERD_SOAK_SECONDS shortens the run for a local try;
-the suite runs the issue's ten minutes.
+shows up as latency rather than as a lower rate. HERD_SOAK_SECONDS sets the length: `make test` runs 90 s
+(the default), `make soak` (which CI runs after it) the full ten minutes, with the same assertions.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.stack.supervisor import Stack
+from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
 from tests.reliability.conftest import children, percentile, rss_kib
 
-SOAK_S = float(os.environ.get("HERD_SOAK_SECONDS", "600"))
+SOAK_S = float(os.environ.get("HERD_SOAK_SECONDS", "90"))
 WARMUP_S = 30.0
 RATE = 4.0  # requests per second
 GREEDY = {"temperature": 0, "seed": 1, "num_predict": 8}
@@ -84,7 +84,7 @@ def _request(
 
 @pytest.mark.slow
 @pytest.mark.timeout(SOAK_S + 300)  # the run itself, plus the stack's start and stop
-def test_ten_minutes_of_mixed_traffic_keep_memory_bounded_and_answer_everything(
+def test_mixed_traffic_keeps_memory_bounded_and_answers_everything(
     models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     env = {"OLLAMA_NUM_PARALLEL": "4"}

@@ -28,7 +28,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from app.contracts import (
+from herd.contracts import (
     JOB_FUNC_GENERATE,
     WorkerState,
     events_key,
@@ -36,8 +36,8 @@ from app.contracts import (
     worker_queue_name,
     worker_state_key,
 )
-from app.names import ModelName
-from app.stack.supervisor import Stack
+from herd.names import ModelName
+from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
 from tests.support.prompts import endless_stream

@@ -117,7 +117,7 @@ def running_squid(hosts: dict[str, str], mode: Mode = "allow") -> Iterator[Squid
     """Start squid resolving only ``hosts`` (name → IP); yield it; always stop it."""
     binary = shutil.which("squid") or "/usr/sbin/squid"
     if not os.access(binary, os.X_OK):
-        raise RuntimeError("squid is not installed: run `make setup` (it is in SYSTEM_PACKAGES)")
+        raise RuntimeError("squid is not installed: run `make test-setup` (it is in TEST_PACKAGES)")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="herd-squid-") as tmp:
         work = Path(tmp)

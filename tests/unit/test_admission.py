@@ -16,7 +16,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from app.admission import LEASE_S, Abandonment, Admission
-from app.contracts import (
+from app.errors import ServerBusy
+from app.relay import POLL_MS, REDIS_OUTAGE_S
+from herd.contracts import (
     EVENT_STREAM_TTL_S,
     JOB_FUNC_GENERATE,
     MODELS_QUEUE,
@@ -26,8 +28,6 @@ from app.contracts import (
     lease_key,
     rq_queue_key,
 )
-from app.errors import ServerBusy
-from app.relay import POLL_MS, REDIS_OUTAGE_S
 from tests.support.ports import free_port
 from tests.support.redis_server import running_redis
 

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from app.json_bodies import MAX_JSON_DEPTH, nested_deeper_than
 from app.main import create_app
-from app.settings import ApiSettings, load_settings
+from app.settings import ApiSettings
+from herd.settings import load_settings
 from tests.support.ports import free_port
 
 KEY = "sk-unit-key"

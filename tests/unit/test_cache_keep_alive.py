@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.durations import FOREVER, MAX_KEEP_ALIVE_S
-from app.names import ModelName
-from app.store import ModelStore, StoredModel
+from herd.durations import FOREVER, MAX_KEEP_ALIVE_S
+from herd.names import ModelName
+from herd.store import ModelStore, StoredModel
 from tests.support.tiny_gguf import write_tiny_llama
 from workers.cache import InvalidKeepAlive, ModelCache, bound_keep_alive
 

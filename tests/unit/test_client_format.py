@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.client.format import (
+from cli.format import (
     human_bytes,
     human_duration,
     human_number,
@@ -16,9 +16,9 @@ from app.client.format import (
     processor,
     table,
 )
-from app.client.progress import Progress, bar_line
-from app.client.repl import go_duration, stats_text
-from app.client.show import render_info
+from cli.progress import Progress, bar_line
+from cli.repl import go_duration, stats_text
+from cli.show import render_info
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.client.host import base_url
+from cli.host import base_url
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.client.api import HerdClient
-from app.client.repl import SET_HELP, Session
+from cli.api import HerdClient
+from cli.repl import SET_HELP, Session
 
 
 @pytest.fixture

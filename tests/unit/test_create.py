@@ -1,4 +1,4 @@
-"""Building models from create requests (app/create.py) and running them as store jobs, in-process.
+"""Building models from create requests (herd/store/create.py) and running them as store jobs, in-process.
 
 Real store on disk, real tiny GGUFs, llama.cpp's real quantizer, and a real redis-server for the job
 tests (events and cancel flags go through Redis Streams exactly as in the stack).
@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import redis
 
-from app.contracts import CreateSpec, ModelJob, cancel_key, decode_event, events_key
-from app.create import CreateCancelled, CreateError, ModelBuilder, normalize_quantize
-from app.names import ModelName
-from app.store import MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, MEDIA_TEMPLATE, ModelStore
-from app.store_temps import remove_leftovers
+from herd.contracts import CreateSpec, ModelJob, cancel_key, decode_event, events_key
+from herd.names import ModelName
+from herd.store import MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, MEDIA_TEMPLATE, ModelStore
+from herd.store.create import CreateCancelled, CreateError, ModelBuilder, normalize_quantize
+from herd.store.temps import remove_leftovers
 from tests.support.redis_server import running_redis
 from tests.support.tiny_gguf import write_tiny_llama
-from workers import store_jobs
-from workers.quantize import quantize_gguf
-from workers.store_jobs import _check_template
+from workers.store import jobs as store_jobs
+from workers.store.jobs import check_go_template
+from workers.store.quantize import quantize_gguf
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def gguf_digest(store: ModelStore, tmp_path: Path) -> str:
 
 def _builder(store: ModelStore, statuses: list[dict[str, Any]], **kw: Any) -> ModelBuilder:
     return ModelBuilder(
-        store, progress=statuses.append, quantizer=quantize_gguf, check_template=_check_template, **kw
+        store, progress=statuses.append, quantizer=quantize_gguf, check_template=check_go_template, **kw
     )
 
 
@@ -220,7 +220,7 @@ def test_a_failed_quantize_removes_its_partial(store: ModelStore, gguf_digest: s
         real(source, out, want)
 
     builder = ModelBuilder(
-        store, progress=lambda _: None, quantizer=quantizer, check_template=_check_template
+        store, progress=lambda _: None, quantizer=quantizer, check_template=check_go_template
     )
     with pytest.raises(CreateError, match="could not quantize") as err:
         builder.build(_name("broken:v1"), CreateSpec(files={"t.gguf": gguf_digest}, quantize="Q8_0"))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.durations import FOREVER, MAX_KEEP_ALIVE_S, InvalidDuration, parse_keep_alive
+from herd.durations import FOREVER, MAX_KEEP_ALIVE_S, InvalidDuration, parse_keep_alive
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings import SettingsError, load_settings
-from app.stack.nginx import check_nginx_conf, nginx_argv, nginx_dir, render_nginx_conf, write_nginx_conf
-from app.stack.processes import ManagedProcess
-from app.stack.settings import DEFAULT_ORIGINS, StackSettings, origin_regex, parse_origins
-from app.stack.tls import fingerprint, make_self_signed, tls_paths
+from herd.settings import SettingsError, load_settings
+from stack.nginx import check_nginx_conf, nginx_argv, nginx_dir, render_nginx_conf, write_nginx_conf
+from stack.processes import ManagedProcess
+from stack.settings import DEFAULT_ORIGINS, StackSettings, origin_regex, parse_origins
+from stack.tls import fingerprint, make_self_signed, tls_paths
 from tests.support.ports import free_port
 
 # Answers every method with what it received; OPTIONS gets 299, so a preflight nginx failed to answer

@@ -14,8 +14,8 @@ from workers.engine import (
     NoFreeSlot,
     SequenceRequest,
     TokenEvent,
-    _decode_groups,
-    _stop_prefix_len,
+    decode_groups,
+    stop_prefix_len,
 )
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams
@@ -89,10 +89,10 @@ def test_greedy_output_is_identical_alone_and_beside_seven_others(plain_model: L
 
 
 def test_decode_groups_stay_below_the_kernel_switch() -> None:
-    assert [len(g) for g in _decode_groups(list(range(8)), 7)] == [4, 4]  # type: ignore[arg-type]
-    assert [len(g) for g in _decode_groups(list(range(7)), 7)] == [7]  # type: ignore[arg-type]
-    assert [len(g) for g in _decode_groups(list(range(15)), 7)] == [5, 5, 5]  # type: ignore[arg-type]
-    assert _decode_groups([], 7) == []
+    assert [len(g) for g in decode_groups(list(range(8)), 7)] == [4, 4]  # type: ignore[arg-type]
+    assert [len(g) for g in decode_groups(list(range(7)), 7)] == [7]  # type: ignore[arg-type]
+    assert [len(g) for g in decode_groups(list(range(15)), 7)] == [5, 5, 5]  # type: ignore[arg-type]
+    assert decode_groups([], 7) == []
 
 
 def test_eight_sequences_decode_together_to_their_full_length(model: LlamaModel) -> None:
@@ -207,7 +207,7 @@ def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model: Llama
     [("hello wor", ["world"], 3), ("hello", ["xyz"], 0), ("ab<", ["<end>"], 1), ("", ["a"], 0)],
 )
 def test_stop_prefix_is_held_back(text: str, stops: list[str], held: int) -> None:
-    assert _stop_prefix_len(text, stops) == held
+    assert stop_prefix_len(text, stops) == held
 
 
 def test_grammar_holds_whichever_token_the_free_chain_would_pick(model: LlamaModel) -> None:

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-from app.gguf_meta import (
+from herd.gguf_meta import (
     FILE_TYPES,
     MAX_ARRAY_ITEMS,
     GGUFError,
     format_parameter_size,
     read_gguf_info,
 )
-from app.memory import cap_num_ctx
+from herd.memory import cap_num_ctx
 
 SCALARS: dict[str, tuple[Any, GGUFValueType]] = {
     "test.u8": (250, GGUFValueType.UINT8),
@@ -311,7 +311,7 @@ def test_file_type_names() -> None:
 
 def test_module_does_not_import_numpy_or_gguf() -> None:
     code = (
-        "import sys, app.gguf_meta; "
+        "import sys, herd.gguf_meta; "
         "bad = [m for m in ('numpy', 'gguf') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,4 +1,4 @@
-"""Tests for workers.gotemplate, the Go text/template interpreter for Ollama TEMPLATE layers."""
+"""Tests for herd.templates.gotemplate, the Go text/template interpreter for Ollama TEMPLATE layers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from workers.gotemplate import GoTemplateError, Template, parse, render
+from herd.templates.gotemplate import GoTemplateError, Template, parse, render
 
 # Expected outputs in this file were cross-checked against Go's text/template (parsed as Ollama does, with
 # missingkey=zero and Ollama's json function) except where a test says it covers a deliberate difference.

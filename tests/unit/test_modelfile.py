@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.modelfile import (
+from herd.store.modelfile import (
     ERR_INVALID_COMMAND,
     ERR_INVALID_ROLE,
     Command,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, InvalidModelName, ModelName
+from herd.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, InvalidModelName, ModelName
 
 VALID = [
     # raw, (host, namespace, model, tag), display, canonical

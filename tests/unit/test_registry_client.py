@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from app.names import ModelName
-from app.registry import RegistrySettings
-from app.registry.client import _redact, parse_bearer_challenge, structured_error
-from app.registry.guard import AllowList, RegistryGuard, RegistryRefused, refused_kind
-from app.registry.reference import Reference, normalise_digest
-from app.registry.transfer import _plan
-from app.settings import SettingsError, load_settings
+from herd.names import ModelName
+from herd.settings import SettingsError, load_settings
+from workers.store.registry import RegistrySettings
+from workers.store.registry.client import parse_bearer_challenge, redact, structured_error
+from workers.store.registry.guard import AllowList, RegistryGuard, RegistryRefused, refused_kind
+from workers.store.registry.reference import Reference, normalise_digest
+from workers.store.registry.transfer import plan_parts
 
 
 def test_bearer_challenge() -> None:
@@ -30,8 +30,8 @@ def test_bearer_challenge() -> None:
 
 
 def test_proxy_password_is_redacted() -> None:
-    assert _redact("http://user:pw@proxy:3128") == "http://user:***@proxy:3128"
-    assert _redact("http://proxy:3128") == "http://proxy:3128"
+    assert redact("http://user:pw@proxy:3128") == "http://user:***@proxy:3128"
+    assert redact("http://proxy:3128") == "http://proxy:3128"
 
 
 def test_reference_urls() -> None:
@@ -57,12 +57,12 @@ def test_normalise_digest() -> None:
 
 def test_parts_cover_the_blob_exactly() -> None:
     for size, part in [(1, 64), (64, 64), (65, 64), (1000, 64), (10**9 + 7, 64 * 2**20)]:
-        parts = _plan(size, part)
+        parts = plan_parts(size, part)
         assert parts[0].offset == 0
         assert all(a.offset + a.length == b.offset for a, b in itertools.pairwise(parts))
         assert parts[-1].offset + parts[-1].length == size
         assert all(0 < p.length <= part for p in parts)
-    assert [(p.offset, p.length) for p in _plan(0, 64)] == [(0, 0)]
+    assert [(p.offset, p.length) for p in plan_parts(0, 64)] == [(0, 0)]
 
 
 def test_ca_bundle_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.registry.proxies import ProxyConfig
+from workers.store.registry.proxies import ProxyConfig
 
 PROXY = "http://proxy.corp:3128"
 

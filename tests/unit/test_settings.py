@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import ApiSettings, SettingsError, load_settings
+from app.settings import ApiSettings
+from herd.settings import SettingsError, load_settings
 from workers.settings import WorkerSettings
-from workers.store_worker import StoreWorkerSettings
+from workers.store.worker import StoreWorkerSettings
 
 
 @pytest.mark.parametrize(

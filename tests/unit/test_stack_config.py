@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.settings import SettingsError, load_settings
-from app.stack.nginx import (
+from herd.settings import SettingsError, load_settings
+from stack.nginx import (
     NginxError,
     check_nginx_conf,
     nginx_argv,
@@ -27,10 +27,10 @@ from app.stack.nginx import (
     render_nginx_conf,
     write_nginx_conf,
 )
-from app.stack.processes import ManagedProcess, ProcessDied, ProcessNotReady
-from app.stack.redis_conf import redis_argv, render_redis_conf, write_redis_conf
-from app.stack.settings import StackSettings, parse_ollama_host
-from app.stack.supervisor import Stack, StackError
+from stack.processes import ManagedProcess, ProcessDied, ProcessNotReady
+from stack.redis_conf import redis_argv, render_redis_conf, write_redis_conf
+from stack.settings import StackSettings, parse_ollama_host
+from stack.supervisor import Stack, StackError
 from tests.support.ports import free_port
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def test_supervisor_restarts_a_killed_redis_on_its_data_and_leaves_the_rest_runn
         assert killed is not None
         os.kill(killed, signal.SIGKILL)
         assert wait_until(lambda: not stack.redis.alive if stack.redis else False)
-        caplog.set_level("WARNING", logger="app.stack.supervisor")
+        caplog.set_level("WARNING", logger="stack.supervisor")
 
         def redis_back() -> bool:
             stack.check_once()  # never a StackError: Redis is restarted, not fatal
@@ -570,7 +570,7 @@ def test_supervisor_backs_off_a_crash_looping_redis(
     stack.redis = ManagedProcess(
         "redis", redis_argv(tmp_path / "missing.conf"), log_path=tmp_path / "redis.log"
     )
-    caplog.set_level("WARNING", logger="app.stack.supervisor")
+    caplog.set_level("WARNING", logger="stack.supervisor")
     stack.redis.start()
     started = time.monotonic()
     while time.monotonic() - started < 4.5:

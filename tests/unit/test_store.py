@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from app.names import ModelName
-from app.store import (
+from herd.names import ModelName
+from herd.store import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     MEDIA_LICENSE,
@@ -29,7 +29,7 @@ from app.store import (
     ModelStore,
     StoreError,
 )
-from app.store_temps import UNLOCKED_TEMP_AGE_S, quantize_output, remove_leftovers
+from herd.store.temps import UNLOCKED_TEMP_AGE_S, quantize_output, remove_leftovers
 
 GEMMA_TEMPLATE = (
     "{{- range $i, $_ := .Messages }}<start_of_turn>{{ .Role }}\n{{ .Content }}<end_of_turn>\n"
@@ -271,7 +271,7 @@ def test_broken_manifest_skipped_by_list_and_reported_by_get(
         params.update(layout.blob(b"[1,2]"))  # valid JSON, but not the object Ollama writes
         path.write_text(json.dumps(doc))
 
-    with caplog.at_level(logging.WARNING, logger="app.store"):
+    with caplog.at_level(logging.WARNING, logger="herd.store"):
         assert [m.name.model for m in store.list()] == ["gemma3"]
     assert any("broken" in r.getMessage() for r in caplog.records)
     # The manifest exists, so "not found" would mislead: get() reports the damage.

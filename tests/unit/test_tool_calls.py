@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from app.chat_templates import ChatTemplate
-from app.contracts import ChatMessage
+from herd.contracts import ChatMessage
+from herd.templates.builtin import ChatTemplate
+from herd.templates.chat import render_chat
+from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from tests.support.tiny_gguf import TOOLS_TEMPLATE
-from workers.prompt import render_chat
-from workers.tool_calls import ToolCallParser, tool_call_tag
 
 # Ollama's Go template for Qwen 2.5 (abridged to the tool-call parts).
 QWEN_GO = """{{- if .Tools }}<|im_start|>system

@@ -7,7 +7,7 @@ import socket
 import httpx
 import pytest
 
-from app.settings import SettingsError, load_settings
+from herd.settings import SettingsError, load_settings
 from tests.support.ports import free_port
 from workers import metrics
 from workers.settings import WorkerSettings

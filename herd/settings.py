@@ -1,0 +1,73 @@
+"""Typed settings, read once per process from the environment: the base every process kind shares.
+
+Ollama's variable names keep their meaning (OLLAMA_MODELS, OLLAMA_MAX_QUEUE, ...); Herd's own are HERD_*.
+A bad value stops the process at start with a message naming the variable (see load_settings).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# HERD_DRAIN_SECONDS' default: the worker reads it, and the supervisor gives a stopping worker this much
+# (plus a margin) before SIGKILL when the variable is unset.
+DEFAULT_DRAIN_S = 30.0
+
+
+def default_models_dir() -> Path:
+    """Ollama's default store location for the current user."""
+    return Path.home() / ".ollama" / "models"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every Herd process kind reads."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("HERD_REDIS_URL"),
+        description="Redis connection URL shared by the API and the workers.",
+    )
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        validation_alias=AliasChoices("OLLAMA_MODELS"),
+        description="The model store, in Ollama's layout (manifests/ and blobs/).",
+    )
+    debug: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OLLAMA_DEBUG"),
+        description="Log at debug level.",
+    )
+
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _debug_flag(cls, value: Any) -> Any:
+        # Ollama treats any non-empty value other than false/0 as on (OLLAMA_DEBUG=1, =2 for trace).
+        if isinstance(value, str):
+            return value.strip().lower() not in ("", "0", "false", "no", "off")
+        return value
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class SettingsError(SystemExit):
+    """A bad environment value: the process exits with a message naming the variable."""
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Read settings once at start; turn pydantic's errors into one message per bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            value = os.environ.get(name, error.get("input"))
+            lines.append(f"invalid value {value!r} for {name}: {error['msg']}")
+        raise SettingsError("herd: bad configuration\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Model templates: the Go-template engine, chat rendering, built-in templates, tool calls, capabilities."""

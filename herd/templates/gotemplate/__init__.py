@@ -1,0 +1,6 @@
+"""Pure-Python interpreter for the subset of Go's text/template used by Ollama TEMPLATE layers."""
+
+from herd.templates.gotemplate.errors import GoTemplateError
+from herd.templates.gotemplate.executor import Template, parse, render
+
+__all__ = ["GoTemplateError", "Template", "parse", "render"]
