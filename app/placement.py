@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from herd.contracts import SHARED_QUEUE, WORKERS_SET, LoadedModelState, WorkerState, worker_state_key
 from herd.gguf_meta import GGUFError
-from herd.memory import estimate
+from herd.memory import cap_num_ctx, estimate
 from herd.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ def _need(model: StoredModel, state: WorkerState) -> int:
     """The model's memory estimate on that worker (its default context, at least one sequence)."""
     try:
         info = model.gguf_info()
-        return estimate(
-            info, model.model_path, n_ctx=state.context_length, n_parallel=state.num_parallel or 1
-        ).total
+        # Capped at the trained context, as the worker caps it before it loads.
+        n_ctx = cap_num_ctx(info, state.context_length)
+        return estimate(info, model.model_path, n_ctx=n_ctx, n_parallel=state.num_parallel or 1).total
     except (OSError, GGUFError):
         return 0  # unreadable here: the worker will say why; place it as if it were small
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 
-import redis
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
 
-from herd.contracts import SHARED_QUEUE, worker_state_key
+from herd.contracts import SHARED_QUEUE
 from herd.logs import configure_logging
 from herd.settings import load_settings
 from workers import jobs, metrics
-from workers.rq_worker import DEQUEUE_POLL_S, FlagStoppedWorker, redis_client
+from workers.rq_worker import DEQUEUE_POLL_S, FlagStoppedWorker, claim_worker_name, redis_client
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -46,42 +43,12 @@ class HerdWorker(FlagStoppedWorker):
         return False
 
 
-class WorkerNameTaken(SystemExit):
-    """Another live worker heartbeats under this HERD_WORKER_ID."""
-
-
-def claim_worker_name(client: redis.Redis, settings: WorkerSettings) -> None:
-    """Take over this worker id from a dead predecessor, or refuse if a live worker holds it.
-
-    A worker killed outright (SIGKILL, OOM) leaves RQ's registration behind, and RQ then refuses a new
-    worker of the same name. Herd's own state key expires three heartbeats after its worker stops, so
-    once it is gone the old registration is known to be stale and is removed.
-    """
-    state = worker_state_key(settings.worker_id)
-    deadline = time.monotonic() + settings.heartbeat_s * 3 + 1
-    while client.exists(state):
-        if time.monotonic() > deadline:
-            raise WorkerNameTaken(
-                f"herd: a live worker already runs as HERD_WORKER_ID={settings.worker_id!r}; "
-                "give this one another id"
-            )
-        time.sleep(0.1)
-    stale = SimpleWorker.find_by_key(
-        f"{SimpleWorker.redis_worker_namespace_prefix}{settings.worker_id}",
-        connection=client,
-        serializer=JSONSerializer,
-    )
-    if stale is not None:
-        log.warning("recording the death of a worker that was killed", extra={"worker": settings.worker_id})
-        stale.register_death()
-
-
 def main() -> None:
     """Entry point of `herd worker` and `python -m workers.main`."""
     settings = load_settings(WorkerSettings)
     configure_logging("worker", settings.debug)
     client = redis_client(settings.redis_url)
-    claim_worker_name(client, settings)
+    claim_worker_name(client, settings.worker_id, settings.heartbeat_s, "HERD_WORKER_ID")
     # Before any model loads, so the first load is already counted where Prometheus can see it.
     stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)
     runtime = WorkerRuntime(settings, client)

@@ -28,7 +28,10 @@ import redis
 from redis.client import Pipeline
 from rq.job import Job
 from rq.queue import Queue
+from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
+
+from herd.contracts import worker_state_key
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +157,33 @@ class FlagStoppedWorker(SimpleWorker):
             super().teardown()
         except _REDIS_DOWN as exc:
             log.warning("could not record this worker's stop in Redis: %s", exc)
+
+
+class WorkerNameTaken(SystemExit):
+    """Another live worker heartbeats under this worker id."""
+
+
+def claim_worker_name(client: redis.Redis, worker_id: str, heartbeat_s: float, variable: str) -> None:
+    """Take over this worker id from a dead predecessor, or refuse if a live worker holds it.
+
+    A worker killed outright (SIGKILL, OOM) leaves RQ's registration behind, and RQ then refuses a new
+    worker of the same name. Herd's own state key expires three heartbeats after its worker stops, so
+    once it is gone the old registration is known to be stale and is removed. ``variable`` names the
+    setting in the refusal (HERD_WORKER_ID, HERD_STORE_WORKER_ID).
+    """
+    state = worker_state_key(worker_id)
+    deadline = time.monotonic() + heartbeat_s * 3 + 1
+    while client.exists(state):
+        if time.monotonic() > deadline:
+            raise WorkerNameTaken(
+                f"herd: a live worker already runs as {variable}={worker_id!r}; give this one another id"
+            )
+        time.sleep(0.1)
+    stale = SimpleWorker.find_by_key(
+        f"{SimpleWorker.redis_worker_namespace_prefix}{worker_id}",
+        connection=client,
+        serializer=JSONSerializer,
+    )
+    if stale is not None:
+        log.warning("recording the death of a worker that was killed", extra={"worker": worker_id})
+        stale.register_death()

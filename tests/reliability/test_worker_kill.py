@@ -10,6 +10,7 @@ keep_alive beyond any duration, enqueued straight into the worker's queue) leave
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -41,6 +42,8 @@ from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import job_starts
 from tests.support.prompts import endless_stream
+from tests.support.registry import running_registry
+from tests.support.tiny_gguf import write_tiny_llama
 
 LONG = endless_stream(GEMMA)
 SHORT = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
@@ -348,3 +351,57 @@ def test_a_keep_alive_beyond_any_duration_enqueued_past_the_api_leaves_the_worke
             assert answer.status_code == 200 and answer.json()["done"] is True
     print(f"\nkeep_alive {AUDIT_KEEP_ALIVE:g} enqueued past the API: answered, worker still heartbeating")
     r.close()
+
+
+@pytest.fixture
+def store_kill_stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # A fixed store worker id, as a deployment may set: the restarted process heartbeats under the same
+    # key, so only the incarnation in its state tells the API that the one running the pull is gone.
+    env = {"HERD_STORE_WORKER_ID": "store-fixed", "HERD_WORKER_TIMEOUT": str(WORKER_TIMEOUT_S)}
+    with start_stack(models_dir, tmp_path_factory.mktemp("run-kill-store"), env=env) as stack:
+        yield stack
+
+
+def test_sigkill_of_the_store_worker_mid_pull_ends_the_pull_though_it_is_back_under_the_same_id(
+    store_kill_stack: Stack, tmp_path: Path
+) -> None:
+    stack = store_kill_stack
+    store_worker = stack.store_worker
+    assert store_worker is not None
+    gguf = write_tiny_llama(tmp_path / "killed-pull.gguf", seed=212)
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    r = redis.Redis.from_url(stack.settings.stack_redis_url, decode_responses=True)
+    with supervised(stack), running_registry("127.0.0.1", None) as registry:
+        registry.add_model("library/killed-pull", "v1", gguf)
+        registry.slow_s = 2.0  # the blob trickles in for several seconds: the kill lands mid-pull
+        name = f"{registry.host}/library/killed-pull:v1"
+        before = json.loads(r.get(worker_state_key("store-fixed")) or "{}")
+        with (
+            httpx.Client(base_url=stack.settings.base_url, timeout=60) as c,
+            c.stream("POST", "/api/pull", json={"model": name, "insecure": True}) as response,
+        ):
+            assert response.status_code == 200
+            lines = (json.loads(line) for line in response.iter_lines() if line)
+            for progress in lines:
+                if progress.get("digest") == digest:
+                    break  # the model's blob is on its way
+            pid = store_worker.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            rest = list(lines)
+            error_after = time.monotonic() - killed
+        assert rest and "stopped" in str(rest[-1].get("error")), rest
+        wait_until(lambda: store_worker.alive and store_worker.pid != pid, 30, "the store worker's restart")
+        wait_until(
+            lambda: json.loads(r.get(worker_state_key("store-fixed")) or "{}").get("pid") == store_worker.pid,
+            30,
+            "the restarted store worker's heartbeat",
+        )
+        after = json.loads(r.get(worker_state_key("store-fixed")) or "{}")
+    r.close()
+    print(
+        f"\nstore worker SIGKILL mid-pull under the supervisor: the pull's error line {error_after:.2f}s after"
+    )
+    assert before.get("incarnation") and after.get("incarnation") != before.get("incarnation")
+    assert error_after <= WORKER_TIMEOUT_S + 3

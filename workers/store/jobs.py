@@ -40,6 +40,7 @@ class StoreContext:
     store: ModelStore
     client: redis.Redis
     worker_id: str
+    incarnation: str = ""  # this start of the store worker process, sent with each job's "started"
     threads: int = 0
     # Read once when the store worker starts, so a bad HERD_CA_BUNDLE stops it there, naming the variable.
     registry: RegistrySettings = field(default_factory=RegistrySettings)
@@ -196,7 +197,7 @@ def _run(payload: dict[str, Any], body: Callable[[StoreContext, ModelJob, Progre
         log.info("client left before the model job started", extra=extra)
         return
     publisher = context.publisher
-    publisher.send(job.job_id, "started", worker=context.worker_id)
+    publisher.send(job.job_id, "started", worker=context.worker_id, incarnation=context.incarnation)
     log.info("model job started", extra=extra)
     try:
         body(context, job, progress)

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 import redis
 from pydantic import AliasChoices, Field, field_validator
@@ -30,7 +31,7 @@ from herd.settings import load_settings
 from herd.store import ModelStore
 from herd.store.temps import remove_leftovers
 from workers.publisher import Publisher
-from workers.rq_worker import FlagStoppedWorker, redis_client
+from workers.rq_worker import FlagStoppedWorker, claim_worker_name, redis_client
 from workers.store import jobs as store_jobs
 from workers.store.registry import RegistrySettings
 
@@ -80,16 +81,23 @@ class StoreWorkerSettings(RegistrySettings):
 class Heartbeat(threading.Thread):
     """Keeps the store worker's state key alive while the process runs, even during a long job."""
 
-    def __init__(self, client: redis.Redis, settings: StoreWorkerSettings):
+    def __init__(self, client: redis.Redis, settings: StoreWorkerSettings, incarnation: str):
         super().__init__(name="store-heartbeat", daemon=True)
         self._client = client
         self._settings = settings
+        self._incarnation = incarnation
         # Not `_stop`: that is threading.Thread's own method, which join() calls.
         self._stopping = threading.Event()
         self._reachable = True  # whether the last beat reached Redis
 
     def beat(self) -> None:
-        doc = {"worker_id": self._settings.worker_id, "pid": os.getpid(), "kind": "store", "at": time.time()}
+        doc = {
+            "worker_id": self._settings.worker_id,
+            "incarnation": self._incarnation,
+            "pid": os.getpid(),
+            "kind": "store",
+            "at": time.time(),
+        }
         ttl_ms = int(self._settings.heartbeat_s * 3 * 1000)
         self._client.set(worker_state_key(self._settings.worker_id), json.dumps(doc), px=ttl_ms)
 
@@ -184,7 +192,11 @@ def main() -> None:
     configure_logging("store-worker", settings.debug)
     remove_leftovers(ModelStore(settings.models_dir))  # what a killed create or upload left on disk
     client = redis_client(settings.redis_url)
-    heartbeat = Heartbeat(client, settings)
+    # This start of the process, as the inference worker draws one: the API tells by it that a job's
+    # worker died even once the supervisor restarted it under the same id.
+    incarnation = uuid.uuid4().hex
+    claim_worker_name(client, settings.worker_id, settings.heartbeat_s, "HERD_STORE_WORKER_ID")
+    heartbeat = Heartbeat(client, settings, incarnation)
     heartbeat.beat()
     heartbeat.start()
     store_jobs.bind_context(
@@ -192,6 +204,7 @@ def main() -> None:
             store=ModelStore(settings.models_dir),
             client=client,
             worker_id=settings.worker_id,
+            incarnation=incarnation,
             threads=settings.threads,
             registry=settings,
         )
