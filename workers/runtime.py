@@ -1,10 +1,11 @@
-"""A worker's runtime: prepares jobs, runs the decode loop, and advertises its state in Redis.
+"""A worker's runtime: what one worker process holds between jobs, its threads, and its advertised state.
 
 Threads: RQ's loop runs job functions on the main thread (prepare: resolve, load, render, tokenize,
-submit); one decode thread steps every busy engine and publishes tokens; one heartbeat thread keeps
-this worker's state key alive. Models are only ever freed under the cache lock, which the decode
-thread holds around each step. The decode and heartbeat threads are vital (workers/watchdog.py): if
-either dies the process ends, and the supervisor restarts it as a new incarnation.
+submit; workers/prepare.py); one decode thread steps every busy engine and publishes tokens
+(workers/decode_loop.py); one heartbeat thread keeps this worker's state key alive. Models are only ever
+freed under the cache lock, which the decode thread holds around each step. The decode and heartbeat
+threads are vital (workers/watchdog.py): if either dies the process ends, and the supervisor restarts it
+as a new incarnation. SIGTERM drains the worker (workers/drain.py).
 """
 
 from __future__ import annotations
@@ -15,18 +16,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from herd.contracts import (
     QUEUE_KEYS_SET,
-    SHARED_QUEUE,
     WORKERS_SET,
     EmbedJob,
     GenerateJob,
-    ToolCall,
     WorkerState,
     cancel_key,
     rq_queue_key,
@@ -34,75 +32,25 @@ from herd.contracts import (
     worker_state_key,
 )
 from herd.durations import parse_keep_alive
-from herd.gguf_meta import GGUFError
-from herd.memory import cap_num_ctx
-from herd.names import InvalidModelName, ModelName
-from herd.store import ModelNotFound, ModelStore, StoredModel
-from herd.templates.builtin import choose_template
-from herd.templates.chat import TemplateError, generate_messages, render_chat
-from herd.templates.tool_calls import ToolCallParser, tool_call_tag
+from herd.store import ModelStore, StoredModel
+from herd.templates.chat import TemplateError
+from workers import prepare
 from workers.cache import AUTO_PARALLEL, InvalidKeepAlive, LoadedModel, ModelCache, ModelTooLarge
+from workers.decode_loop import DecodeLoop
+from workers.drain import Drain
 from workers.embedder import InputTooLong
-from workers.engine import ContextError, DoneEvent, SequenceRequest, TokenEvent
+from workers.engine import ContextError, SequenceRequest
 from workers.grammar import FormatError, grammar_for_format
-from workers.llama import LlamaModel, ModelLoadError, TokenOutOfRange
+from workers.llama import ModelLoadError
 from workers.metrics import WorkerMetrics
+from workers.prepare import JobError
 from workers.publisher import Publisher
-from workers.sampling import GrammarError, SamplingParams
+from workers.running import Running, RunningJobs
+from workers.sampling import GrammarError
 from workers.settings import WorkerSettings
 from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)
-
-_SAMPLING_KEYS = {f for f in SamplingParams.__dataclass_fields__ if f != "grammar"}
-
-# KEYS: this worker's queue, the shared queue, the set of queue keys. ARGV: the shared queue's name.
-# Moves every job still waiting here to the head of the shared queue, oldest first, in one atomic step,
-# so no job is ever in neither list (or in both); their RQ origin follows them.
-_REQUEUE = """
-local moved = 0
-redis.call('SADD', KEYS[3], KEYS[2])
-while true do
-  local id = redis.call('RPOP', KEYS[1])
-  if not id then break end
-  local job = 'rq:job:' .. id
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('HSET', job, 'origin', ARGV[1])
-  end
-  redis.call('LPUSH', KEYS[2], id)
-  moved = moved + 1
-end
-return moved
-"""
-# Poll interval of the drain's wait for running sequences.
-_DRAIN_POLL_S = 0.05
-# After the drain, how long the decode loop gets to end the rest (one step) before the worker does.
-_SHUTDOWN_STEP_S = 10.0
-
-
-class JobError(Exception):
-    """A job that cannot run, with the HTTP status the API should answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _check_context(context: list[int], model: LlamaModel) -> None:
-    """A client's `context` may hold only the model's own token ids: a 400 names the first that is not."""
-    try:
-        model.check_tokens(context, "context")
-    except TokenOutOfRange as exc:
-        raise JobError(400, str(exc)) from exc
-
-
-@dataclass
-class _Running:
-    job: GenerateJob
-    loaded: LoadedModel
-    load_ns: int
-    tool_calls: ToolCallParser | None = None  # set when the request offered tools
 
 
 class WorkerRuntime:
@@ -131,22 +79,30 @@ class WorkerRuntime:
             batch_invariant=settings.batch_invariant,
             on_change=self._state_changed,
         )
-        self._running: dict[str, _Running] = {}
-        self._running_lock = threading.Lock()
+        self._running = RunningJobs()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        # Set by SIGTERM (nothing but flags: a signal handler must not touch Redis); a second cuts the drain.
-        self._draining = threading.Event()
-        self._drain_cut = threading.Event()
-        # When the first SIGTERM came and how many sequences ran then: the drain counts from there.
-        self._drain_requested_at: float | None = None
-        self._running_at_drain = 0
-        # Jobs the drain ran out of time for, with their error: the decode loop ends them with it.
-        self._shutdown_errors: dict[str, str] = {}
         self._state_dirty = threading.Event()
         self._slot_freed = threading.Event()
         self._job_publisher = Publisher(client)  # main thread only
-        self._loop_publisher = Publisher(client)  # decode thread only
+        self._decoder = DecodeLoop(
+            self.cache,
+            self._running,
+            Publisher(client),  # decode thread only
+            stop=self._stop,
+            wake=self._wake,
+            slot_freed=self._slot_freed,
+            state_dirty=self._state_dirty,
+        )
+        self._drain = Drain(
+            client,
+            settings.worker_id,
+            self.queue_name,
+            self.cache,
+            self._running,
+            self._job_publisher,
+            self._wake,
+        )
         self._threads = VitalThreads(self._stop, on_thread_death)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -156,7 +112,7 @@ class WorkerRuntime:
         self.client.sadd(WORKERS_SET, self.settings.worker_id)
         self.client.sadd(QUEUE_KEYS_SET, rq_queue_key(self.queue_name))
         self.publish_state()
-        self._threads.start(self._decode_loop, "decode")
+        self._threads.start(self._decoder.run, "decode")
         self._threads.start(self._heartbeat_loop, "heartbeat")
 
     def check_threads(self) -> None:
@@ -180,100 +136,23 @@ class WorkerRuntime:
 
     def request_drain(self) -> None:
         """Stop taking jobs (from a signal handler); asked again, fail running sequences at once."""
-        if self._draining.is_set():
-            self._drain_cut.set()
-        else:
-            self._drain_requested_at = time.monotonic()
-            self._running_at_drain = len(self._running)  # no lock in a signal handler; len() is atomic
-        self._draining.set()
+        self._drain.request()
         self._slot_freed.set()  # wakes the dequeue loop, which then sees the drain
 
     @property
     def draining(self) -> bool:
-        return self._draining.is_set()
+        return self._drain.active
 
     def requeue_waiting(self) -> int:
         """Hand the jobs still waiting in this worker's own queue to the shared queue; returns how many."""
-        keys = [rq_queue_key(self.queue_name), rq_queue_key(SHARED_QUEUE), QUEUE_KEYS_SET]
-        return int(self.client.eval(_REQUEUE, len(keys), *keys, SHARED_QUEUE))
+        return self._drain.requeue_waiting()
 
     def drain(self, timeout: float) -> int:
-        """Let running sequences finish for up to `timeout` seconds, then fail the rest; returns how many failed.
+        """Let running sequences finish for up to `timeout` seconds, then fail the rest (workers/drain.py).
 
-        The worker leaves placement first (no API sends it new jobs) but keeps its heartbeat, by which the
-        API tells a draining worker from a dead one. Jobs waiting in its own queue go to the shared queue.
+        Returns how many failed.
         """
-        if self._drain_requested_at is None:  # not request_drain(): after a SIGTERM that is a second one
-            self._drain_requested_at = time.monotonic()
-            self._running_at_drain = self.slots_busy
-        self._draining.set()
-        started = self._drain_requested_at
-        try:
-            self.client.srem(WORKERS_SET, self.settings.worker_id)
-            moved = self.requeue_waiting()
-        except redis.RedisError:
-            log.warning("could not leave placement or requeue waiting jobs: Redis unreachable")
-            moved = 0
-        running = self._running_at_drain
-        log.info(
-            "draining",
-            extra={
-                "worker": self.settings.worker_id,
-                "running": running,
-                "requeued": moved,
-                "drain_s": timeout,
-            },
-        )
-        deadline = started + timeout
-        self._wait_idle(deadline, cut=True)
-        waited = time.monotonic() - started
-        message = (
-            f"worker shutting down: generation stopped after {waited:.1f}s of drain "
-            f"(HERD_DRAIN_SECONDS={timeout:g}); retry the request"
-        )
-        with self._running_lock:
-            left = dict(self._running)
-            self._shutdown_errors.update(dict.fromkeys(left, message))
-        with self.cache.lock:
-            for job_id, entry in left.items():
-                entry.loaded.engine.cancel(job_id)
-        self._wake.set()
-        # The decode loop ends them at its next step, sending the error after their last token (_finish);
-        # the heartbeat goes on meanwhile, so the API never takes this worker for dead.
-        self._wait_idle(time.monotonic() + _SHUTDOWN_STEP_S, cut=False)
-        with self._running_lock:
-            stuck, self._running = list(self._running.values()), {}
-        # Still listed: finished on their own at that last step (or stuck); the rest got the error.
-        failed = len(left) - sum(job_id in self._shutdown_errors for job_id in left) + len(stuck)
-        for entry in stuck:  # the decode loop is wedged: fail them from here
-            try:
-                self._job_publisher.send(entry.job.job_id, "error", status=503, error=message)
-            except redis.RedisError:
-                log.warning(
-                    "could not fail a job: Redis unreachable", extra={"request_id": entry.job.request_id}
-                )
-        try:
-            # A placement that read this worker's state just before it left may have pushed since.
-            moved += self.requeue_waiting()
-        except redis.RedisError:
-            log.warning("could not requeue late jobs: Redis unreachable; they wait for this worker's restart")
-        log.info(
-            "drained",
-            extra={
-                "worker": self.settings.worker_id,
-                "finished": running - failed,
-                "failed": failed,
-                "stuck": len(stuck),
-                "requeued": moved,
-                "seconds": round(waited, 3),
-            },
-        )
-        return failed
-
-    def _wait_idle(self, deadline: float, *, cut: bool) -> None:
-        """Wait until no sequence runs, the deadline passes or (with `cut`) a second SIGTERM comes."""
-        while self.slots_busy and time.monotonic() < deadline and not (cut and self._drain_cut.is_set()):
-            time.sleep(_DRAIN_POLL_S)
+        return self._drain.run(timeout)
 
     # --- slots -------------------------------------------------------------------------------------
 
@@ -284,8 +163,7 @@ class WorkerRuntime:
 
     @property
     def slots_busy(self) -> int:
-        with self._running_lock:
-            return len(self._running)
+        return len(self._running)
 
     def has_free_slot(self) -> bool:
         """RQ dequeues only while this is true, so the queue length stays the true backlog."""
@@ -305,31 +183,7 @@ class WorkerRuntime:
         return bool(self.client.exists(cancel_key(job_id)))
 
     def _resolve(self, raw: str) -> StoredModel:
-        try:
-            return self.store.get(ModelName.parse(raw), raw=raw)
-        except InvalidModelName as exc:
-            raise JobError(400, str(exc)) from exc
-        except ModelNotFound as exc:
-            raise JobError(404, str(exc)) from exc
-
-    def _n_ctx(self, stored: StoredModel, options: dict[str, Any]) -> int:
-        """The job's num_ctx (request, Modelfile or OLLAMA_CONTEXT_LENGTH), capped at the trained context."""
-        asked = options.get("num_ctx")
-        wanted = int(asked or self.settings.context_length)
-        try:
-            info = stored.gguf_info()
-        except (OSError, GGUFError):
-            return wanted  # the cache's estimate reads the same header and reports why it cannot
-        n_ctx = cap_num_ctx(info, wanted)
-        if n_ctx < wanted:
-            # Ollama's line (llm/server.go). The server's own default beyond a small model's context is
-            # routine, so only a request's or a Modelfile's num_ctx is worth a warning.
-            log.log(
-                logging.WARNING if asked else logging.DEBUG,
-                "requested context size too large for model",
-                extra={"model": stored.name.display, "num_ctx": wanted, "n_ctx_train": n_ctx},
-            )
-        return n_ctx
+        return prepare.resolve(self.store, raw)
 
     def _acquire(
         self, stored: StoredModel, options: dict[str, Any], keep_alive: float | None
@@ -339,7 +193,7 @@ class WorkerRuntime:
         try:
             loaded, load_ns = self.cache.acquire(
                 stored,
-                n_ctx=self._n_ctx(stored, options),
+                n_ctx=prepare.num_ctx(stored, options, self.settings.context_length),
                 keep_alive=keep_alive,
                 n_parallel=int(parallel) if parallel else None,
             )
@@ -401,16 +255,9 @@ class WorkerRuntime:
                 self._job_publisher.send(job.job_id, "done", done_reason="load", load_duration=load_ns)
                 self.cache.release(loaded)
                 return
-            tokens = self._prompt_tokens(job, loaded, options)
-            if len(tokens) >= loaded.n_ctx:
-                raise JobError(
-                    400,
-                    f"prompt is too long: {len(tokens)} tokens do not fit the context window "
-                    f"(num_ctx {loaded.n_ctx}); shorten the prompt or raise num_ctx",
-                )
-            sampling = SamplingParams(
-                **{k: options[k] for k in _SAMPLING_KEYS if options.get(k) is not None}, grammar=grammar
-            )
+            tokens = prepare.prompt_tokens(job, loaded)
+            prepare.check_fits(tokens, loaded.n_ctx)
+            sampling = prepare.sampling_params(options, grammar)
             num_predict = int(options.get("num_predict", -1))
             stop = options.get("stop") or loaded.template.default_stops
             if num_predict == 0:
@@ -432,16 +279,14 @@ class WorkerRuntime:
                 stop=list(stop),
                 logprobs=job.logprobs,
             )
-            parser = self._tool_call_parser(job, loaded)
+            parser = prepare.tool_call_parser(job, loaded)
             self._wait_for_engine_slot(loaded)
-            with self._running_lock:
-                self._running[job.job_id] = _Running(job, loaded, load_ns, parser)
+            self._running.add(job.job_id, Running(job, loaded, load_ns, parser))
             try:
                 with self.cache.lock:
                     loaded.engine.submit(request)
             except Exception:
-                with self._running_lock:
-                    self._running.pop(job.job_id, None)
+                self._running.pop(job.job_id)
                 raise
         except BaseException:
             if job.job_id not in self._running:
@@ -449,55 +294,6 @@ class WorkerRuntime:
             raise
         self._state_dirty.set()
         self._wake.set()
-
-    def _tool_call_parser(self, job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | None:
-        """A parser for the calls a chat with tools may produce, in the shape the template renders them."""
-        if job.kind != "chat" or not job.tools:
-            return None
-        names = {
-            str(tool["function"]["name"])
-            for tool in job.tools
-            if isinstance(tool.get("function"), dict) and tool["function"].get("name")
-        }
-        if loaded.tool_call_tag is None:
-            bos = (
-                loaded.llama.piece(loaded.llama.bos).decode(errors="replace") if loaded.llama.bos >= 0 else ""
-            )
-            try:
-                tag = tool_call_tag(
-                    lambda msgs: render_chat(loaded.template, msgs, tools=job.tools, bos_token=bos)
-                )
-            except TemplateError:
-                tag = None
-            # A template that renders tools but no calls: the model answers with bare JSON at best.
-            loaded.tool_call_tag = tag if tag is not None else ""
-        return ToolCallParser(loaded.tool_call_tag, names)
-
-    def _prompt_tokens(self, job: GenerateJob, loaded: LoadedModel, options: dict[str, Any]) -> list[int]:
-        model = loaded.llama
-        stored = loaded.stored
-        if job.kind == "generate" and job.context:
-            _check_context(job.context, model)
-        if job.kind == "generate" and job.raw:
-            return [*(job.context or []), *model.tokenize(job.prompt or "", add_special=not job.context)]
-        template = loaded.template
-        if job.kind == "generate" and job.template:
-            template = choose_template(
-                request_template=job.template, layer=None, gguf_template=None, architecture=""
-            )
-        if job.suffix and not template.supports_suffix:
-            raise JobError(400, f"{stored.name.display} does not support insert")
-        if job.kind == "generate":
-            messages = generate_messages(job.prompt or "", job.system or stored.system)
-        else:
-            messages = list(job.messages or [])
-            if stored.system and not any(m.role == "system" for m in messages):
-                messages.insert(0, generate_messages("", stored.system)[0])
-        bos = model.piece(model.bos).decode("utf-8", errors="replace") if model.bos >= 0 else ""
-        text = render_chat(template, messages, tools=job.tools, suffix=job.suffix or "", bos_token=bos)
-        if job.kind == "generate" and job.context:
-            return [*job.context, *model.tokenize(text, add_special=False)]
-        return model.tokenize(text, add_special=True)
 
     def embed(self, job: EmbedJob) -> None:
         """Embed every input now (embedding jobs are short and run on the job thread)."""
@@ -545,119 +341,6 @@ class WorkerRuntime:
             log.exception("embedding job failed", extra={"request_id": job.request_id})
             self._job_publisher.send(job.job_id, "error", status=500, error=f"internal error: {exc}")
             raise
-
-    # --- decode loop -------------------------------------------------------------------------------
-
-    def _decode_loop(self) -> None:
-        last_expire = 0.0
-        while not self._stop.is_set():
-            engines = self.cache.busy_engines()
-            if not engines:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-            else:
-                try:
-                    self._step(engines)
-                except redis.RedisError:
-                    # Redis is down: the API fails these requests; keep decoding what can still be sent.
-                    log.exception("could not publish events")
-                    time.sleep(0.2)
-            now = time.monotonic()
-            if now - last_expire >= 1.0:
-                last_expire = now
-                self.cache.expire()
-
-    def _step(self, engines: list[Any]) -> None:
-        publisher = self._loop_publisher
-        finished: list[_Running] = []
-        with self.cache.lock:
-            for engine in engines:
-                for event in engine.step():
-                    if isinstance(event, TokenEvent):
-                        self._publish_text(event)
-                    elif isinstance(event, DoneEvent):
-                        running = self._finish(event)
-                        if running is not None:
-                            finished.append(running)
-        with self._running_lock:
-            watch = list(self._running)
-        try:
-            cancelled = publisher.flush(watch=watch)
-        finally:
-            # Finished sequences give their slots back even when Redis just failed the flush: a slot
-            # kept busy here would never be freed.
-            for running in finished:
-                self.cache.release(running.loaded)
-            if finished:
-                self._slot_freed.set()
-                self._state_dirty.set()
-        if cancelled:
-            with self.cache.lock:
-                for job_id in cancelled:
-                    with self._running_lock:
-                        running = self._running.get(job_id)
-                    if running is not None:
-                        running.loaded.engine.cancel(job_id)
-
-    def _publish_text(self, event: TokenEvent) -> None:
-        """A token event, with any tool calls split off the text first (decode thread)."""
-        with self._running_lock:
-            running = self._running.get(event.key)
-        text = event.text
-        calls: list[ToolCall] = []
-        if running is not None and running.tool_calls is not None:
-            text, calls = running.tool_calls.feed(text)
-        self._send_text(event.key, text, event.logprobs, calls)
-
-    def _send_text(
-        self, key: str, text: str, logprobs: list[dict[str, Any]] | None, calls: list[ToolCall]
-    ) -> None:
-        if text or logprobs:
-            fields: dict[str, Any] = {"text": text}
-            if logprobs:
-                fields["logprobs"] = logprobs
-            self._loop_publisher.add(key, "token", **fields)
-        for call in calls:
-            self._loop_publisher.add(key, "tool_call", call=call.model_dump())
-
-    def _finish(self, event: DoneEvent) -> _Running | None:
-        with self._running_lock:
-            running = self._running.pop(event.key, None)
-        if running is None:
-            return None
-        if running.tool_calls is not None and event.reason in ("stop", "length"):
-            text, calls = running.tool_calls.finish()
-            self._send_text(event.key, text, None, calls)
-        log.info(
-            "job finished",
-            extra={
-                "request_id": running.job.request_id,
-                "job": event.key,
-                "reason": event.reason,
-                "prompt_tokens": event.prompt_tokens,
-                "tokens": event.eval_tokens,
-            },
-        )
-        if event.reason == "error":
-            self._loop_publisher.add(event.key, "error", status=500, error=event.error or "decode failed")
-        elif event.reason == "cancel" and event.key in self._shutdown_errors:
-            message = self._shutdown_errors.pop(event.key)
-            self._loop_publisher.add(event.key, "error", status=503, error=message)
-        elif event.reason != "cancel":
-            self._loop_publisher.add(
-                event.key,
-                "done",
-                done_reason=event.reason,
-                load_duration=running.load_ns,
-                prompt_eval_count=event.prompt_tokens,
-                prompt_eval_duration=event.prompt_ns,
-                eval_count=event.eval_tokens,
-                eval_duration=event.eval_ns,
-                context=event.tokens if running.job.kind == "generate" else None,
-            )
-        else:
-            log.info("generation cancelled by its client", extra={"request_id": running.job.request_id})
-        return running
 
     # --- advertised state --------------------------------------------------------------------------
 

@@ -1,0 +1,139 @@
+"""What turns a job into what an engine runs: its model, context size, prompt tokens, sampling, tool parser.
+
+Plain functions, run on the job thread; a request they cannot serve raises JobError with its HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from herd.contracts import GenerateJob
+from herd.gguf_meta import GGUFError
+from herd.memory import cap_num_ctx
+from herd.names import InvalidModelName, ModelName
+from herd.store import ModelNotFound, ModelStore, StoredModel
+from herd.templates.builtin import choose_template
+from herd.templates.chat import TemplateError, generate_messages, render_chat
+from herd.templates.tool_calls import ToolCallParser, tool_call_tag
+from workers.cache import LoadedModel
+from workers.llama import LlamaModel, TokenOutOfRange
+from workers.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+_SAMPLING_KEYS = {f for f in SamplingParams.__dataclass_fields__ if f != "grammar"}
+
+
+class JobError(Exception):
+    """A job that cannot run, with the HTTP status the API should answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def resolve(store: ModelStore, raw: str) -> StoredModel:
+    """The stored model a job names: 400 for a bad name, 404 for one not pulled."""
+    try:
+        return store.get(ModelName.parse(raw), raw=raw)
+    except InvalidModelName as exc:
+        raise JobError(400, str(exc)) from exc
+    except ModelNotFound as exc:
+        raise JobError(404, str(exc)) from exc
+
+
+def num_ctx(stored: StoredModel, options: dict[str, Any], default: int) -> int:
+    """The job's num_ctx (request, Modelfile or OLLAMA_CONTEXT_LENGTH), capped at the trained context."""
+    asked = options.get("num_ctx")
+    wanted = int(asked or default)
+    try:
+        info = stored.gguf_info()
+    except (OSError, GGUFError):
+        return wanted  # the cache's estimate reads the same header and reports why it cannot
+    n_ctx = cap_num_ctx(info, wanted)
+    if n_ctx < wanted:
+        # Ollama's line (llm/server.go). The server's own default beyond a small model's context is
+        # routine, so only a request's or a Modelfile's num_ctx is worth a warning.
+        log.log(
+            logging.WARNING if asked else logging.DEBUG,
+            "requested context size too large for model",
+            extra={"model": stored.name.display, "num_ctx": wanted, "n_ctx_train": n_ctx},
+        )
+    return n_ctx
+
+
+def check_context(context: list[int], model: LlamaModel) -> None:
+    """A client's `context` may hold only the model's own token ids: a 400 names the first that is not."""
+    try:
+        model.check_tokens(context, "context")
+    except TokenOutOfRange as exc:
+        raise JobError(400, str(exc)) from exc
+
+
+def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
+    """The job's prompt, rendered through its template (unless raw) and tokenized, after any `context`."""
+    model = loaded.llama
+    stored = loaded.stored
+    if job.kind == "generate" and job.context:
+        check_context(job.context, model)
+    if job.kind == "generate" and job.raw:
+        return [*(job.context or []), *model.tokenize(job.prompt or "", add_special=not job.context)]
+    template = loaded.template
+    if job.kind == "generate" and job.template:
+        template = choose_template(
+            request_template=job.template, layer=None, gguf_template=None, architecture=""
+        )
+    if job.suffix and not template.supports_suffix:
+        raise JobError(400, f"{stored.name.display} does not support insert")
+    if job.kind == "generate":
+        messages = generate_messages(job.prompt or "", job.system or stored.system)
+    else:
+        messages = list(job.messages or [])
+        if stored.system and not any(m.role == "system" for m in messages):
+            messages.insert(0, generate_messages("", stored.system)[0])
+    bos = model.piece(model.bos).decode("utf-8", errors="replace") if model.bos >= 0 else ""
+    text = render_chat(template, messages, tools=job.tools, suffix=job.suffix or "", bos_token=bos)
+    if job.kind == "generate" and job.context:
+        return [*job.context, *model.tokenize(text, add_special=False)]
+    return model.tokenize(text, add_special=True)
+
+
+def check_fits(tokens: list[int], n_ctx: int) -> None:
+    """A prompt must leave room in the context window for at least one generated token."""
+    if len(tokens) >= n_ctx:
+        raise JobError(
+            400,
+            f"prompt is too long: {len(tokens)} tokens do not fit the context window "
+            f"(num_ctx {n_ctx}); shorten the prompt or raise num_ctx",
+        )
+
+
+def sampling_params(options: dict[str, Any], grammar: str | None) -> SamplingParams:
+    """The sampler's settings from the job's options (those set), with the format's grammar."""
+    return SamplingParams(
+        **{k: options[k] for k in _SAMPLING_KEYS if options.get(k) is not None}, grammar=grammar
+    )
+
+
+def tool_call_parser(job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | None:
+    """A parser for the calls a chat with tools may produce, in the shape the template renders them."""
+    if job.kind != "chat" or not job.tools:
+        return None
+    names = {
+        str(tool["function"]["name"])
+        for tool in job.tools
+        if isinstance(tool.get("function"), dict) and tool["function"].get("name")
+    }
+    if loaded.tool_call_tag is None:
+        bos = loaded.llama.piece(loaded.llama.bos).decode(errors="replace") if loaded.llama.bos >= 0 else ""
+        try:
+            tag = tool_call_tag(
+                lambda msgs: render_chat(loaded.template, msgs, tools=job.tools, bos_token=bos)
+            )
+        except TemplateError:
+            tag = None
+        # A template that renders tools but no calls: the model answers with bare JSON at best.
+        loaded.tool_call_tag = tag if tag is not None else ""
+    return ToolCallParser(loaded.tool_call_tag, names)
