@@ -60,10 +60,14 @@ STACK_SETTINGS_REPLACED = {
 COMPOSE_OWN_VARIABLES = {"COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
 
 
+# The packages whose processes read settings: the core's base, the API, the workers and `herd up`.
+SETTINGS_PACKAGES = ("herd", "app", "workers", "stack")
+
+
 def _settings_classes() -> dict[str, type[BaseSettings]]:
-    """Every settings class of app/ and workers/ (each module that defines one imported), by name."""
+    """Every settings class of the core, app/, workers/ and stack/ (each defining module imported), by name."""
     defines = re.compile(r"^class \w+\(\w*Settings\):", re.MULTILINE)
-    sources = sorted([*(ROOT / "app").rglob("*.py"), *(ROOT / "workers").rglob("*.py")])
+    sources = sorted(path for package in SETTINGS_PACKAGES for path in (ROOT / package).rglob("*.py"))
     for path in [p for p in sources if defines.search(p.read_text(encoding="utf-8"))]:
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         importlib.import_module(module)
@@ -72,7 +76,7 @@ def _settings_classes() -> dict[str, type[BaseSettings]]:
     while pending:
         cls = pending.pop()
         for sub in cls.__subclasses__():
-            if sub.__module__.split(".")[0] in ("app", "workers"):
+            if sub.__module__.split(".")[0] in SETTINGS_PACKAGES:
                 found[sub.__name__] = sub
             pending.append(sub)
     return found

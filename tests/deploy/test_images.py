@@ -123,7 +123,8 @@ def test_dockerignore_keeps_secrets_and_the_venv_out() -> None:
     assert lines[lines.index("*") :]  # everything excluded first, then the build's inputs re-included
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert included == {
-        "pyproject.toml", "README.md", "app", "workers", "docker/entrypoint.sh", "docker/healthcheck.py", "deploy/ca",
+        "pyproject.toml", "README.md", "herd", "app", "workers", "stack", "cli", "docker/entrypoint.sh",
+        "docker/healthcheck.py", "deploy/ca",
     }  # fmt: skip
     for dockerfile in DOCKERFILES:
         for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), flags=re.M):

@@ -324,7 +324,7 @@ def test_tls_offers_only_tls_1_2_and_1_3_with_forward_secret_aead_ciphers(lan_st
     }
     # The bundle's nginx.conf offers the same as the local stack's template.
     bundle = (REPO / "nginx" / "nginx.conf").read_text()
-    template = (REPO / "app" / "stack" / "templates" / "nginx.conf.j2").read_text()
+    template = (REPO / "stack" / "templates" / "nginx.conf.j2").read_text()
     for directive in ("ssl_protocols", "ssl_ciphers"):
         pattern = rf"^\s*{directive} ([^;]+);"
         assert re.findall(pattern, bundle, re.M) == re.findall(pattern, template, re.M), directive

@@ -161,7 +161,9 @@ def test_a_cancelled_create_writes_no_manifest(store: ModelStore, gguf_digest: s
 def redis_client(store: ModelStore) -> Iterator[redis.Redis]:
     with running_redis() as url:
         client = redis.Redis.from_url(url)
-        store_jobs.bind_context(store_jobs.StoreContext(store=store, client=client, worker_id="store-test"))
+        store_jobs.bind_context(
+            store_jobs.StoreContext(store=store, client=client, worker_id="store-test", incarnation="start-1")
+        )
         try:
             yield client
         finally:
@@ -182,7 +184,7 @@ def _job(job_id: str, model: str, spec: CreateSpec) -> dict[str, Any]:
 def test_create_job_publishes_progress_then_done(redis_client: redis.Redis, gguf_digest: str) -> None:
     store_jobs.run_create(_job("j1", "job:v1", CreateSpec(files={"t.gguf": gguf_digest}, system="S")))
     events = _events(redis_client, "j1")
-    assert events[0] == {"type": "started", "worker": "store-test"}
+    assert events[0] == {"type": "started", "worker": "store-test", "incarnation": "start-1"}
     assert events[-1] == {"type": "done"}
     progress = [e["data"]["status"] for e in events if e["type"] == "progress"]
     assert progress[0] == "parsing GGUF" and progress[-1] == "success"
