@@ -7,12 +7,47 @@ another's figures; the models come from the e2e suite's session store.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from stack.nginx import logs_dir
 from stack.supervisor import Stack
 from tests.e2e.conftest import models_dir  # noqa: F401  (the session fixture, shared with e2e)
+
+
+@contextmanager
+def supervised(stack: Stack) -> Iterator[list[int]]:
+    """The stack's own supervision loop (what `herd up` runs) on a thread; on exit it stops the stack.
+
+    Yields the list that receives the loop's exit status once it ends (0: it stopped when asked, not
+    because it gave up on a process).
+    """
+    outcome: list[int] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(stack.run_forever(install_signal_handlers=False)),
+        name="supervisor",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield outcome
+    finally:
+        stack.request_stop()
+        thread.join(timeout=180)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
 
 _JOB_STARTED = re.compile(r'msg="job started" request_id=(\S+) job=(\S+)')
 

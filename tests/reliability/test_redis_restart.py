@@ -29,7 +29,7 @@ from app.relay import REDIS_OUTAGE_S
 from stack.redis_conf import redis_dir
 from stack.supervisor import REDIS_BACKOFF_MAX_S, Stack
 from tests.e2e.conftest import GEMMA, start_stack
-from tests.reliability.conftest import job_starts
+from tests.reliability.conftest import job_starts, supervised
 
 QUEUED = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
 TINY = {"model": "tiny-a", "prompt": "hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
@@ -48,7 +48,7 @@ RETRY_AFTER_S = 3
 
 
 @pytest.fixture(scope="module")
-def supervised(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def supervised_stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack with its supervisor loop running, as under `herd up`."""
     env = {
         "OLLAMA_MAX_QUEUE": "16",
@@ -57,16 +57,8 @@ def supervised(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "HERD_RETRY_AFTER": str(RETRY_AFTER_S),
     }
     with start_stack(models_dir, tmp_path_factory.mktemp("run-redis"), env=env) as stack:
-        outcome: list[int] = []
-        loop = threading.Thread(
-            target=lambda: outcome.append(stack.run_forever(install_signal_handlers=False)), name="supervisor"
-        )
-        loop.start()
-        try:
+        with supervised(stack) as outcome:
             yield stack
-        finally:
-            stack.request_stop()
-            loop.join(timeout=180)
         assert outcome == [0], "the supervisor gave up on the stack"
 
 
@@ -186,9 +178,9 @@ def _kill_redis(stack: Stack) -> tuple[int, float]:
 
 
 def test_a_killed_redis_is_restarted_by_the_supervisor_and_service_resumes_by_itself(
-    supervised: Stack,
+    supervised_stack: Stack,
 ) -> None:
-    stack = supervised
+    stack = supervised_stack
     base = stack.settings.base_url
     assert stack.redis is not None
     pids = _pids(stack)
@@ -250,9 +242,9 @@ def test_a_killed_redis_is_restarted_by_the_supervisor_and_service_resumes_by_it
 
 @pytest.mark.slow  # Redis stays down for REDIS_OUTAGE_S (30 s) and more
 def test_a_job_whose_client_was_told_to_retry_never_runs_after_redis_comes_back(
-    supervised: Stack, caplog: pytest.LogCaptureFixture
+    supervised_stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stack = supervised
+    stack = supervised_stack
     base = stack.settings.base_url
     assert stack.redis is not None
     caplog.set_level("WARNING", logger="stack.supervisor")

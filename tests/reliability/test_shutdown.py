@@ -31,8 +31,7 @@ from stack.processes import ManagedProcess
 from stack.settings import StackSettings
 from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
-from tests.reliability.conftest import job_starts
-from tests.reliability.test_worker_kill import supervised
+from tests.reliability.conftest import job_starts, supervised, wait_for
 from tests.support.prompts import endless_stream
 from tests.support.registry import running_registry
 from tests.support.tiny_gguf import write_tiny_llama
@@ -104,14 +103,6 @@ def stream_in_thread(base_url: str, body: dict[str, Any]) -> tuple[threading.Thr
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     return thread, record
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_exit(proc: ManagedProcess, timeout: float) -> int:

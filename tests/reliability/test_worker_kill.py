@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from herd.contracts import (
 from herd.names import ModelName
 from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
-from tests.reliability.conftest import job_starts
+from tests.reliability.conftest import job_starts, supervised, wait_for
 from tests.support.prompts import endless_stream
 from tests.support.registry import running_registry
 from tests.support.tiny_gguf import write_tiny_llama
@@ -48,28 +47,6 @@ from tests.support.tiny_gguf import write_tiny_llama
 LONG = endless_stream(GEMMA)
 SHORT = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
 WAITING = 3
-
-
-@contextmanager
-def supervised(stack: Stack) -> Iterator[threading.Thread]:
-    """The stack's own supervision loop (what `herd up` runs) on a thread; on exit it stops the stack."""
-    thread = threading.Thread(
-        target=stack.run_forever, kwargs={"install_signal_handlers": False}, name="supervisor", daemon=True
-    )
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stack.request_stop()
-        thread.join(timeout=120)
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def advertised(r: redis.Redis, worker_id: str = "w0") -> WorkerState | None:
@@ -225,7 +202,7 @@ def test_sigkill_under_the_supervisor_ends_every_open_stream_though_the_worker_i
         readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(STREAMS)]
         for t in readers:
             t.start()
-        wait_until(lambda: all(lines.values()), 120, f"all {STREAMS} streams to have tokens")
+        wait_for(lambda: all(lines.values()), 120, f"all {STREAMS} streams to have tokens")
         before = advertised(r)
         assert before is not None and before.slots_busy == STREAMS, before
         pid = worker.pid
@@ -250,8 +227,8 @@ def test_sigkill_under_the_supervisor_ends_every_open_stream_though_the_worker_i
 
         # The supervisor restarted it under the same id: a new incarnation, whose state carries no slot
         # of the dead one, and which serves the next request.
-        wait_until(lambda: worker.alive and worker.pid != pid, 30, "the supervisor to restart the worker")
-        wait_until(lambda: (s := advertised(r)) is not None and s.pid == worker.pid, 30, "its new state")
+        wait_for(lambda: worker.alive and worker.pid != pid, 30, "the supervisor to restart the worker")
+        wait_for(lambda: (s := advertised(r)) is not None and s.pid == worker.pid, 30, "its new state")
         after = advertised(r)
         assert after is not None and after.incarnation and after.incarnation != before.incarnation
         assert after.slots_busy == 0
@@ -392,8 +369,8 @@ def test_sigkill_of_the_store_worker_mid_pull_ends_the_pull_though_it_is_back_un
             rest = list(lines)
             error_after = time.monotonic() - killed
         assert rest and "stopped" in str(rest[-1].get("error")), rest
-        wait_until(lambda: store_worker.alive and store_worker.pid != pid, 30, "the store worker's restart")
-        wait_until(
+        wait_for(lambda: store_worker.alive and store_worker.pid != pid, 30, "the store worker's restart")
+        wait_for(
             lambda: json.loads(r.get(worker_state_key("store-fixed")) or "{}").get("pid") == store_worker.pid,
             30,
             "the restarted store worker's heartbeat",

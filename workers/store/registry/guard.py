@@ -78,6 +78,14 @@ def refused_kind(ip: IPAddress) -> str | None:
     return None
 
 
+def _literal_address(host: str) -> IPAddress | None:
+    """The address `host` spells out (an IP literal), or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def _is_localhost_name(host: str) -> bool:
     # RFC 6761: "localhost" and every name under it are loopback, whatever a resolver says.
     return host == "localhost" or host.endswith(".localhost")
@@ -181,10 +189,7 @@ class RegistryGuard:
 
     def resolve(self, host: str, port: int) -> list[IPAddress]:
         """Every address ``host`` resolves to, each checked; RegistryRefused if any is refused."""
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
+        literal = _literal_address(host)
         if literal is not None:
             self.check(host, literal, port)
             return [literal]
@@ -210,10 +215,7 @@ class RegistryGuard:
         and a lookup would send the registry's name to it for nothing. What the proxy resolves a name to
         is the proxy's to police.
         """
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
+        literal = _literal_address(host)
         if literal is not None:
             self.check(host, literal, port)
         elif _is_localhost_name(host.lower().rstrip(".")):
