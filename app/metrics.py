@@ -1,30 +1,21 @@
-"""The API's Prometheus metrics: requests, rejections, latency and tokens, and the queue at scrape time.
+"""The API's Prometheus counters and histograms: requests, rejections, latency and tokens.
 
-Under gunicorn the counters and histograms live in PROMETHEUS_MULTIPROC_DIR (set by the stack) so that
-one scrape sums every API process; the queue and worker gauges are read from Redis when scraped, so they
-are exact. Model loads, evictions and residency are the workers' own metrics (workers/metrics.py).
+Under gunicorn they live in PROMETHEUS_MULTIPROC_DIR (set by the stack) so that one scrape sums every API
+process; app/scrape.py renders them with the queue and worker gauges, read from Redis when scraped, so
+they are exact. Model loads, evictions and residency are the workers' own metrics (workers/metrics.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.types import Scope
 
 from herd.names import InvalidModelName, ModelName
-
-if TYPE_CHECKING:  # services imports admission, which counts rejections here
-    from app.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -137,52 +128,3 @@ def observe_end(endpoint: str, model: str, admitted_ns: int, event: dict[str, An
     eval_ns = int(event.get("eval_duration") or 0)
     if generated > 0 and eval_ns > 0:
         TOKENS_PER_SECOND.labels(model=model).observe(generated / (eval_ns / 1e9))
-
-
-async def _live_families(services: Services) -> list[GaugeMetricFamily]:
-    """The queue and worker gauges, read from Redis now; only the capacity when Redis cannot be read."""
-    # Metric families, not Gauge objects: under PROMETHEUS_MULTIPROC_DIR a Gauge writes its value to
-    # this process's files, where the next scrape would find it again, labelled with a pid.
-    capacity = GaugeMetricFamily(
-        "herd_queue_capacity",
-        "OLLAMA_MAX_QUEUE: most jobs that may wait.",
-        value=services.admission.max_queue,
-    )
-    try:
-        queued = await services.admission.waiting()
-        states = await services.workers.states()
-    except (aioredis.RedisError, OSError) as exc:
-        # Still answer: the counters (rejections "redis_unavailable" among them) matter most while Redis
-        # is away. The gauges read from it are left out rather than shown as a false 0.
-        log.warning("metrics without the queue and worker gauges: redis unreachable: %s", exc)
-        return [capacity]
-    waiting = GaugeMetricFamily(
-        "herd_queue_waiting", "Jobs admitted and not yet started by a worker.", value=queued
-    )
-    live = GaugeMetricFamily("herd_workers_live", "Workers whose heartbeat is current.", value=len(states))
-    busy = GaugeMetricFamily("herd_slots_busy", "Sequence slots decoding, per worker.", labels=["worker"])
-    total = GaugeMetricFamily("herd_slots_total", "Sequence slots, per worker.", labels=["worker"])
-    for state in states:
-        busy.add_metric([state.worker_id], state.slots_busy)
-        total.add_metric([state.worker_id], state.slots_total)
-    return [capacity, waiting, live, busy, total]
-
-
-class _Families(Collector):
-    """Metric families already built, in the shape generate_latest reads."""
-
-    def __init__(self, families: list[GaugeMetricFamily]):
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
-async def render(services: Services) -> bytes:
-    """The text exposition: the counters of every API process, then the live queue and worker gauges."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        counters = CollectorRegistry()
-        MultiProcessCollector(counters)
-    else:
-        from prometheus_client import REGISTRY as counters  # a single process: its own registry
-    return generate_latest(counters) + generate_latest(_Families(await _live_families(services)))

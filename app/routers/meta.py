@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import metrics
+from app import scrape
 from app.services import Services, get_services
 from herd import __version__
 
@@ -54,4 +54,4 @@ async def ready(services: Services = Depends(get_services)) -> dict[str, Any] | 
 @router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics(services: Services = Depends(get_services)) -> Response:
     """Prometheus metrics (nginx serves them on its internal listener only, unless HERD_METRICS_PUBLIC)."""
-    return Response(await metrics.render(services), media_type=CONTENT_TYPE_LATEST)
+    return Response(await scrape.render(services), media_type=CONTENT_TYPE_LATEST)

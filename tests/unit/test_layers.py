@@ -4,7 +4,8 @@
 - `app/` (the API) and `workers/` (inference) never import each other.
 - `stack/` (the `herd up` supervisor) imports only the core; `app/` and `workers/` import neither it nor
   `cli/`.
-- No import cycle between modules (imports under `if TYPE_CHECKING:` are not run, so they do not count).
+- No import cycle between modules. Imports under `if TYPE_CHECKING:` count too: a cycle that only type
+  hints close is still two modules that cannot be read apart.
 - `bench/` and `tests/` use only public names of the other packages (no leading underscore).
 
 The checker is tried on small trees of its own first, so a guard that stopped seeing a crossing fails.
@@ -13,7 +14,6 @@ The checker is tried on small trees of its own first, so a guard that stopped se
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ PUBLIC_ONLY = frozenset({"bench", "tests"})
 class Module:
     name: str
     path: Path
-    # imported module -> line, for every import that runs (module level or inside a function)
+    # imported module -> line, for every import (module level, inside a function, or for type checking)
     imports: dict[str, int] = field(default_factory=dict)
     # (module, private name, line) for `from module import _name`
     private_names: list[tuple[str, str, int]] = field(default_factory=list)
@@ -48,25 +48,6 @@ def _module_name(root: Path, path: Path) -> str:
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _walk_running(node: ast.AST) -> Iterator[ast.AST]:
-    """Every node under `node`, except the bodies of `if TYPE_CHECKING:` blocks."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and _is_type_checking(child):
-            for sub in child.orelse:
-                yield sub
-                yield from _walk_running(sub)
-            continue
-        yield child
-        yield from _walk_running(child)
 
 
 def _resolve(module: str, is_package: bool, level: int, target: str | None) -> str:
@@ -81,7 +62,7 @@ def _resolve(module: str, is_package: bool, level: int, target: str | None) -> s
 
 
 def read_modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Module]:
-    """Every module under the given top-level packages, with the project imports it runs."""
+    """Every module under the given top-level packages, with the project imports it makes."""
     found = {
         _module_name(root, path): path
         for package in packages
@@ -93,7 +74,7 @@ def read_modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, 
         module = Module(name, path)
         tree = ast.parse(path.read_text(), filename=str(path))
         is_package = path.name == "__init__.py"
-        for node in _walk_running(tree):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] in packages:
@@ -210,7 +191,7 @@ def test_the_api_never_imports_llama_cpp(project: dict[str, Module]) -> None:
     offenders = []
     for module in api:
         tree = ast.parse(module.path.read_text())
-        for node in _walk_running(tree):
+        for node in ast.walk(tree):
             names = (
                 [a.name for a in node.names]
                 if isinstance(node, ast.Import)
@@ -257,15 +238,19 @@ def test_the_guard_sees_the_core_importing_outside_itself(tmp_path: Path) -> Non
     ]
 
 
-def test_the_guard_ignores_type_checking_imports_but_not_others(tmp_path: Path) -> None:
+def test_the_guard_counts_imports_made_only_for_type_checking(tmp_path: Path) -> None:
     root = _tree(
         tmp_path,
         {
             "app/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import workers.x\n",
             "workers/x.py": "",
+            "herd/p.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from herd.q import Q\n",
+            "herd/q.py": "from herd.p import P\n",
         },
     )
-    assert crossings(read_modules(root)) == []
+    modules = read_modules(root)
+    assert [f.split(": ", 1)[1] for f in crossings(modules)] == ["app.a imports workers.x"]
+    assert cycles(modules) == [["herd.p", "herd.q"]]
 
 
 def test_the_guard_sees_a_cycle_through_relative_imports(tmp_path: Path) -> None:
