@@ -150,11 +150,17 @@ def _render_within(
     n_ctx: int,
     truncate: bool,
 ) -> str:
-    if truncate and len(messages) > 1:
-        messages = truncated_messages(
-            messages, n_ctx, lambda kept: len(model.tokenize(render(kept), add_special=True))
-        )
-    return render(messages)
+    if not truncate or len(messages) < 2:
+        return render(messages)
+    last: dict[int, str] = {}  # the text of the messages last counted, which are usually those kept
+
+    def count(kept: list[ChatMessage]) -> int:
+        last.clear()
+        last[id(kept)] = text = render(kept)
+        return len(model.tokenize(text, add_special=True))
+
+    kept = truncated_messages(messages, n_ctx, count)
+    return last.get(id(kept)) or render(kept)
 
 
 def check_fits(tokens: list[int], n_ctx: int) -> None:
