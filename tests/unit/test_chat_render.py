@@ -359,3 +359,117 @@ def test_truncation_drops_the_oldest_turns_and_keeps_system_and_last() -> None:
     assert [m.content for m in kept] == ["S", "last"]
     # Everything fits: nothing is dropped.
     assert truncated_messages(messages, 100, lambda ms: 1) == messages
+
+
+# --- llama3.1 (Ollama's registry template, as `ollama show --template` prints it) with tools -------------
+
+LLAMA31 = """{{- if or .System .Tools }}<|start_header_id|>system<|end_header_id|>
+{{- if .System }}
+
+{{ .System }}
+{{- end }}
+{{- if .Tools }}
+
+Cutting Knowledge Date: December 2023
+
+When you receive a tool call response, use the output to format an answer to the orginal user question.
+
+You are a helpful assistant with tool calling capabilities.
+{{- end }}<|eot_id|>
+{{- end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+{{- if and $.Tools $last }}
+
+Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.
+
+Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use variables.
+
+{{ range $.Tools }}
+{{- . }}
+{{ end }}
+Question: {{ .Content }}<|eot_id|>
+{{- else }}
+
+{{ .Content }}<|eot_id|>
+{{- end }}{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
+{{- if .ToolCalls }}
+{{ range .ToolCalls }}
+{"name": "{{ .Function.Name }}", "parameters": {{ .Function.Arguments }}}{{ end }}
+{{- else }}
+
+{{ .Content }}
+{{- end }}{{ if not $last }}<|eot_id|>{{ end }}
+{{- else if eq .Role "tool" }}<|start_header_id|>ipython<|end_header_id|>
+
+{{ .Content }}<|eot_id|>{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- end }}
+{{- end }}"""
+_LLAMA31_TOOLS_SYSTEM = (
+    "\n\nCutting Knowledge Date: December 2023\n\nWhen you receive a tool call response, use the output to "
+    "format an answer to the orginal user question.\n\nYou are a helpful assistant with tool calling capabilities."
+)
+_WEATHER_JSON = (
+    '{"type":"function","function":{"name":"get_weather","description":"Get the weather",'
+    '"parameters":{"type":"object","required":["city"],"properties":{'
+    '"city":{"type":"string","description":"City name"},"unit":{"type":"string","enum":["c","f"]}}}}}'
+)
+
+
+def test_llama31_without_and_with_system() -> None:
+    # Derived by hand from the template above.
+    assert _render(LLAMA31, _msgs(("user", "a"), ("user", "b"))) == (
+        "<|start_header_id|>user<|end_header_id|>\n\na\n\nb<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert _render(LLAMA31, _msgs(("system", "S"), ("user", "a"))) == (
+        "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\na<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_llama31_with_tools_puts_them_in_the_last_user_turn() -> None:
+    # Derived by hand: each tool prints through templateTool.String(), json.Marshal of Ollama's struct.
+    got = _render(LLAMA31, _msgs(("user", "Weather in Paris?")), tools=[WEATHER_TOOL])
+    assert got == (
+        "<|start_header_id|>system<|end_header_id|>" + _LLAMA31_TOOLS_SYSTEM + "<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please respond with a JSON "
+        "for a function call with its proper arguments that best answers the given prompt.\n\nRespond in the "
+        'format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use '
+        "variables.\n\n" + _WEATHER_JSON + "\n\nQuestion: Weather in Paris?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_llama31_tool_call_round_trip() -> None:
+    call = ToolCall(function=ToolCallFunction(name="get_weather", arguments={"unit": "c", "city": "Paris"}))
+    messages = [
+        ChatMessage(role="system", content="S"),
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage(role="assistant", content="", tool_calls=[call]),
+        ChatMessage(role="tool", content="18C", tool_name="get_weather"),
+    ]
+    got = _render(LLAMA31, messages, tools=[WEATHER_TOOL])
+    assert got == (
+        "<|start_header_id|>system<|end_header_id|>\n\nS" + _LLAMA31_TOOLS_SYSTEM + "<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWeather in Paris?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        '{"name": "get_weather", "parameters": {"city":"Paris","unit":"c"}}<|eot_id|>'
+        "<|start_header_id|>ipython<|end_header_id|>\n\n18C<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["chatml", "phi-3", "llama3-instruct", "gemma3-instruct", "command-r", "zephyr"]
+)
+def test_consecutive_user_turns_render_as_one(name: str) -> None:
+    # Two user messages render as Ollama's single-user testdata with the two contents joined by a blank line.
+    source = (DATA / f"{name}.gotmpl").read_text()
+    got = _render(source, _msgs(("user", "Hello,"), ("user", "how are you?")))
+    expected = (DATA / "testdata" / f"{name}.gotmpl" / "user").read_text()
+    assert got == expected.replace("Hello, how are you?", "Hello,\n\nhow are you?")
