@@ -179,6 +179,7 @@ class GenerateRequest(_Generating):
     format: str | dict[str, Any] | None = None
     images: list[str] | None = None
     think: StrictBool | str | None = None
+    truncate: StrictBool = Field(default=True, description="False: a prompt over num_ctx is a 400.")
 
 
 class ChatRequest(_Generating):
@@ -189,6 +190,9 @@ class ChatRequest(_Generating):
     stream: StrictBool = True
     format: str | dict[str, Any] | None = None
     think: StrictBool | str | None = None
+    truncate: StrictBool = Field(
+        default=True, description="False: a chat over num_ctx is a 400, not its oldest messages dropped."
+    )
 
 
 class EmbedRequest(_Request):

@@ -99,6 +99,10 @@ class GenerateJob(BaseModel):
     context: list[int] | None = None
     messages: list[ChatMessage] | None = None
     tools: list[dict[str, Any]] | None = None
+    # The request's think (true, false or a level); None when it sets none. Templates see it.
+    think: bool | str | None = None
+    # False: a prompt over num_ctx is refused rather than losing its oldest messages.
+    truncate: bool = True
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     # None: no log probabilities; n >= 0: each token's, with its n likeliest alternatives.

@@ -6,15 +6,22 @@ Plain functions, run on the job thread; a request they cannot serve raises JobEr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from herd.contracts import GenerateJob
+from herd.contracts import ChatMessage, GenerateJob
 from herd.gguf_meta import GGUFError
 from herd.memory import cap_num_ctx
 from herd.names import InvalidModelName, ModelName
 from herd.store import ModelNotFound, ModelStore, StoredModel
 from herd.templates.builtin import choose_template
-from herd.templates.chat import TemplateError, generate_messages, render_chat
+from herd.templates.chat import (
+    TemplateError,
+    chat_messages,
+    generate_messages,
+    render_chat,
+    render_insert,
+)
 from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from workers.cache import LoadedModel
 from workers.llama import LlamaModel, TokenOutOfRange
@@ -72,8 +79,27 @@ def check_context(context: list[int], model: LlamaModel) -> None:
         raise JobError(400, str(exc)) from exc
 
 
+def truncated_messages(
+    messages: list[ChatMessage], n_ctx: int, count: Callable[[list[ChatMessage]], int]
+) -> list[ChatMessage]:
+    """Ollama's chatPrompt: drop messages from the front until the prompt fits num_ctx, keeping every
+    system message and always the last message. Herd stops one token short of Ollama's limit (`< n_ctx`,
+    Ollama's `<=`): a prompt that fills the window leaves no room to generate."""
+    for i in range(len(messages)):
+        kept = [m for m in messages[:i] if m.role == "system"] + messages[i:]
+        if i == len(messages) - 1 or count(kept) < n_ctx:
+            if i:
+                log.debug("truncating input messages which exceed context length", extra={"dropped": i})
+            return kept
+    return messages
+
+
 def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
-    """The job's prompt, rendered through its template (unless raw) and tokenized, after any `context`."""
+    """The job's prompt, rendered through its template (unless raw) and tokenized, after any `context`.
+
+    The conversation is built as Ollama builds it (the Modelfile's SYSTEM and MESSAGE turns around the
+    request's), and a chat over num_ctx loses its oldest turns unless the job says `truncate: false`.
+    """
     model = loaded.llama
     stored = loaded.stored
     if job.kind == "generate" and job.context:
@@ -85,19 +111,56 @@ def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
         template = choose_template(
             request_template=job.template, layer=None, gguf_template=None, architecture=""
         )
-    if job.suffix and not template.supports_suffix:
-        raise JobError(400, f"{stored.name.display} does not support insert")
-    if job.kind == "generate":
-        messages = generate_messages(job.prompt or "", job.system or stored.system)
-    else:
-        messages = list(job.messages or [])
-        if stored.system and not any(m.role == "system" for m in messages):
-            messages.insert(0, generate_messages("", stored.system)[0])
     bos = model.piece(model.bos).decode("utf-8", errors="replace") if model.bos >= 0 else ""
-    text = render_chat(template, messages, tools=job.tools, suffix=job.suffix or "", bos_token=bos)
+
+    def render(messages: list[ChatMessage]) -> str:
+        return render_chat(template, messages, tools=job.tools, think=job.think, bos_token=bos)
+
+    try:
+        if job.suffix:
+            if not template.supports_suffix:
+                raise JobError(400, f"{stored.name.display} does not support insert")
+            text = render_insert(template, job.prompt or "", job.suffix, think=job.think)
+        elif job.kind == "generate":
+            messages = generate_messages(
+                job.prompt or "",
+                job.system,
+                stored_system=stored.system,
+                stored_messages=None if job.context else stored.messages,
+            )
+            # Ollama truncates a generate's conversation too, but not under a request's own template.
+            truncate = job.truncate and not job.template
+            text = _render_within(messages, render, model, loaded.n_ctx, truncate)
+        else:
+            messages = chat_messages(
+                list(job.messages or []), system=stored.system, stored_messages=stored.messages
+            )
+            text = _render_within(messages, render, model, loaded.n_ctx, job.truncate)
+    except TemplateError as exc:
+        raise JobError(400, str(exc)) from exc
     if job.kind == "generate" and job.context:
         return [*job.context, *model.tokenize(text, add_special=False)]
     return model.tokenize(text, add_special=True)
+
+
+def _render_within(
+    messages: list[ChatMessage],
+    render: Callable[[list[ChatMessage]], str],
+    model: LlamaModel,
+    n_ctx: int,
+    truncate: bool,
+) -> str:
+    if not truncate or len(messages) < 2:
+        return render(messages)
+    last: dict[int, str] = {}  # the text of the messages last counted, which are usually those kept
+
+    def count(kept: list[ChatMessage]) -> int:
+        last.clear()
+        last[id(kept)] = text = render(kept)
+        return len(model.tokenize(text, add_special=True))
+
+    kept = truncated_messages(messages, n_ctx, count)
+    return last.get(id(kept)) or render(kept)
 
 
 def check_fits(tokens: list[int], n_ctx: int) -> None:
@@ -130,7 +193,9 @@ def tool_call_parser(job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | 
         bos = loaded.llama.piece(loaded.llama.bos).decode(errors="replace") if loaded.llama.bos >= 0 else ""
         try:
             tag = tool_call_tag(
-                lambda msgs: render_chat(loaded.template, msgs, tools=job.tools, bos_token=bos)
+                lambda msgs: render_chat(
+                    loaded.template, msgs, tools=job.tools, think=job.think, bos_token=bos
+                )
             )
         except TemplateError:
             tag = None

@@ -16,6 +16,8 @@ from app.services import Services, get_services, new_job_id, now_ns, request_id
 from herd.contracts import GenerateJob
 from herd.durations import InvalidDuration, parse_keep_alive
 from herd.templates.capabilities import supports_tools
+from herd.templates.gotemplate import GoTemplateError
+from herd.templates.ollama_execute import check_template
 
 router = APIRouter(tags=["generate"])
 
@@ -81,6 +83,11 @@ async def generate(
     if body.raw and (body.template or body.system or body.context):
         raise BadRequest("raw mode does not support template, system, or context")
     check_images(body.images, "images")
+    if body.template:
+        try:
+            check_template(body.template)
+        except GoTemplateError as exc:
+            raise BadRequest(f"template error: {exc}") from exc
     keep_alive = keep_alive_seconds(body.keep_alive)
     if not body.prompt and keep_alive == 0 and await _unload_without_worker(services, stored.name.display):
         return _unloaded("generate", body.model)
@@ -95,6 +102,8 @@ async def generate(
         template=body.template or None,
         raw=body.raw,
         context=body.context or None,
+        think=body.think,
+        truncate=body.truncate,
         format=check_format(body.format),
         options=options_payload(body.options),
         logprobs=body.logprobs_top(),
@@ -126,6 +135,8 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
         model=stored.name.canonical,
         messages=body.messages,
         tools=body.tools,
+        think=body.think,
+        truncate=body.truncate,
         format=check_format(body.format),
         options=options_payload(body.options),
         logprobs=body.logprobs_top(),

@@ -12,73 +12,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from herd.contracts import ChatMessage
 from herd.templates.builtin import ChatTemplate
 from herd.templates.gotemplate import GoTemplateError
-from herd.templates.gotemplate import render as render_go
+from herd.templates.ollama_execute import ThinkValue, execute
 
 
 class TemplateError(ValueError):
     """The template could not be rendered for this request."""
-
-
-def _go_message(message: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"Role": message.role, "Content": message.content}
-    if message.tool_calls:
-        out["ToolCalls"] = [
-            {"Function": {"Name": c.function.name, "Arguments": c.function.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_name:
-        out["ToolName"] = message.tool_name
-    if message.tool_call_id:
-        out["ToolCallID"] = message.tool_call_id
-    return out
-
-
-_RESPONSE_MARK = "\x00herd-response\x00"
-
-
-def _render_go(
-    template: ChatTemplate, messages: list[ChatMessage], tools: list[dict[str, Any]] | None, suffix: str
-) -> str:
-    if ".Messages" in template.source:
-        data = {
-            "Messages": [_go_message(m) for m in messages],
-            "Tools": tools or [],
-            "System": "",
-            "Prompt": "",
-            "Response": "",
-            "Suffix": suffix,
-        }
-        return render_go(template.source, data)
-    # A prompt-style template (.System/.Prompt/.Response) is rendered once per turn, as Ollama does; the
-    # last turn stops where the model's response would begin.
-    out: list[str] = []
-    system, prompt = "", ""
-    turns: list[tuple[str, str, str | None]] = []
-    for m in messages:
-        if m.role == "system":
-            system = m.content if not system else f"{system}\n\n{m.content}"
-        elif m.role == "assistant":
-            turns.append((system, prompt, m.content))
-            system, prompt = "", ""
-        else:
-            prompt = m.content if not prompt else f"{prompt}\n\n{m.content}"
-    if prompt or system or not turns:
-        turns.append((system, prompt, None))
-    for i, (sys_text, user_text, response) in enumerate(turns):
-        last = i == len(turns) - 1 and response is None
-        data = {
-            "System": sys_text,
-            "Prompt": user_text,
-            "Response": _RESPONSE_MARK if last else (response or ""),
-            "Suffix": suffix,
-            "Messages": [],
-            "Tools": tools or [],
-        }
-        text = render_go(template.source, data)
-        if last:
-            text = text.split(_RESPONSE_MARK, 1)[0]
-        out.append(text)
-    return "".join(out)
 
 
 _jinja = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
@@ -118,7 +56,7 @@ def render_chat(
     messages: list[ChatMessage],
     *,
     tools: list[dict[str, Any]] | None = None,
-    suffix: str = "",
+    think: ThinkValue = None,
     bos_token: str = "",
     eos_token: str = "",
 ) -> str:
@@ -126,17 +64,48 @@ def render_chat(
     try:
         if template.kind == "jinja":
             return _render_jinja(template, messages, tools, bos_token, eos_token)
-        return _render_go(template, messages, tools, suffix)
+        return execute(template.source, messages, tools=tools, think=think)
     except TemplateError:
         raise
     except (GoTemplateError, jinja2.TemplateError) as exc:
         raise TemplateError(f"template error: {exc}") from exc
 
 
-def generate_messages(prompt: str, system: str | None) -> list[ChatMessage]:
-    """/api/generate's prompt and system as the conversation a template renders."""
+def render_insert(template: ChatTemplate, prompt: str, suffix: str, *, think: ThinkValue = None) -> str:
+    """Fill-in-the-middle: /api/generate's prompt and suffix through the template's .Prompt and .Suffix."""
+    try:
+        return execute(template.source, [], prompt=prompt, suffix=suffix, think=think)
+    except GoTemplateError as exc:
+        raise TemplateError(f"template error: {exc}") from exc
+
+
+def _stored_messages(stored_messages: list[dict[str, Any]]) -> list[ChatMessage]:
+    return [ChatMessage.model_validate(m) for m in stored_messages]
+
+
+def chat_messages(
+    messages: list[ChatMessage], *, system: str | None, stored_messages: list[dict[str, Any]]
+) -> list[ChatMessage]:
+    """/api/chat's conversation as Ollama builds it: the Modelfile's MESSAGE turns, then the request's,
+    after the Modelfile's SYSTEM unless the request's first message is a system message."""
+    out = [*_stored_messages(stored_messages), *messages]
+    if messages and messages[0].role != "system" and system:
+        out.insert(0, ChatMessage(role="system", content=system))
+    return out
+
+
+def generate_messages(
+    prompt: str,
+    system: str | None,
+    *,
+    stored_system: str | None = None,
+    stored_messages: list[dict[str, Any]] | None = None,
+) -> list[ChatMessage]:
+    """/api/generate's conversation as Ollama builds it: the request's system (else the Modelfile's), the
+    Modelfile's MESSAGE turns (pass None without them, as when the request carries a context), the prompt."""
     messages = []
-    if system:
-        messages.append(ChatMessage(role="system", content=system))
+    if system or stored_system:
+        messages.append(ChatMessage(role="system", content=system or stored_system or ""))
+    messages += _stored_messages(stored_messages or [])
     messages.append(ChatMessage(role="user", content=prompt))
     return messages

@@ -2,5 +2,6 @@
 
 from herd.templates.gotemplate.errors import GoTemplateError
 from herd.templates.gotemplate.executor import Template, parse, render
+from herd.templates.gotemplate.values import GoMap
 
-__all__ = ["GoTemplateError", "Template", "parse", "render"]
+__all__ = ["GoMap", "GoTemplateError", "Template", "parse", "render"]

@@ -26,7 +26,7 @@ from herd.templates.gotemplate.nodes import (
     _Var,
 )
 from herd.templates.gotemplate.parser import _Parser
-from herd.templates.gotemplate.values import _FuncError, _go_type, _to_text, _truth
+from herd.templates.gotemplate.values import NO_VALUE, GoMap, _FuncError, _go_type, _to_text, _truth
 
 _MISSING: Any = object()  # "no value piped in from a previous command", distinct from nil (None)
 
@@ -81,7 +81,7 @@ class _Exec:
 
     def range(self, node: _Branch, value: Any, dot: Any) -> None:
         decl = node.pipe.decl
-        if value is None:
+        if value is None or value is NO_VALUE:
             items: list[tuple[Any, Any]] = []
         elif isinstance(value, (list, tuple)):
             items = list(enumerate(value))
@@ -172,9 +172,10 @@ class _Exec:
                     return value
             return final if final is not _MISSING else value
         fn, lo, hi = _FUNCS[name]
-        values = [self.arg(a, dot) for a in args]
+        # A missing key reaches a function as nil, as Go's validateType makes an invalid value.
+        values = [None if v is NO_VALUE else v for v in (self.arg(a, dot) for a in args)]
         if final is not _MISSING:
-            values.append(final)
+            values.append(None if final is NO_VALUE else final)
         if count < lo or (hi is not None and count > hi):
             want = f"at least {lo}" if hi is None else str(lo)
             self.error(ident.pos, f"wrong number of args for {name}: want {want} got {count}")
@@ -198,13 +199,21 @@ class _Exec:
 
     def fields(self, value: Any, names: tuple[str, ...], pos: int) -> Any:
         for name in names:
-            if value is None:
+            if value is None or value is NO_VALUE:
                 continue  # Ollama parses with missingkey=zero: a field of nothing is nothing, not an error
             if not isinstance(value, Mapping):
                 self.error(pos, f"can't evaluate field {name} in type {_go_type(value)}")
-            # A missing key falls back to its JSON spelling (ToolCalls -> tool_calls) so dicts shaped like
-            # Ollama's API JSON can be passed straight in, and `json` then emits the keys Go's tags would.
-            value = value[name] if name in value else value.get(_SNAKE.sub("_", name).lower())
+            if isinstance(value, GoMap):
+                value = value.get(name, NO_VALUE)
+                continue
+            # A missing key falls back to its JSON spelling (ToolCalls -> tool_calls, AnyOf -> anyOf) so
+            # dicts shaped like Ollama's API JSON can be passed straight in, and `json` then emits the keys
+            # Go's tags would.
+            if name in value:
+                value = value[name]
+            else:
+                camel = name[:1].lower() + name[1:]
+                value = value[camel] if camel in value else value.get(_SNAKE.sub("_", name).lower())
         return value
 
 
@@ -214,6 +223,11 @@ class Template:
     def __init__(self, source: str, nodes: list[_Node]) -> None:
         self.source = source
         self._nodes = nodes
+
+    @property
+    def nodes(self) -> list[_Node]:
+        """The parse tree's top-level nodes."""
+        return self._nodes
 
     def render(self, data: dict[str, Any]) -> str:
         """Execute the template with data as both dot and `$`."""

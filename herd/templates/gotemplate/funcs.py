@@ -152,6 +152,38 @@ def _fn_json(v: Any) -> str:
         return ""
 
 
+def _ts_type(json_type: Any) -> str:
+    """api.mapToTypeScriptType: a JSON-schema type name as TypeScript spells it."""
+    return (
+        {
+            "string": "string",
+            "number": "number",
+            "integer": "number",
+            "boolean": "boolean",
+            "array": "any[]",
+            "object": "Record<string, any>",
+            "null": "null",
+        }.get(json_type, "any")
+        if isinstance(json_type, str)
+        else "any"
+    )
+
+
+def _fn_to_typescript_type(v: Any) -> str:
+    """Ollama's toTypeScriptType: a tool parameter's schema (a dict) as a TypeScript type; else "any"."""
+    if not isinstance(v, Mapping):
+        return "any"
+    any_of = v.get("anyOf")
+    if isinstance(any_of, list) and any_of:
+        return " | ".join(_fn_to_typescript_type(p) for p in any_of)
+    types = v.get("type")
+    if isinstance(types, str):
+        types = [types]
+    if not isinstance(types, list) or not types:
+        return "any"
+    return " | ".join(_ts_type(t) for t in types)
+
+
 def _date(days_ago: int) -> str:
     """Local date as YYYY-MM-DD, like Ollama's time.Now().Format("2006-01-02")."""
     return (_dt.date.today() - _dt.timedelta(days=days_ago)).isoformat()
@@ -176,8 +208,8 @@ _FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "js": (_fn_js, 0, None),
     "urlquery": (lambda *a: urllib.parse.quote_plus(_escape_arg(a), safe=""), 0, None),
     "json": (_fn_json, 1, 1),
-    "toJson": (_fn_json, 1, 1),
     "currentDate": (lambda *_: _date(0), 0, None),  # Ollama accepts and ignores a format argument
     "yesterdayDate": (lambda *_: _date(1), 0, None),
+    "toTypeScriptType": (_fn_to_typescript_type, 1, 1),
 }
 _LAZY = ("and", "or")

@@ -13,6 +13,25 @@ class _FuncError(Exception):
     """Raised by builtin functions; the executor adds the function name and position."""
 
 
+class GoMap(dict[str, Any]):
+    """Data that stands for a Go map[string]any: a missing key is "no value", not a zero-valued field.
+
+    Ollama executes its templates with such a map, parsed with missingkey=zero, which does not help
+    for interface-valued maps (Go issue 24963): `{{ .Prompt }}` on the messages path prints "<no value>".
+    A plain dict stands for a struct, whose absent fields are zero values.
+    """
+
+
+class _NoValue:
+    """The value of a missing GoMap key: false, nil to functions, printed as Go prints it."""
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+NO_VALUE: Any = _NoValue()
+
+
 def _go_type(v: Any) -> str:
     """Name a value's Go-equivalent type for error messages."""
     if isinstance(v, bool):
@@ -32,7 +51,7 @@ def _go_type(v: Any) -> str:
 
 def _truth(v: Any) -> bool:
     """Go's isTrue: false, 0, nil and empty strings, lists and maps are false; everything else is true."""
-    if v is None:
+    if v is None or v is NO_VALUE:
         return False
     if isinstance(v, (bool, int, float, str, Mapping, list, tuple)):
         return bool(v)
@@ -94,6 +113,8 @@ def _to_text(v: Any) -> str:
     # its zero value, so a key missing from our dict must print as nothing, like an empty string would.
     if v is None:
         return ""
+    if v is NO_VALUE:
+        return "<no value>"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
