@@ -89,6 +89,8 @@ class ChatCompletionRequest(_Request):
     logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
+    # Any value is taken, as Ollama takes it: "auto", "required" and a named function leave the choice
+    # to the model; "none" offers no tools (see tools()).
     tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
     functions: list[Any] | None = None
@@ -136,10 +138,7 @@ def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
         raise OpenAIError(
             "'top_logprobs' needs 'logprobs' set to true", param="top_logprobs", code="invalid_value"
         )
-    if body.tool_choice not in (None, "none", "auto"):
-        raise unsupported(
-            "tool_choice", "is supported as 'auto' or 'none' only: the model decides whether to call a tool"
-        )
+    # tool_choice is never refused: Ollama's openai layer does not read it (see tools() for "none").
     if body.functions:
         raise unsupported("functions", _LEGACY_FUNCTIONS)
     if body.function_call not in (None, "none"):
@@ -150,19 +149,28 @@ def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
         raise unsupported("modalities", "is not supported: this server generates text only")
 
 
+# OpenAI's own defaults, which Ollama's openai layer sends when a request leaves these out; as request
+# options they override a Modelfile's PARAMETER (Ollama's FromChatRequest/FromCompleteRequest).
+V1_TEMPERATURE = 1.0
+V1_TOP_P = 1.0
+
+
 def options(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-    """The worker options the request sets; unset ones keep the model's defaults."""
+    """The worker options of a /v1 request, with the defaults Ollama's openai layer fills in."""
     max_tokens = body.max_tokens
     if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
+    completion = isinstance(body, CompletionRequest)
     out: dict[str, Any] = {
         "num_predict": max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
+        "temperature": V1_TEMPERATURE if body.temperature is None else body.temperature,
+        # Ollama's completions read top_p 0 as unset too (a plain float there, a pointer for chat).
+        "top_p": V1_TOP_P if body.top_p is None or (completion and body.top_p == 0) else body.top_p,
         "seed": body.seed,
         "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
-        "frequency_penalty": body.frequency_penalty,
-        "presence_penalty": body.presence_penalty,
+        # Completions always send both penalties (0 when unset); chat only those the request set.
+        "frequency_penalty": 0.0 if completion and body.frequency_penalty is None else body.frequency_penalty,
+        "presence_penalty": 0.0 if completion and body.presence_penalty is None else body.presence_penalty,
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -264,8 +272,8 @@ def _tool_calls_in(i: int, calls: list[Any]) -> list[tuple[str, ToolCall]]:
 def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
     """OpenAI messages as the chat template takes them (`developer` is a system turn).
 
-    A `tool` message names its call only by id; the template wants the tool's name too, which the
-    assistant message that made the call holds.
+    A `tool` message often names its call only by id; the template wants the tool's name too, which
+    the assistant message that made the call holds.
     """
     if not body.messages:
         raise OpenAIError("'messages' must contain at least one message", param="messages")
@@ -286,13 +294,10 @@ def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
             names_by_id.update((call_id, call.function.name) for call_id, call in calls if call_id)
             turn.tool_calls = [call for _, call in calls]
         if role == "tool":
-            if not message.tool_call_id:
-                raise OpenAIError(
-                    f"'messages[{i}].tool_call_id' is required for a tool message",
-                    param=f"messages[{i}].tool_call_id",
-                )
+            # As Ollama's FromChatRequest: the message's own name first, else the call its id answers;
+            # a tool message without an id is taken too.
             turn.tool_call_id = message.tool_call_id
-            turn.tool_name = names_by_id.get(message.tool_call_id) or message.name
+            turn.tool_name = message.name or names_by_id.get(message.tool_call_id or "")
         out.append(turn)
     return out
 

@@ -38,6 +38,30 @@ def absent_nulls(data: Any) -> Any:
     return data
 
 
+def absent_message_nulls(messages: Any) -> Any:
+    """Chat messages without their null fields, nor those of their tool calls and functions.
+
+    Go's decoder leaves a field at its zero value for a JSON null, so Ollama reads an assistant turn's
+    `"content": null` beside its `tool_calls` as empty content. A tool call's `arguments` keep their
+    nulls: those are the arguments' own values.
+    """
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for message in messages:
+        message = absent_nulls(message)
+        if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
+            calls = []
+            for call in message["tool_calls"]:
+                call = absent_nulls(call)
+                if isinstance(call, dict) and "function" in call:
+                    call = {**call, "function": absent_nulls(call["function"])}
+                calls.append(call)
+            message = {**message, "tool_calls": calls}
+        out.append(message)
+    return out
+
+
 class Options(BaseModel):
     """Runtime options Herd honours; the rest of Ollama's runner options are accepted and ignored."""
 
@@ -194,6 +218,11 @@ class ChatRequest(_Generating):
         default=True, description="False: a chat over num_ctx is a 400, not its oldest messages dropped."
     )
 
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _message_nulls(cls, value: Any) -> Any:
+        return absent_message_nulls(value)
+
 
 class EmbedRequest(_Request):
     """POST /api/embed."""
@@ -237,6 +266,11 @@ class CreateRequest(_Named):
     # Older clients say "quantization".
     quantization: str | None = None
     stream: StrictBool = True
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _message_nulls(cls, value: Any) -> Any:
+        return absent_message_nulls(value)
 
 
 class CopyRequest(BaseModel):

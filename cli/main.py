@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.commands import register
 
     register(add)
+    from cli.render import register as register_render
+
+    register_render(add)
     return parser
 
 

@@ -129,6 +129,16 @@ class LoadedModel:
         self.llama.close()
 
 
+def model_template(stored: StoredModel, llama_model: LlamaModel) -> ChatTemplate:
+    """The chat template a model runs with: its Modelfile's, else its GGUF's, else one for its family."""
+    return choose_template(
+        request_template=None,
+        layer=stored.template,
+        gguf_template=llama_model.meta("tokenizer.chat_template"),
+        architecture=llama_model.meta("general.architecture") or "",
+    )
+
+
 def _kv_bytes(model: LoadedModel) -> int:
     """The KV cache the engine's context holds: every cell of every sequence slot."""
     return model.llama.kv_bytes_per_token * model.n_ctx * model.engine.n_parallel
@@ -308,12 +318,7 @@ class ModelCache:
                 self._metrics.record_load_failure(stored.name.display)
             raise
         try:
-            template = choose_template(
-                request_template=None,
-                layer=stored.template,
-                gguf_template=llama_model.meta("tokenizer.chat_template"),
-                architecture=llama_model.meta("general.architecture") or "",
-            )
+            template = model_template(stored, llama_model)
         except BaseException:
             engine.close()
             llama_model.close()

@@ -18,14 +18,14 @@ class GrammarError(ValueError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """The sampling options of one request, with Ollama's defaults."""
+    """The sampling options of one request, with Ollama's defaults (api/types.go, DefaultOptions)."""
 
     temperature: float = 0.8
     top_k: int = 40
     top_p: float = 0.9
     min_p: float = 0.0
     typical_p: float = 1.0
-    repeat_penalty: float = 1.1
+    repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -10,6 +11,14 @@ from pydantic import AliasChoices, Field, field_validator
 
 from herd.durations import parse_keep_alive
 from herd.settings import DEFAULT_DRAIN_S, CommonSettings
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+# Ollama's default num_ctx by total GPU memory (server/routes.go, Serve): 47 and 23 GiB rather than 48 and
+# 24, for cards that report a little less than their nominal size.
+NUM_CTX_TIERS = ((47 * GIB, 262144), (23 * GIB, 32768))
+NUM_CTX_FLOOR = 4096
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -31,6 +40,43 @@ def parse_size(text: str) -> int | None:
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def tiered_num_ctx(total_gpu_memory: int | None) -> int:
+    """Ollama's default num_ctx for a device with that much GPU memory (None: CPU only)."""
+    for least, n_ctx in NUM_CTX_TIERS:
+        if total_gpu_memory is not None and total_gpu_memory >= least:
+            return n_ctx
+    return NUM_CTX_FLOOR
+
+
+def total_vram(device_index: int) -> int | None:
+    """Total memory of a GPU from NVML, or None when NVML is not there (no driver, no pynvml)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError as exc:
+        log.warning("NVML could not report the memory of GPU %d: %s", device_index, exc)
+        return None
+
+
+def _visible_gpu() -> int | None:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return int(visible) if visible.isdigit() else None
+
+
+def default_num_ctx() -> int:
+    """num_ctx when OLLAMA_CONTEXT_LENGTH is unset: tiered by this worker's GPU, 4096 on the CPU."""
+    gpu = _visible_gpu()
+    return tiered_num_ctx(total_vram(gpu) if gpu is not None else None)
 
 
 class WorkerSettings(CommonSettings):
@@ -74,11 +120,13 @@ class WorkerSettings(CommonSettings):
         description="Most models this worker holds in memory at once.",
     )
     context_length: int = Field(
-        default=4096,
+        default_factory=default_num_ctx,
         ge=16,
         le=1 << 20,
         validation_alias=AliasChoices("OLLAMA_CONTEXT_LENGTH"),
-        description="num_ctx when neither the request nor the model's parameters set one.",
+        description="num_ctx when neither the request nor the model's parameters set one; unset or empty: "
+        "by the GPU's total memory as Ollama sets it (≥ 47 GiB: 262144, ≥ 23 GiB: 32768, else and on "
+        "the CPU: 4096), capped at the model's trained context.",
     )
     threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -125,6 +173,12 @@ class WorkerSettings(CommonSettings):
     def _memory_size(cls, value: object) -> object:
         return parse_size(value) if isinstance(value, str) else value
 
+    @field_validator("context_length", mode="before")
+    @classmethod
+    def _context_length_unset(cls, value: object) -> object:
+        # compose passes an unset variable on as "": that is Ollama's unset, the tiered default.
+        return default_num_ctx() if isinstance(value, str) and not value.strip() else value
+
     @field_validator("keep_alive_default")
     @classmethod
     def _keep_alive_parses(cls, value: str) -> str:
@@ -134,8 +188,7 @@ class WorkerSettings(CommonSettings):
     @property
     def gpu_index(self) -> int | None:
         """The GPU this worker is pinned to (its index as NVML numbers it), or None on the CPU."""
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-        return int(visible) if visible.isdigit() else None
+        return _visible_gpu()
 
     @property
     def device(self) -> str:

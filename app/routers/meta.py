@@ -1,4 +1,4 @@
-"""GET|HEAD /, GET /api/version, and the liveness and readiness probes."""
+"""GET|HEAD /, GET|HEAD /api/version, and the liveness and readiness probes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from herd import __version__
 
 router = APIRouter(tags=["meta"])
 
-# The Ollama API level Herd implements; clients gate features on /api/version, so report that level.
+# The Ollama release whose API Herd matches; clients gate features on /api/version, so it moves only when
+# Herd serves everything that release's API offers (docs/api.md, "The version Herd reports").
 OLLAMA_API_VERSION = "0.12.0"
 
 
@@ -26,7 +27,8 @@ async def root() -> str:
     return "Ollama is running"
 
 
-@router.get("/api/version")
+@router.get("/api/version", operation_id="version_get")
+@router.head("/api/version", operation_id="version_head")  # health checks probe with HEAD, as Ollama answers
 async def version() -> dict[str, str]:
     """The Ollama API version served (and Herd's own)."""
     return {"version": OLLAMA_API_VERSION, "herd_version": __version__}

@@ -1,4 +1,4 @@
-"""GET /api/tags, POST /api/show, GET /api/ps: the models in the store and the ones in memory."""
+"""GET|HEAD /api/tags, POST /api/show, GET /api/ps: the models in the store and the ones in memory."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def _iso(model: StoredModel) -> str:
     return model.modified_at.isoformat()
 
 
-@router.get("/api/tags")
+@router.get("/api/tags", operation_id="tags_get")
+@router.head("/api/tags", operation_id="tags_head")  # health checks probe with HEAD, as Ollama answers
 async def tags(services: Services = Depends(get_services)) -> dict[str, Any]:
     """List the models in the store, newest first."""
     return {
