@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from app.openai_errors import OpenAIError, unsupported
 from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, absent_nulls
 from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
+from herd.json_schema import SchemaError, check_schema
 
 SYSTEM_FINGERPRINT = "fp_herd"
 _LEGACY_FUNCTIONS = "is not supported: use 'tools' (the legacy function-calling fields are deprecated)"
@@ -213,6 +214,14 @@ def response_format(body: ChatCompletionRequest) -> str | dict[str, Any] | None:
             param="response_format.json_schema.schema",
             code="invalid_value",
         )
+    try:
+        check_schema(schema)
+    except SchemaError as exc:
+        raise OpenAIError(
+            f"'response_format.json_schema.schema': {exc}",
+            param="response_format.json_schema.schema",
+            code="invalid_value",
+        ) from exc
     return schema
 
 
