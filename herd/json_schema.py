@@ -409,22 +409,35 @@ def _ignored(key: str, how: str) -> str:
     return reasons.get(how, "is not enforced for this kind of schema")
 
 
-# Escapes GBNF has no shorthand for, as character-class bodies.
-_CLASS_ESCAPES = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \\t\\n\\r"}
+# Class escapes as code point ranges. \s is the space alone: the other white space would have to be
+# written as JSON escapes inside the string, which a character class cannot say.
+_CLASS_ESCAPES: dict[str, list[tuple[int, int]]] = {
+    "d": [(0x30, 0x39)],
+    "w": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
+    "s": [(0x20, 0x20)],
+}
+_CONTROL_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
+# What a JSON string cannot hold unescaped: a character class must leave these out.
+_JSON_UNSAFE = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]
+_NOT_JSON_UNSAFE = r'"\\\x7F\x00-\x1F'
+_ANY_SAFE_CHAR = f"[^{_NOT_JSON_UNSAFE}]"
 
 
 def grammar_pattern(pattern: str) -> str:
-    """A `pattern` rewritten into the regex subset the converter turns into GBNF, or ValueError.
+    r"""A `pattern` rewritten into the regex subset the converter turns into GBNF, or ValueError.
 
     The converter needs `^...$` anchors; it reads groups, classes, alternation and quantifiers, and
-    copies escapes into GBNF literals. `\\d`, `\\w`, `\\s` (and their negations outside a class) become
-    classes; `(?:` becomes a plain group; lookarounds, backreferences and lazy quantifiers are refused.
+    copies literals into the JSON string it builds. So that the output stays a JSON string whose value
+    matches: `.` and classes leave out what JSON must escape (quote, backslash, control characters),
+    a literal quote, backslash or control character is written as its JSON escape, `\d` `\w` `\s` and
+    their negations become classes, `(?:` a plain group. Lookarounds, backreferences, anchors inside
+    the pattern and lazy quantifiers are refused.
     """
-    if not (pattern.startswith("^") and pattern.endswith("$")) or len(pattern) < 2:
+    if len(pattern) < 2 or not (pattern.startswith("^") and pattern.endswith("$")):
         raise ValueError('must start with "^" and end with "$"')
     body = pattern[1:-1]
     out: list[str] = []
-    i, depth, in_class = 0, 0, False
+    i, depth = 0, 0
     while i < len(body):
         c = body[i]
         if c == "\\":
@@ -432,20 +445,26 @@ def grammar_pattern(pattern: str) -> str:
                 raise ValueError("ends in a lone backslash")
             e = body[i + 1]
             if e in _CLASS_ESCAPES:
-                out.append(_CLASS_ESCAPES[e] if in_class else f"[{_CLASS_ESCAPES[e]}]")
-            elif e.lower() in _CLASS_ESCAPES and not in_class:
-                out.append(f"[^{_CLASS_ESCAPES[e.lower()]}]")
-            elif e.isdigit() or e in "bBAzZkpPDWS":
-                raise ValueError(f"the escape \\{e} has no grammar equivalent")
+                out.append(f"[{_ranges(_CLASS_ESCAPES[e])}]")
+            elif e.lower() in _CLASS_ESCAPES:
+                out.append(f"[^{_ranges(_CLASS_ESCAPES[e.lower()])}{_NOT_JSON_UNSAFE}]")
             else:
-                out.append(body[i : i + 2])
+                char, end = _escaped_char(body, i)
+                out.append(_literal(char))
+                i = end
+                continue
             i += 2
             continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
+        if c == "[":
+            end = body.find("]", i + 1)
+            while end > 0 and _is_escaped(body, end):
+                end = body.find("]", end + 1)
+            if end < 0:
+                raise ValueError("has an unclosed '['")
+            out.append(_class(body[i + 1 : end]))
+            i = end + 1
+            continue
+        if c == "(":
             depth += 1
             if body.startswith("(?:", i):
                 out.append("(")
@@ -459,14 +478,122 @@ def grammar_pattern(pattern: str) -> str:
                 raise ValueError("has an unbalanced ')'")
         elif c in "^$":
             raise ValueError(f"{c!r} may appear only at the pattern's ends")
-        elif c in "*+?}" and body.startswith("?", i + 1) and c != "?":
+        elif c in "*+}" and body.startswith("?", i + 1):
             raise ValueError("lazy quantifiers have no grammar equivalent")
-        elif c == "{" and not re.match(r"\{\d*(,\d*)?\}", body[i:]):
-            raise ValueError("has a '{' that is not a {m,n} quantifier")
+        elif c == "{" and not re.match(r"\{\d+(,\d*)?\}", body[i:]):
+            raise ValueError("has a '{' that is not a {m}, {m,} or {m,n} quantifier")
+        elif c == ".":
+            out.append(_ANY_SAFE_CHAR)
+            i += 1
+            continue
+        elif c not in "|?*+{}":
+            out.append(_literal(c))
+            i += 1
+            continue
         out.append(c)
         i += 1
-    if in_class:
-        raise ValueError("has an unclosed '['")
     if depth:
         raise ValueError("has an unclosed '('")
     return "^" + "".join(out) + "$"
+
+
+def _is_escaped(text: str, at: int) -> bool:
+    backslashes = len(text[:at]) - len(text[:at].rstrip("\\"))
+    return backslashes % 2 == 1
+
+
+def _escaped_char(text: str, i: int) -> tuple[str, int]:
+    """The one character an escape at text[i] stands for, and where the escape ends."""
+    e = text[i + 1]
+    if e in _CONTROL_ESCAPES:
+        return _CONTROL_ESCAPES[e], i + 2
+    for lead, width in (("x", 2), ("u", 4)):
+        if e == lead:
+            digits = text[i + 2 : i + 2 + width]
+            if not re.fullmatch(f"[0-9a-fA-F]{{{width}}}", digits):
+                raise ValueError(f"has a malformed \\{lead} escape")
+            return chr(int(digits, 16)), i + 2 + width
+    if e.isalnum():
+        raise ValueError(f"the escape \\{e} has no grammar equivalent")
+    return e, i + 2
+
+
+def _literal(char: str) -> str:
+    """One literal character as the pattern text that makes the converter write it inside a JSON string.
+
+    A character JSON escapes becomes its escape (a backslash, then more), in a group so that a
+    quantifier after it applies to the whole escape.
+    """
+    if char in '"\\':
+        return "(\\\\" + ("\\\\" if char == "\\" else '"') + ")"
+    if char in "\n\t\r":
+        return "(\\\\" + {"\n": "n", "\t": "t", "\r": "r"}[char] + ")"
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return f"(\\\\u{ord(char):04x})"
+    if char in "[]()|{}*+?.^$" or not char.isprintable():
+        return f"[{_ranges([(ord(char), ord(char))])}]"
+    return char
+
+
+def _class(body: str) -> str:
+    """A regex class as a GBNF class that a JSON string can hold unescaped."""
+    negated = body.startswith("^")
+    if negated:
+        body = body[1:]
+    ranges: list[tuple[int, int]] = []
+    i = 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body) and body[i + 1].lower() in _CLASS_ESCAPES:
+            if body[i + 1] not in _CLASS_ESCAPES:
+                raise ValueError(f"\\{body[i + 1]} inside a class has no grammar equivalent")
+            ranges.extend(_CLASS_ESCAPES[body[i + 1]])
+            i += 2
+            continue
+        low, i = _class_char(body, i)
+        if i + 1 < len(body) and body[i] == "-":
+            high, i = _class_char(body, i + 1)
+            if high < low:
+                raise ValueError("has a class range out of order")
+            ranges.append((low, high))
+        else:
+            ranges.append((low, low))
+    if negated:
+        return f"[^{_ranges(ranges)}{_NOT_JSON_UNSAFE}]"
+    safe = _without(ranges, _JSON_UNSAFE)
+    if not safe:
+        raise ValueError("has a class of only characters a JSON string must escape")
+    return f"[{_ranges(safe)}]"
+
+
+def _class_char(body: str, i: int) -> tuple[int, int]:
+    if body[i] == "\\":
+        if i + 1 >= len(body):
+            raise ValueError("ends a class in a lone backslash")
+        char, end = _escaped_char(body, i)
+        return ord(char), end
+    return ord(body[i]), i + 1
+
+
+def _without(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = ranges
+    for c_low, c_high in cut:
+        kept: list[tuple[int, int]] = []
+        for low, high in out:
+            if high < c_low or low > c_high:
+                kept.append((low, high))
+                continue
+            if low < c_low:
+                kept.append((low, c_low - 1))
+            if high > c_high:
+                kept.append((c_high + 1, high))
+        out = kept
+    return out
+
+
+def _ranges(ranges: list[tuple[int, int]]) -> str:
+    """Code point ranges as the inside of a GBNF class, every character escaped."""
+
+    def one(cp: int) -> str:
+        return f"\\u{cp:04X}" if cp <= 0xFFFF else f"\\U{cp:08X}"
+
+    return "".join(one(low) if low == high else f"{one(low)}-{one(high)}" for low, high in ranges)

@@ -42,6 +42,19 @@ _PRIMITIVES = {
     **lg.PRIMITIVE_RULES,
     "char": lg.BuiltinRule(r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})', []),
 }
+# Dates that exist: llama.cpp's rule takes any day 01-31 of any month (2023-02-30), which date parsers
+# refuse. Month lengths are kept, and February 29 in leap years only (proleptic Gregorian, as RFC 3339).
+_FORMATS = {
+    "date": lg.BuiltinRule(
+        '[0-9]{4} "-" ( ("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01])'
+        ' | ("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30")'
+        ' | "02-" ("0" [1-9] | "1" [0-9] | "2" [0-8]) ) | leap-year "-02-29"',
+        ["leap-year"],
+    ),
+    "leap-year": lg.BuiltinRule(
+        '[0-9] [0-9] ("0" [48] | [2468] [048] | [13579] [26]) | ([02468] [048] | [13579] [26]) "00"', []
+    ),
+}
 # A stand-in schema for "any JSON value" (the old converter reads `{}` as "any object").
 _ANY_VALUE = {"$comment": "any JSON value"}
 
@@ -165,6 +178,8 @@ class _Converter(lg.SchemaConverter):
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
         how = branch(schema)
+        if name in _FORMATS:  # a property named like one of the rules above must not replace it
+            name += "-"
         rule_name = name + "-" if name in lg.RESERVED_NAMES else name or "root"
         if how == "types":
             alternatives = [{**schema, "type": t} for t in schema["type"]]
@@ -342,10 +357,10 @@ class _Converter(lg.SchemaConverter):
         return name
 
     def _add_primitive(self, name: str, rule: lg.BuiltinRule) -> str:
-        rule = _PRIMITIVES.get(name, rule)
+        rule = _PRIMITIVES.get(name) or _FORMATS.get(name) or rule
         key = str(self._add_rule(name, rule.content))
         for dep in rule.deps:
-            dep_rule = _PRIMITIVES.get(dep) or lg.STRING_FORMAT_RULES[dep]
+            dep_rule = _PRIMITIVES.get(dep) or _FORMATS.get(dep) or lg.STRING_FORMAT_RULES[dep]
             if dep not in self._rules:
                 self._add_primitive(dep, dep_rule)
         return key

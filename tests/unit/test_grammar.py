@@ -102,6 +102,12 @@ ACCEPTED: list[tuple[str, dict[str, Any], list[Any], list[Any]]] = [
         ["AB-12", "ABC-123", "abc-12"],
     ),
     (
+        "pattern: quotes, backslashes and dots stay JSON",
+        {"type": "string", "pattern": '^a\\."[b-z]+\\\\.\\s?"*$'},
+        ['a."bc\\d', 'a."bc\\d ""'],
+        ["a.bc\\d", 'a."bc\\', 'a."bc\\dxx'],
+    ),
+    (
         "minItems/maxItems",
         {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3},
         [[1], [1, 2, 3]],
@@ -177,7 +183,12 @@ ACCEPTED: list[tuple[str, dict[str, Any], list[Any], list[Any]]] = [
         [{"a": None, "b": "anything"}, {"b": [1]}, {"abc": 1}, {"ab-x": 2}, {"x": {"a": 1}}],
         [{"a": 1}, {"ab-]": 1}],
     ),
-    ("format date", {"type": "string", "format": "date"}, ["2024-02-29"], ["2024-13-01", "24-01-01"]),
+    (
+        "format date: days that exist",
+        {"type": "string", "format": "date"},
+        ["2024-02-29", "2000-02-29", "2023-12-31", "2023-04-30", "1999-02-28"],
+        ["2024-13-01", "24-01-01", "2023-02-29", "2100-02-29", "2024-04-31", "2024-02-30", "2024-00-10"],
+    ),
     ("format time", {"type": "string", "format": "time"}, ["12:30:00Z", "23:59:59.123+01:00"], ["25:00:00Z"]),
     ("format date-time", {"type": "string", "format": "date-time"}, ["2024-01-01T00:00:00Z"], ["2024-01-01"]),
     ("format uuid", {"type": "string", "format": "uuid"}, [UUID], ["not-a-uuid", UUID[:-1]]),
@@ -333,11 +344,17 @@ def test_each_unenforceable_keyword_is_refused_by_name(schema: Any, keyword: str
 def test_property_names_that_look_like_keywords_are_names() -> None:
     schema = {
         "type": "object",
-        "properties": {"not": {"type": "integer", "minimum": 2}, "minimum": {"type": "string"}},
-        "required": ["not", "minimum"],
+        "properties": {
+            "not": {"type": "integer", "minimum": 2},
+            "minimum": {"type": "string"},
+            "leap-year": {"type": "string", "format": "date"},  # also the name of a rule of dates
+        },
+        "required": ["not", "minimum", "leap-year"],
     }
     match = matcher(grammar_for_format(schema) or "")
-    assert match.fullmatch('{"not":2,"minimum":"x"}') and not match.fullmatch('{"not":1,"minimum":"x"}')
+    assert match.fullmatch('{"not":2,"minimum":"x","leap-year":"2024-02-29"}')
+    assert not match.fullmatch('{"not":1,"minimum":"x","leap-year":"2024-02-29"}')
+    assert not match.fullmatch('{"not":2,"minimum":"x","leap-year":"2023-02-29"}')
 
 
 def test_recursive_schemas_convert() -> None:
@@ -367,3 +384,11 @@ def test_defs_nested_below_the_root_are_found_as_llama_cpp_finds_them() -> None:
     assert match.fullmatch('{"p":{"kind":"dog","name":"Rex"}}') and not match.fullmatch(
         '{"p":{"kind":"dog"}}'
     )
+
+
+@pytest.mark.parametrize("pattern", ["^.$", "^[^a]$", "^[ -~]$", "^\\W$", "^\\S$"])
+def test_a_pattern_never_lets_a_bare_quote_backslash_or_control_character_out(pattern: str) -> None:
+    match = matcher(grammar_for_format({"type": "string", "pattern": pattern}) or "")
+    assert match.fullmatch('"b"') or match.fullmatch('"~"') or match.fullmatch('" "')
+    for bare in ('"""', '"\\"', '"\n"', '"\x7f"'):
+        assert not match.fullmatch(bare), (pattern, bare)
