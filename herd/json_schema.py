@@ -40,6 +40,12 @@ UNSUPPORTED = frozenset(
     }
 )
 
+# llama.cpp's grammar parser refuses a repetition past its MAX_REPETITION_THRESHOLD (2000), counting the
+# rules a repeated group expands to; counts up to this many compile for any element, larger ones are
+# refused rather than failing in the worker.
+MAX_REPETITIONS = 1000
+_INT64_MAX = 2**63 - 1
+
 TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 # String formats the converter has a grammar for; any other `format` value is an annotation.
@@ -358,7 +364,7 @@ class _Checker:
         if not isinstance(pattern, str):
             raise SchemaError("pattern", path, "must be a string")
         try:
-            grammar_pattern(pattern)
+            pattern_gbnf(pattern)
         except ValueError as exc:
             raise SchemaError("pattern", path, str(exc)) from exc
 
@@ -372,6 +378,8 @@ class _Checker:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise SchemaError(key, path, "must be a number")
+            if abs(value) > _INT64_MAX:  # llama.cpp reads integer bounds as 64-bit integers
+                raise SchemaError(key, path, "must lie within the 64-bit integers")
         low, high = integer_bounds(node)
         if low is not None and high is not None and low > high:
             raise SchemaError(next(k for k in BOUNDS if k in node), path, f"no integer lies in {low}..{high}")
@@ -386,6 +394,10 @@ def _counts(node: dict[str, Any], path: str, low_key: str, high_key: str) -> Non
         value = node.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise SchemaError(key, path, "must be a non-negative integer")
+        if value is not None and value > MAX_REPETITIONS:
+            raise SchemaError(
+                key, path, f"is over {MAX_REPETITIONS}, the most Herd lets llama.cpp's grammars repeat"
+            )
     if node.get(high_key) is not None and node.get(low_key, 0) > node[high_key]:
         raise SchemaError(low_key, path, f"is greater than {high_key}")
 
@@ -423,21 +435,21 @@ _NOT_JSON_UNSAFE = r'"\\\x7F\x00-\x1F'
 _ANY_SAFE_CHAR = f"[^{_NOT_JSON_UNSAFE}]"
 
 
-def grammar_pattern(pattern: str) -> str:
-    r"""A `pattern` rewritten into the regex subset the converter turns into GBNF, or ValueError.
+def pattern_gbnf(pattern: str) -> str:
+    r"""A `pattern` as the GBNF of the JSON string's inside (quotes excluded), or ValueError.
 
-    The converter needs `^...$` anchors; it reads groups, classes, alternation and quantifiers, and
-    copies literals into the JSON string it builds. So that the output stays a JSON string whose value
-    matches: `.` and classes leave out what JSON must escape (quote, backslash, control characters),
-    a literal quote, backslash or control character is written as its JSON escape, `\d` `\w` `\s` and
-    their negations become classes, `(?:` a plain group. Lookarounds, backreferences, anchors inside
-    the pattern and lazy quantifiers are refused.
+    GBNF reads like a regex, so this is the regex taken atom by atom, as llama.cpp's converter takes it,
+    with the `^...$` anchors it needs. So that the output stays a JSON string whose value matches: `.`
+    and classes leave out what JSON must escape (quote, backslash, control characters), a literal quote,
+    backslash or control character is written as its JSON escape, `\d` `\w` `\s` (the space alone) and
+    their negations are classes, `(?:` a plain group, `{m,n}` GBNF's own. Lookarounds, backreferences,
+    anchors inside the pattern, lazy quantifiers and counts over llama.cpp's limit are refused.
     """
     if len(pattern) < 2 or not (pattern.startswith("^") and pattern.endswith("$")):
         raise ValueError('must start with "^" and end with "$"')
     body = pattern[1:-1]
     out: list[str] = []
-    i, depth = 0, 0
+    i, depth, atom = 0, 0, False  # atom: something a quantifier may follow
     while i < len(body):
         c = body[i]
         if c == "\\":
@@ -446,55 +458,70 @@ def grammar_pattern(pattern: str) -> str:
             e = body[i + 1]
             if e in _CLASS_ESCAPES:
                 out.append(f"[{_ranges(_CLASS_ESCAPES[e])}]")
+                i += 2
             elif e.lower() in _CLASS_ESCAPES:
                 out.append(f"[^{_ranges(_CLASS_ESCAPES[e.lower()])}{_NOT_JSON_UNSAFE}]")
+                i += 2
             else:
-                char, end = _escaped_char(body, i)
+                char, i = _escaped_char(body, i)
                 out.append(_literal(char))
-                i = end
-                continue
-            i += 2
-            continue
-        if c == "[":
+            atom = True
+        elif c == "[":
             end = body.find("]", i + 1)
             while end > 0 and _is_escaped(body, end):
                 end = body.find("]", end + 1)
             if end < 0:
                 raise ValueError("has an unclosed '['")
             out.append(_class(body[i + 1 : end]))
-            i = end + 1
-            continue
-        if c == "(":
-            depth += 1
-            if body.startswith("(?:", i):
-                out.append("(")
-                i += 3
-                continue
-            if body.startswith("(?", i):
+            i, atom = end + 1, True
+        elif c == "(":
+            if body.startswith("(?", i) and not body.startswith("(?:", i):
                 raise ValueError("lookarounds and other (?...) groups have no grammar equivalent")
+            out.append("(")
+            i += 3 if body.startswith("(?:", i) else 1
+            depth, atom = depth + 1, False
         elif c == ")":
             depth -= 1
             if depth < 0:
                 raise ValueError("has an unbalanced ')'")
+            out.append(")")
+            i, atom = i + 1, True
+        elif c == "|":
+            out.append("|")
+            i, atom = i + 1, False
+        elif c in "*+?{":
+            if not atom:
+                raise ValueError(f"has a quantifier {c!r} with nothing to repeat")
+            if c == "{":
+                match = re.match(r"\{(\d+)(,(\d*))?\}", body[i:])
+                if match is None:
+                    raise ValueError("has a '{' that is not a {m}, {m,} or {m,n} quantifier")
+                low, high = int(match.group(1)), match.group(3)
+                if max(low, int(high or 0)) > MAX_REPETITIONS:
+                    raise ValueError(
+                        f"repeats more than {MAX_REPETITIONS} times (Herd's limit, under llama.cpp's grammar limit)"
+                    )
+                if high and int(high) < low:
+                    raise ValueError(f"has a quantifier {match.group(0)} out of order")
+                out.append(match.group(0))
+                i += match.end()
+            else:
+                out.append(c)
+                i += 1
+            if body.startswith("?", i) or body.startswith("+", i):
+                raise ValueError("lazy and possessive quantifiers have no grammar equivalent")
+            atom = False
         elif c in "^$":
             raise ValueError(f"{c!r} may appear only at the pattern's ends")
-        elif c in "*+}" and body.startswith("?", i + 1):
-            raise ValueError("lazy quantifiers have no grammar equivalent")
-        elif c == "{" and not re.match(r"\{\d+(,\d*)?\}", body[i:]):
-            raise ValueError("has a '{' that is not a {m}, {m,} or {m,n} quantifier")
         elif c == ".":
             out.append(_ANY_SAFE_CHAR)
-            i += 1
-            continue
-        elif c not in "|?*+{}":
+            i, atom = i + 1, True
+        else:
             out.append(_literal(c))
-            i += 1
-            continue
-        out.append(c)
-        i += 1
+            i, atom = i + 1, True
     if depth:
         raise ValueError("has an unclosed '('")
-    return "^" + "".join(out) + "$"
+    return " ".join(out) or '""'
 
 
 def _is_escaped(text: str, at: int) -> bool:
@@ -519,20 +546,19 @@ def _escaped_char(text: str, i: int) -> tuple[str, int]:
 
 
 def _literal(char: str) -> str:
-    """One literal character as the pattern text that makes the converter write it inside a JSON string.
-
-    A character JSON escapes becomes its escape (a backslash, then more), in a group so that a
-    quantifier after it applies to the whole escape.
-    """
-    if char in '"\\':
-        return "(\\\\" + ("\\\\" if char == "\\" else '"') + ")"
+    """One literal character as a GBNF atom that writes it inside a JSON string: itself, or its JSON
+    escape (a backslash, then more) grouped so that a quantifier repeats the whole escape."""
+    if char == '"':
+        return r'("\\\"")'
+    if char == "\\":
+        return r'("\\\\")'
     if char in "\n\t\r":
-        return "(\\\\" + {"\n": "n", "\t": "t", "\r": "r"}[char] + ")"
+        return r'("\\' + {"\n": "n", "\t": "t", "\r": "r"}[char] + '")'
     if ord(char) < 0x20 or ord(char) == 0x7F:
-        return f"(\\\\u{ord(char):04x})"
-    if char in "[]()|{}*+?.^$" or not char.isprintable():
-        return f"[{_ranges([(ord(char), ord(char))])}]"
-    return char
+        return rf'("\\u{ord(char):04x}")'
+    if char.isascii() and char.isalnum():
+        return f'"{char}"'
+    return f"[{_ranges([(ord(char), ord(char))])}]"
 
 
 def _class(body: str) -> str:

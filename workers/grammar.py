@@ -13,9 +13,9 @@ from herd.json_schema import (
     SchemaError,
     branch,
     check_schema,
-    grammar_pattern,
     integer_bounds,
     nested_defs,
+    pattern_gbnf,
     resolve_pointer,
 )
 
@@ -173,6 +173,21 @@ def _same_length(frm: str, to: str, out: list[str]) -> None:
     out.append(")")
 
 
+def repetition(item: str, low: int, high: int | None, separator: str = "") -> str:
+    """`item` repeated low..high times (None: no limit), separated, in GBNF's {m,n} form as llama.cpp
+    writes it (the old converter nests one group per optional item, as deep as the count)."""
+    if high == 0:
+        return ""
+    if low == 0 and high == 1:
+        return f"{item}?"
+    if not separator:
+        if high is None:
+            return f"{item}+" if low == 1 else f"{item}*" if low == 0 else f"{item}{{{low},}}"
+        return f"{item}{{{low},{high}}}" if low != high else f"{item}{{{low}}}"
+    rest = repetition(f"({separator} {item})", max(low - 1, 0), None if high is None else high - 1)
+    return f"({item} {rest})?" if low == 0 else f"{item} {rest}"
+
+
 class _Converter(lg.SchemaConverter):
     """llama-cpp-python's converter, taking the branches of llama.cpp's current one (herd.json_schema.branch)."""
 
@@ -196,7 +211,11 @@ class _Converter(lg.SchemaConverter):
         if how == "array":
             return self._array(schema, name, rule_name)
         if how == "pattern":
-            return self._visit_pattern(grammar_pattern(schema["pattern"]), rule_name)
+            return self._add_rule(rule_name, f'"\\"" ({pattern_gbnf(schema["pattern"])}) "\\"" space')
+        if how == "length":
+            char = self._add_primitive("char", _PRIMITIVES["char"])
+            repeated = repetition(char, schema.get("minLength", 0), schema.get("maxLength"))
+            return self._add_rule(rule_name, f'"\\"" {repeated} "\\"" space')
         if how == "range":
             low, high = integer_bounds(schema)
             return self._add_rule(rule_name, f"({int_range_gbnf(low, high)}) space")
@@ -241,10 +260,7 @@ class _Converter(lg.SchemaConverter):
             )
             return self._add_rule(rule_name, f'"[" space {parts} "]" space')
         item = self.visit(items if items is not None else _ANY_VALUE, f"{name}{'-' if name else ''}item")
-        low, high = schema.get("minItems", 0), schema.get("maxItems")
-        if high == 0:
-            return self._add_rule(rule_name, '"[" space "]" space')
-        repeated = lg._build_repetition(item, low, high, separator_rule='"," space')
+        repeated = repetition(item, schema.get("minItems", 0), schema.get("maxItems"), '"," space')
         return self._add_rule(rule_name, f'"[" space {repeated} "]" space')
 
     def resolve_refs(self, schema: dict[str, Any], url: str) -> dict[str, Any]:
