@@ -238,8 +238,13 @@ class _Checker:
         for key in node:
             if key in UNSUPPORTED:
                 raise SchemaError(key, path, "llama.cpp's grammar converter cannot enforce it")
-        if node.get("uniqueItems") is False:
-            node = {k: v for k, v in node.items() if k != "uniqueItems"}
+        # Keywords that constrain nothing in these forms, whatever branch ignores them.
+        vacuous = {"uniqueItems": False, "additionalProperties": True, "required": []}
+        node = {
+            k: v
+            for k, v in node.items()
+            if not (k in vacuous and v == vacuous[k] and type(v) is type(vacuous[k]))
+        }
         kind = node.get("type")
         kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
         for name in kinds:

@@ -220,6 +220,12 @@ ACCEPTED: list[tuple[str, dict[str, Any], list[Any], list[Any]]] = [
     ),
     ("annotations only: any value", {"description": "anything"}, [1, "a", None, {"b": [True]}], []),
     (
+        "vacuous forms: additionalProperties: true, required: [] without properties",
+        {"type": "object", "additionalProperties": True, "required": []},
+        [{}, {"a": 1}],
+        [[], "x"],
+    ),
+    (
         "uniqueItems: false",
         {"type": "array", "items": {"type": "integer"}, "uniqueItems": False},
         [[1, 1]],
