@@ -238,13 +238,7 @@ class _Checker:
         for key in node:
             if key in UNSUPPORTED:
                 raise SchemaError(key, path, "llama.cpp's grammar converter cannot enforce it")
-        # Keywords that constrain nothing in these forms, whatever branch ignores them.
-        vacuous = {"uniqueItems": False, "additionalProperties": True, "required": []}
-        node = {
-            k: v
-            for k, v in node.items()
-            if not (k in vacuous and v == vacuous[k] and type(v) is type(vacuous[k]))
-        }
+        node = {k: v for k, v in node.items() if not _constrains_nothing(k, v)}
         kind = node.get("type")
         kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
         for name in kinds:
@@ -388,6 +382,15 @@ class _Checker:
         low, high = integer_bounds(node)
         if low is not None and high is not None and low > high:
             raise SchemaError(next(k for k in BOUNDS if k in node), path, f"no integer lies in {low}..{high}")
+
+
+def _constrains_nothing(key: str, value: Any) -> bool:
+    """Keywords in a form that allows everything, so that no branch need honour them."""
+    return (
+        (key == "uniqueItems" and value is False)
+        or (key == "additionalProperties" and value is True)
+        or (key == "required" and value == [])
+    )
 
 
 def _nothing(node: dict[str, Any], path: str) -> None:
