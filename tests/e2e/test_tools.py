@@ -102,13 +102,22 @@ TWO_CALLS_SCHEMA = {
     ],
     "items": False,
 }
-TIME_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+# Two tools as short as can be: the tiny model's 512-token context holds them, the prompt and two calls.
+TWO_TOOLS = [{"type": "function", "function": {"name": name}} for name in ("get_weather", "get_time")]
 
 
 def test_several_calls_are_numbered_and_each_has_its_own_id(client: httpx.Client) -> None:
-    r = _chat(client, messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL], format=TWO_CALLS_SCHEMA)
+    r = _chat(
+        client,
+        messages=ASK,
+        tools=TWO_TOOLS,
+        format=TWO_CALLS_SCHEMA,
+        options={**GREEDY, "num_predict": 300},  # two calls: about 120 characters, one token each
+    )
     assert r.status_code == 200, r.text
-    calls = _without_ids(r.json()["message"]["tool_calls"])
+    message = r.json()["message"]
+    assert "tool_calls" in message, r.json()
+    calls = _without_ids(message["tool_calls"])
     assert [(c["function"]["index"], c["function"]["name"]) for c in calls] == [
         (0, "get_weather"),
         (1, "get_time"),
@@ -242,10 +251,10 @@ def test_v1_streamed_calls_carry_their_index_and_id(oai: openai.OpenAI) -> None:
     stream = oai.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Weather and time?"}],
-        tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[list-item]
+        tools=TWO_TOOLS,  # type: ignore[list-item]
         response_format={"type": "json_schema", "json_schema": {"name": "calls", "schema": TWO_CALLS_SCHEMA}},  # type: ignore[arg-type, typeddict-item]
         temperature=0,
-        max_tokens=120,
+        max_tokens=300,
         stream=True,
     )
     calls = [tc for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
