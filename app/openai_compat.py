@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from app.openai_errors import OpenAIError, unsupported
 from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, absent_nulls
 from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
+from herd.json_schema import SchemaError, check_schema
 
 SYSTEM_FINGERPRINT = "fp_herd"
 _LEGACY_FUNCTIONS = "is not supported: use 'tools' (the legacy function-calling fields are deprecated)"
@@ -221,6 +222,14 @@ def response_format(body: ChatCompletionRequest) -> str | dict[str, Any] | None:
             param="response_format.json_schema.schema",
             code="invalid_value",
         )
+    try:
+        check_schema(schema)
+    except SchemaError as exc:
+        raise OpenAIError(
+            f"'response_format.json_schema.schema': {exc}",
+            param="response_format.json_schema.schema",
+            code="invalid_value",
+        ) from exc
     return schema
 
 
@@ -374,11 +383,12 @@ def usage(done: dict[str, Any]) -> dict[str, int]:
 
 
 def openai_tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:
-    """A parsed call as OpenAI writes it: an id, type "function", the arguments as a JSON string."""
+    """A parsed call as Ollama's /v1 writes it: the call's id and index, type "function", the arguments
+    as a JSON string."""
     function = call["function"]
     return {
-        "index": index,
-        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "index": function.get("index", index),
+        "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
         "type": "function",
         "function": {
             "name": function["name"],
@@ -417,9 +427,8 @@ class ChatShape:
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         if tool_calls:
+            # Ollama's message keeps each call's index (OpenAI's only in stream deltas); clients ignore it.
             message["tool_calls"] = [openai_tool_call(c, i) for i, c in enumerate(tool_calls)]
-            for call in message["tool_calls"]:
-                del call["index"]  # only stream deltas carry an index
             message["content"] = text or None
         choice = {
             "index": 0,

@@ -64,11 +64,13 @@ def lease_key(job_id: str) -> str:
 
 
 class ToolCallFunction(BaseModel):
+    index: int = 0  # the call's position among the response's calls, as Ollama numbers them
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class ToolCall(BaseModel):
+    id: str | None = None  # "call_" and 8 random characters on a generated call, as Ollama writes it
     function: ToolCallFunction
 
 

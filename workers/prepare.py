@@ -201,4 +201,4 @@ def tool_call_parser(job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | 
             tag = None
         # A template that renders tools but no calls: the model answers with bare JSON at best.
         loaded.tool_call_tag = tag if tag is not None else ""
-    return ToolCallParser(loaded.tool_call_tag, names)
+    return ToolCallParser(loaded.tool_call_tag, names, job.tools)

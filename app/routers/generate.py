@@ -15,6 +15,7 @@ from app.schemas import ChatRequest, GenerateRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
 from herd.contracts import GenerateJob
 from herd.durations import InvalidDuration, parse_keep_alive
+from herd.json_schema import SchemaError, check_schema
 from herd.templates.capabilities import supports_tools
 from herd.templates.gotemplate import GoTemplateError
 from herd.templates.ollama_execute import check_template
@@ -33,8 +34,14 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
 
 
 def check_format(fmt: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-    """Ollama accepts "", "json" or a JSON schema object."""
-    if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
+    """Ollama accepts "", "json" or a JSON schema object; a schema the grammar cannot enforce is a 400."""
+    if isinstance(fmt, dict):
+        try:
+            check_schema(fmt)
+        except SchemaError as exc:
+            raise BadRequest(f"invalid format: {exc}") from exc
+        return fmt
+    if fmt is None or fmt == "" or fmt == "json":
         return fmt or None
     raise BadRequest(f'invalid format {fmt!r}: format must be an empty string, "json", or a JSON schema')
 

@@ -9,6 +9,7 @@ worker parses the call out of the generated text, the API hands it out as `tool_
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -45,8 +46,17 @@ CALL_SCHEMA = {
 }
 GREEDY = {"temperature": 0, "seed": 1, "num_predict": 80}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-EXPECTED_CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+EXPECTED_CALL = {"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
+# Ollama's call ids: "call_" and 8 random lowercase letters or digits.
+CALL_ID = re.compile(r"call_[a-z0-9]{8}")
 TOOL_RESULT = "18 degrees, sunny, light wind from the west"
+
+
+def _without_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls without their ids, once each id is checked to be Ollama's shape and all differ."""
+    ids = [call.get("id", "") for call in calls]
+    assert all(CALL_ID.fullmatch(i) for i in ids) and len(set(ids)) == len(ids), ids
+    return [{k: v for k, v in call.items() if k != "id"} for call in calls]
 
 
 def _chat(client: httpx.Client, **body: Any) -> httpx.Response:
@@ -58,7 +68,7 @@ def test_native_chat_returns_a_parsed_tool_call(client: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     message = r.json()["message"]
     assert message["content"] == ""
-    assert message["tool_calls"] == [EXPECTED_CALL]
+    assert _without_ids(message["tool_calls"]) == [EXPECTED_CALL]
     assert r.json()["done_reason"] == "stop"
 
 
@@ -78,9 +88,40 @@ def test_native_stream_delivers_the_call_whole_and_never_the_markup(client: http
         assert r.status_code == 200
         lines = [json.loads(line) for line in r.iter_lines() if line]
     calls = [c for line in lines for c in line.get("message", {}).get("tool_calls", [])]
-    assert calls == [EXPECTED_CALL]
+    assert _without_ids(calls) == [EXPECTED_CALL]
     assert "".join(line["message"]["content"] for line in lines) == ""
     assert lines[-1]["done"] is True
+
+
+# Two calls in one answer: a JSON list of calls, which the bare-JSON parser reads as two.
+TWO_CALLS_SCHEMA = {
+    "type": "array",
+    "prefixItems": [
+        CALL_SCHEMA,
+        {**CALL_SCHEMA, "properties": {**CALL_SCHEMA["properties"], "name": {"const": "get_time"}}},  # type: ignore[dict-item]
+    ],
+    "items": False,
+}
+# Two tools as short as can be: the tiny model's 512-token context holds them, the prompt and two calls.
+TWO_TOOLS = [{"type": "function", "function": {"name": name}} for name in ("get_weather", "get_time")]
+
+
+def test_several_calls_are_numbered_and_each_has_its_own_id(client: httpx.Client) -> None:
+    r = _chat(
+        client,
+        messages=ASK,
+        tools=TWO_TOOLS,
+        format=TWO_CALLS_SCHEMA,
+        options={**GREEDY, "num_predict": 300},  # two calls: about 120 characters, one token each
+    )
+    assert r.status_code == 200, r.text
+    message = r.json()["message"]
+    assert "tool_calls" in message, r.json()
+    calls = _without_ids(message["tool_calls"])
+    assert [(c["function"]["index"], c["function"]["name"]) for c in calls] == [
+        (0, "get_weather"),
+        (1, "get_time"),
+    ]
 
 
 def test_the_template_receives_the_tools(client: httpx.Client) -> None:
@@ -157,7 +198,7 @@ def test_v1_tool_call_round_trip(oai: openai.OpenAI) -> None:
     assert choice.message.content is None
     (call,) = choice.message.tool_calls or []
     assert call.type == "function"
-    assert call.id.startswith("call_")
+    assert CALL_ID.fullmatch(call.id)  # the worker's id, as Ollama's /v1 passes its own on
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris"}
 
@@ -199,11 +240,27 @@ def test_v1_streamed_tool_call_comes_in_one_delta(oai: openai.OpenAI) -> None:
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     calls = [tc for d in deltas for tc in (d.tool_calls or [])]
     assert len(calls) == 1
-    assert calls[0].index == 0
+    assert calls[0].index == 0 and CALL_ID.fullmatch(calls[0].id or "")
     assert calls[0].function is not None and calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments or "") == {"city": "Paris"}
     assert "".join(d.content or "" for d in deltas) == ""
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_v1_streamed_calls_carry_their_index_and_id(oai: openai.OpenAI) -> None:
+    stream = oai.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather and time?"}],
+        tools=TWO_TOOLS,  # type: ignore[list-item]
+        response_format={"type": "json_schema", "json_schema": {"name": "calls", "schema": TWO_CALLS_SCHEMA}},  # type: ignore[arg-type, typeddict-item]
+        temperature=0,
+        max_tokens=300,
+        stream=True,
+    )
+    calls = [tc for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(c.index, c.function and c.function.name) for c in calls] == [(0, "get_weather"), (1, "get_time")]
+    ids = [c.id or "" for c in calls]
+    assert all(CALL_ID.fullmatch(i) for i in ids) and ids[0] != ids[1]
 
 
 def test_v1_tool_choice_none_offers_no_tools(oai: openai.OpenAI) -> None:
