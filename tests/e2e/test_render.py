@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from workers.llama import LlamaModel
 
@@ -104,10 +103,6 @@ def test_render_prints_what_the_worker_evaluates(models_dir: Path, client: httpx
     assert len(tokens) == answer.json()["prompt_eval_count"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Modelfile MESSAGE turns reach the prompt with issue 17's template part (another branch)",
-)
 def test_a_model_created_with_message_turns_shows_them(models_dir: Path, client: httpx.Client) -> None:
     created = client.post(
         "/api/create",
