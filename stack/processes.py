@@ -107,6 +107,9 @@ class ManagedProcess:
         # Set once stop() has swept the group: after that the pid may be reused by an unrelated
         # process, which must never be signalled.
         self._group_swept = False
+        # The graceful stop signal terminate() already sent this process, which stop() must not send
+        # again: a Herd worker reads a second SIGTERM as "cut the drain now" (Ctrl-C twice).
+        self._stop_signal_sent: int | None = None
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -170,6 +173,7 @@ class ManagedProcess:
             log.close()  # the child holds its own copy of the descriptor
         self.started_at = time.monotonic()
         self._group_swept = False
+        self._stop_signal_sent = None
         if self.pid_path is not None:
             self.pid_path.parent.mkdir(parents=True, exist_ok=True)
             self.pid_path.write_text(f"{self._proc.pid}\n")
@@ -216,20 +220,24 @@ class ManagedProcess:
         """Ask the whole group to stop (SIGTERM, or ``sig``) without waiting; stop() then waits."""
         if self.alive:
             self.send_signal(sig)
+            self._stop_signal_sent = sig
 
     def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
         """Send ``sig`` (SIGTERM) to the group, wait up to ``timeout``, then SIGKILL it; returns the exit status.
 
         ``sig`` is the process's graceful stop: SIGTERM for gunicorn and the workers, SIGQUIT for nginx
-        (whose SIGTERM drops open connections). Safe to call again, and on a child that already exited:
-        the group still gets a SIGKILL then, so nothing it forked outlives it.
+        (whose SIGTERM drops open connections); it is sent once, not again after terminate() sent it. Safe
+        to call again, and on a child that already exited: the group still gets a SIGKILL then, so nothing
+        it forked outlives it.
         """
         proc = self._proc
         if proc is None:
             return None
         if proc.poll() is None:
             logger.info("stopping process=%s pid=%d", self.name, proc.pid)
-            self.send_signal(sig)
+            if self._stop_signal_sent != sig:
+                self.send_signal(sig)
+                self._stop_signal_sent = sig
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -69,24 +69,26 @@ class Drain:
         self._running = running
         self._publisher = publisher  # the job thread's: the drain runs on the main thread
         self._wake = wake  # the decode loop's
-        self._draining = threading.Event()
-        self._cut = threading.Event()
+        # Plain flags, not Events: request() runs in a signal handler on the main thread, and an Event's
+        # set() takes a lock the main thread may be holding at that moment (a self-deadlock). Readers poll.
+        self._draining = False
+        self._cut = False
         # When the first SIGTERM came and how many sequences ran then: the drain counts from there.
         self._requested_at: float | None = None
         self._running_at_drain = 0
 
     @property
     def active(self) -> bool:
-        return self._draining.is_set()
+        return self._draining
 
     def request(self) -> None:
         """Stop taking jobs (from a signal handler); asked again, fail running sequences at once."""
-        if self._draining.is_set():
-            self._cut.set()
+        if self._draining:
+            self._cut = True
         else:
             self._requested_at = time.monotonic()
             self._running_at_drain = self._running.count_unlocked()  # no lock in a signal handler
-        self._draining.set()
+        self._draining = True
 
     def requeue_waiting(self) -> int:
         """Hand the jobs still waiting in this worker's own queue to the shared queue; returns how many."""
@@ -101,7 +103,7 @@ class Drain:
         if self._requested_at is None:  # not request(): after a SIGTERM that is a second one
             self._requested_at = time.monotonic()
             self._running_at_drain = len(self._running)
-        self._draining.set()
+        self._draining = True
         started = self._requested_at
         try:
             self._client.srem(WORKERS_SET, self._worker_id)
@@ -164,5 +166,5 @@ class Drain:
 
     def _wait_idle(self, deadline: float, *, cut: bool) -> None:
         """Wait until no sequence runs, the deadline passes or (with `cut`) a second SIGTERM comes."""
-        while len(self._running) and time.monotonic() < deadline and not (cut and self._cut.is_set()):
+        while len(self._running) and time.monotonic() < deadline and not (cut and self._cut):
             time.sleep(_DRAIN_POLL_S)

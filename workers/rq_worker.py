@@ -102,7 +102,8 @@ class FlagStoppedWorker(SimpleWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         while not self._stop_requested:
-            if not self.ready_for_job():
+            if not self.ready_for_job() or self._stop_requested:
+                # A stop that came while it waited for a slot: it takes no job after all.
                 continue
             try:
                 # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.

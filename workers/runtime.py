@@ -136,8 +136,9 @@ class WorkerRuntime:
 
     def request_drain(self) -> None:
         """Stop taking jobs (from a signal handler); asked again, fail running sequences at once."""
+        # Flags only: this runs in a signal handler, on the main thread, which may hold an Event's lock
+        # right now (waiting for a free slot); the dequeue loop sees the stop within DEQUEUE_POLL_S.
         self._drain.request()
-        self._slot_freed.set()  # wakes the dequeue loop, which then sees the drain
 
     @property
     def draining(self) -> bool:

@@ -445,6 +445,40 @@ def test_stop_is_graceful_when_sigterm_is_honoured(tmp_path: Path) -> None:
     assert not proc.alive
 
 
+# Counts the SIGTERMs it gets (one line each) and exits a moment after the first, as a draining worker
+# does; a second SIGTERM would tell a Herd worker to cut its drain short.
+COUNTS_SIGTERMS = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+got = []
+def on_term(signum, frame):
+    got.append(time.monotonic())
+    with out.open("a") as f:
+        f.write("SIGTERM\\n")
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+while not got or time.monotonic() - got[0] < 1.0:
+    time.sleep(0.02)
+"""
+
+
+def test_terminate_then_stop_sends_the_stop_signal_once(tmp_path: Path) -> None:
+    counted = tmp_path / "sigterms"
+    proc = ManagedProcess(
+        "drainer", [sys.executable, "-c", COUNTS_SIGTERMS, str(counted)], log_path=tmp_path / "d.log"
+    )
+    proc.start()
+    proc.wait_ready(lambda: "ready" in proc.log_tail().splitlines()[-1], timeout=10)
+    # What the supervisor's stop does: every worker is sent its stop signal first, then each is waited
+    # for in turn, so a later worker's stop() comes after the earlier ones exited. (Two signals sent back
+    # to back would reach a Python handler as one.)
+    proc.terminate()
+    proc.wait_ready(lambda: counted.exists(), timeout=10)
+    assert proc.stop(timeout=10) == 0
+    assert counted.read_text().splitlines() == ["SIGTERM"]
+
+
 def test_restart_starts_a_new_process(tmp_path: Path) -> None:
     port = free_port()
     pid_path = tmp_path / "echo.pid"
