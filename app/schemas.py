@@ -183,6 +183,11 @@ class _Generating(_Request):
     top_logprobs: int = Field(
         default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: this many likeliest alternatives."
     )
+    shift: StrictBool = Field(
+        default=True,
+        description="When generation fills num_ctx, shift the context (keeping num_keep tokens); "
+        'false: stop with done_reason "length".',
+    )
 
     def logprobs_top(self) -> int | None:
         """The job's `logprobs`: None when not asked for, else how many alternatives to list."""

@@ -105,6 +105,8 @@ class GenerateJob(BaseModel):
     think: bool | str | None = None
     # False: a prompt over num_ctx is refused rather than losing its oldest messages.
     truncate: bool = True
+    # False: a generation that fills num_ctx stops ("length") rather than shifting the context.
+    shift: bool = True
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     # None: no log probabilities; n >= 0: each token's, with its n likeliest alternatives.

@@ -39,6 +39,10 @@ DoneReason = Literal["stop", "length", "cancel", "error"]
 # mixed in, 4 or 5 of the 8 diverged.
 MAX_DECODE_ROWS = 7
 
+# With context shifting a generation need never fill the context, so one that sets no num_predict (or a
+# larger one) is bounded at this many context windows, as Ollama bounds it (llm/llama_server.go).
+OPEN_ENDED_CONTEXTS = 10
+
 
 class NoFreeSlot(RuntimeError):
     """Every sequence slot of the context is taken."""
@@ -59,6 +63,10 @@ class SequenceRequest:
     stop: list[str] = field(default_factory=list)
     # None: no log probabilities; n >= 0: each token's, with the n likeliest alternatives.
     logprobs: int | None = None
+    # When the context fills: True shifts it (keeping the first num_keep tokens, dropping half of the
+    # rest), False ends the sequence with "length". Ollama's `shift` and `num_keep` (-1: the whole prompt).
+    shift: bool = True
+    num_keep: int = 4
 
 
 @dataclass
@@ -91,7 +99,8 @@ class _Sequence:
     sampler: SequenceSampler
     submitted_ns: int
     prefilled: int = 0  # prompt tokens already in the KV cache
-    n_past: int = 0
+    n_past: int = 0  # cells of the KV cache in use (lower than prompt + generated after a shift)
+    keep: int = 0  # tokens at the start that a context shift keeps
     generated: list[int] = field(default_factory=list)
     pending_token: int | None = None  # sampled, not yet decoded
     first_token_ns: int = 0
@@ -137,6 +146,8 @@ class BatchEngine:
             )
         self.ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
+        # Recurrent and some sliding-window memories cannot move cells: those never shift.
+        self.can_shift = bool(llama.llama_memory_can_shift(self._memory))
         self._batch = llama.llama_batch_init(n_batch, 0, n_parallel)
         self._free_ids: deque[int] = deque(range(n_parallel))
         self._running: list[_Sequence] = []
@@ -171,7 +182,24 @@ class BatchEngine:
                 sampler.free_all()
                 raise NoFreeSlot(f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy")
             seq_id = self._free_ids.popleft()
-            self._running.append(_Sequence(request, seq_id, sampler, time.perf_counter_ns()))
+            seq = _Sequence(request, seq_id, sampler, time.perf_counter_ns())
+            seq.keep = self.shift_keep(request)
+            self._running.append(seq)
+
+    def shift_keep(self, request: SequenceRequest) -> int:
+        """How many leading tokens a shift keeps: num_keep (-1: the prompt), plus the BOS Ollama adds."""
+        keep = len(request.prompt) if request.num_keep < 0 else request.num_keep
+        if self.model.add_bos:
+            keep += 1
+        # At least one token must be left to discard.
+        return min(keep, self.n_ctx - 1)
+
+    def token_limit(self, request: SequenceRequest) -> int | None:
+        """The most tokens a sequence generates: num_predict, bounded when shifting never fills the context."""
+        if not request.shift or not self.can_shift:
+            return request.max_tokens
+        bound = OPEN_ENDED_CONTEXTS * self.n_ctx
+        return bound if request.max_tokens is None else min(request.max_tokens, bound)
 
     def cancel(self, key: str) -> None:
         """Stop a sequence at the next step (its client went away)."""
@@ -305,13 +333,36 @@ class BatchEngine:
             text, seq.held = text[:-keep], text[-keep:]
         if text:
             events.append(self._text_event(seq, text))
-        limit = seq.request.max_tokens
+        limit = self.token_limit(seq.request)
         if limit is not None and len(seq.generated) >= limit:
             return events + self._flush(seq) + [self._finish(seq, "length")]
-        if seq.n_past + 1 >= self.n_ctx:
+        if seq.n_past + 1 >= self.n_ctx and not (seq.request.shift and self._shift(seq)):
             return events + self._flush(seq) + [self._finish(seq, "length")]
         seq.pending_token = token
         return events
+
+    def _shift(self, seq: _Sequence) -> bool:
+        """Make room in a full context as Ollama does: keep the first `keep` cells, drop half of the
+        context after them, and move the rest down. False when the memory cannot shift.
+
+        Only the KV cells move; the sampler's penalty window holds the last tokens sampled, not positions,
+        and goes on unchanged (as Ollama's does), and the output (prompt + generated) keeps every token.
+        """
+        if not self.can_shift:
+            return False
+        discard = min(max((self.n_ctx - seq.keep) // 2, 1), seq.n_past - seq.keep)
+        if discard <= 0:
+            return False
+        start, end = seq.keep, seq.keep + discard
+        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end):
+            return False
+        llama.llama_memory_seq_add(self._memory, seq.seq_id, end, seq.n_past, -discard)
+        log.debug(
+            "context full, shifted",
+            extra={"key": seq.request.key, "n_past": seq.n_past, "keep": seq.keep, "discard": discard},
+        )
+        seq.n_past -= discard
+        return True
 
     def _flush(self, seq: _Sequence) -> list[Event]:
         """Release text held back for stop matching or an unfinished UTF-8 sequence."""

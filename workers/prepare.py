@@ -173,6 +173,12 @@ def check_fits(tokens: list[int], n_ctx: int) -> None:
         )
 
 
+def num_keep(options: dict[str, Any]) -> int:
+    """The tokens a context shift keeps at the start (-1: the whole prompt); Ollama's default is 4."""
+    value = options.get("num_keep")
+    return 4 if value is None else int(value)
+
+
 def sampling_params(options: dict[str, Any], grammar: str | None) -> SamplingParams:
     """The sampler's settings from the job's options (those set), with the format's grammar."""
     return SamplingParams(

@@ -279,6 +279,8 @@ class WorkerRuntime:
                 max_tokens=num_predict if num_predict > 0 else None,
                 stop=list(stop),
                 logprobs=job.logprobs,
+                shift=job.shift,
+                num_keep=prepare.num_keep(options),
             )
             parser = prepare.tool_call_parser(job, loaded)
             self._wait_for_engine_slot(loaded)

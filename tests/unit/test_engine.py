@@ -168,7 +168,7 @@ def test_context_full_ends_with_length(model: LlamaModel) -> None:
     engine = BatchEngine(model, n_ctx=32)
     try:
         prompt = model.tokenize(PROMPTS[1])
-        engine.submit(SequenceRequest("a", prompt, GREEDY))
+        engine.submit(SequenceRequest("a", prompt, GREEDY, shift=False))
         _, done = run_all(engine)
     finally:
         engine.close()
