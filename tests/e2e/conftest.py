@@ -74,7 +74,9 @@ def start_stack(
         **overrides,
     )
     # Test registries listen on 127.0.0.1, which the store worker refuses unless HERD_REGISTRY_ALLOW names it.
-    base = {"HERD_HEARTBEAT": "0.5", "HERD_REGISTRY_ALLOW": "127.0.0.1"}
+    # A short drain: a stack stop lets running generations finish for HERD_DRAIN_SECONDS (30 s by default),
+    # and a stream a test left running (its client gone with the API) would hold the teardown that long.
+    base = {"HERD_HEARTBEAT": "0.5", "HERD_REGISTRY_ALLOW": "127.0.0.1", "HERD_DRAIN_SECONDS": "5"}
     stack = Stack(settings, env={**base, **(env or {})})
     try:
         stack.start()
