@@ -9,8 +9,9 @@ the queries use must be among the families scraped.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
-import threading
+import socket
 import time
 from pathlib import Path
 
@@ -54,10 +55,21 @@ def _queried() -> dict[str, list[str]]:
     return used
 
 
-def _post_and_forget(base_url: str, body: dict[str, object]) -> None:
-    """A request that waits in the queue until the stack stops under it."""
-    with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"{base_url}/api/generate", json=body, timeout=60)
+def _open_request(base_url: str, body: dict[str, object]) -> socket.socket:
+    """A request sent on a raw socket and left open: it waits in the queue until the caller closes it.
+
+    Closing it is the client leaving, so the API withdraws the job and the stack's stop (nginx's graceful
+    one) has no open request to wait for.
+    """
+    url = httpx.URL(base_url)
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((url.host, url.port or 80), timeout=10)
+    sock.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
 
 
 @pytest.mark.slow
@@ -99,17 +111,19 @@ def test_queried_metrics_exist_in_a_live_scrape(tmp_path: Path) -> None:
             # it) and, OLLAMA_MAX_QUEUE being 1, the next is refused.
             for worker in stack.workers:
                 worker.stop(15.0)
-            waiting = threading.Thread(target=_post_and_forget, args=(stack.url, body), daemon=True)
-            waiting.start()
-            deadline = time.monotonic() + 20
-            while "herd_queue_waiting 1.0" not in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text:
-                assert time.monotonic() < deadline, "the waiting request never showed in herd_queue_waiting"
-                time.sleep(0.2)
-            assert client.post("/api/generate", json=body, timeout=10).status_code == 503
-            api = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
-            api.raise_for_status()
-            scraped |= _families(api.text)
-    waiting.join(timeout=30)
+            with contextlib.closing(_open_request(stack.url, body)):
+                deadline = time.monotonic() + 20
+                while (
+                    "herd_queue_waiting 1.0" not in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+                ):
+                    assert time.monotonic() < deadline, (
+                        "the waiting request never showed in herd_queue_waiting"
+                    )
+                    time.sleep(0.2)
+                assert client.post("/api/generate", json=body, timeout=10).status_code == 503
+                api = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+                api.raise_for_status()
+                scraped |= _families(api.text)
 
     missing = {
         name: where for name, where in _queried().items() if not NOT_HERDS.match(name) and name not in scraped
