@@ -9,13 +9,13 @@ from typing import Any
 
 from llama_cpp import llama_grammar as lg
 
+from herd.json_pattern import pattern_gbnf
 from herd.json_schema import (
     SchemaError,
     branch,
     check_schema,
     integer_bounds,
     nested_defs,
-    pattern_gbnf,
     resolve_pointer,
 )
 
