@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from herd.gguf_meta import GGUFInfo
 
@@ -90,8 +90,8 @@ def available_ram() -> int:
     raise OSError("MemAvailable is missing from /proc/meminfo")
 
 
-def free_vram(device_index: int) -> int | None:
-    """Free memory of a GPU from NVML, or None when NVML is not there (no driver, no pynvml)."""
+def gpu_memory(device_index: int, which: Literal["free", "total"]) -> int | None:
+    """A GPU's free or total memory from NVML, or None when NVML is not there (no driver, no pynvml)."""
     try:
         import pynvml
     except ImportError:
@@ -100,11 +100,11 @@ def free_vram(device_index: int) -> int | None:
         pynvml.nvmlInit()
         try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+            return int(getattr(pynvml.nvmlDeviceGetMemoryInfo(handle), which))
         finally:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError as exc:
-        log.warning("NVML could not report free memory of GPU %d: %s", device_index, exc)
+        log.warning("NVML could not report the %s memory of GPU %d: %s", which, device_index, exc)
         return None
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from herd.contracts import LoadedModelState
 from herd.durations import FOREVER, MAX_KEEP_ALIVE_S
 from herd.gguf_meta import GGUFError
-from herd.memory import Estimate, available_ram, estimate, format_gib, free_vram
+from herd.memory import Estimate, available_ram, estimate, format_gib, gpu_memory
 from herd.store import StoredModel
 from herd.templates.builtin import ChatTemplate, choose_template
 from workers.embedder import Embedder
@@ -188,7 +188,7 @@ class ModelCache:
         """HERD_MEMORY_LIMIT, else the device's free memory plus what our own models take."""
         if self.memory_limit is not None:
             return self.memory_limit
-        free = free_vram(self._gpu_index) if self._gpu_index is not None else None
+        free = gpu_memory(self._gpu_index, "free") if self._gpu_index is not None else None
         if free is None:
             free = available_ram()
         return free + self.memory_used

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -10,9 +9,9 @@ import socket
 from pydantic import AliasChoices, Field, field_validator
 
 from herd.durations import parse_keep_alive
+from herd.memory import gpu_memory
 from herd.settings import DEFAULT_DRAIN_S, CommonSettings
 
-log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 # Ollama's default num_ctx by total GPU memory (server/routes.go, Serve): 47 and 23 GiB rather than 48 and
@@ -50,24 +49,6 @@ def tiered_num_ctx(total_gpu_memory: int | None) -> int:
     return NUM_CTX_FLOOR
 
 
-def total_vram(device_index: int) -> int | None:
-    """Total memory of a GPU from NVML, or None when NVML is not there (no driver, no pynvml)."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError as exc:
-        log.warning("NVML could not report the memory of GPU %d: %s", device_index, exc)
-        return None
-
-
 def _visible_gpu() -> int | None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     return int(visible) if visible.isdigit() else None
@@ -76,7 +57,7 @@ def _visible_gpu() -> int | None:
 def default_num_ctx() -> int:
     """num_ctx when OLLAMA_CONTEXT_LENGTH is unset: tiered by this worker's GPU, 4096 on the CPU."""
     gpu = _visible_gpu()
-    return tiered_num_ctx(total_vram(gpu) if gpu is not None else None)
+    return tiered_num_ctx(gpu_memory(gpu, "total") if gpu is not None else None)
 
 
 class WorkerSettings(CommonSettings):
