@@ -12,7 +12,6 @@ from herd.durations import parse_keep_alive
 from herd.memory import gpu_memory
 from herd.settings import DEFAULT_DRAIN_S, CommonSettings
 
-
 GIB = 1 << 30
 # Ollama's default num_ctx by total GPU memory (server/routes.go, Serve): 47 and 23 GiB rather than 48 and
 # 24, for cards that report a little less than their nominal size.
