@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from app.openai_errors import OpenAIError, unsupported
 from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, absent_nulls
-from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
+from herd.contracts import ChatMessage, ToolCall, ToolCallFunction, optional_fields_take_null
 from herd.json_schema import SchemaError, check_schema
 
 SYSTEM_FINGERPRINT = "fp_herd"
@@ -32,7 +32,7 @@ class _Body(BaseModel):
     """A request object: unknown fields ignored, JSON null the same as absent (OpenAI's optional fields
     are all nullable), and bools strict: "yes" or 1 is refused, as OpenAI refuses them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from herd.contracts import ChatMessage
+from herd.contracts import ChatMessage, optional_fields_take_null
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def absent_message_nulls(messages: Any) -> Any:
 class Options(BaseModel):
     """Runtime options Herd honours; the rest of Ollama's runner options are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=optional_fields_take_null)
 
     num_ctx: int | None = Field(default=None, ge=1, le=MAX_NUM_CTX)
     # -1 generates until a stop or the context is full, -2 fills the context (Ollama's two specials).
@@ -157,7 +157,7 @@ _ACCEPTED_IGNORED = frozenset(
 class _Named(BaseModel):
     """A body that names a model; older clients send "name" instead of "model"."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
 
     model: str = Field(default="", description="Model name, e.g. gemma3:270m.")
 
@@ -281,7 +281,7 @@ class CreateRequest(_Named):
 class CopyRequest(BaseModel):
     """POST /api/copy."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
 
     source: str = ""
     destination: str = ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # --- Redis keys -------------------------------------------------------------------------------------
 
@@ -63,19 +63,44 @@ def lease_key(job_id: str) -> str:
 # --- Job payloads -----------------------------------------------------------------------------------
 
 
+def optional_fields_take_null(schema: dict[str, Any]) -> None:
+    """Say in the OpenAPI what the API does: an optional field may be JSON null, read as absent.
+
+    A pydantic `json_schema_extra` hook for the bodies whose nulls the API drops before validation, as
+    Go's decoder does (app/schemas.py absent_nulls); without it the published schema claims a null is
+    refused, and a client generated from it, or a fuzzer, learns the wrong rule.
+    """
+    required = set(schema.get("required", ()))
+    for name, prop in list(schema.get("properties", {}).items()):
+        if name in required or _takes_null(prop):
+            continue
+        kept = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
+        schema["properties"][name] = {"anyOf": [prop, {"type": "null"}], **kept}
+
+
+def _takes_null(prop: dict[str, Any]) -> bool:
+    return prop.get("type") == "null" or any(_takes_null(p) for p in prop.get("anyOf", ()))
+
+
 class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(json_schema_extra=optional_fields_take_null)
+
     index: int = 0  # the call's position among the response's calls, as Ollama numbers them
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class ToolCall(BaseModel):
+    model_config = ConfigDict(json_schema_extra=optional_fields_take_null)
+
     id: str | None = None  # "call_" and 8 random characters on a generated call, as Ollama writes it
     function: ToolCallFunction
 
 
 class ChatMessage(BaseModel):
     """One chat turn as Ollama's /api/chat takes it."""
+
+    model_config = ConfigDict(json_schema_extra=optional_fields_take_null)
 
     role: str
     content: str = ""
