@@ -27,6 +27,7 @@ from stack.supervisor import Stack
 from stack.tls import fingerprint, tls_paths
 from tests.e2e.conftest import start_stack
 from tests.support.ports import free_port
+from tests.support.raw_http import raw_http
 
 KEY = "sk-herd-e2e-first-key"
 OTHER_KEY = "sk-herd-e2e-the-second-key"
@@ -77,27 +78,14 @@ def test_oversized_generate_body_gets_413_json(base_url: str) -> None:
     assert b'"error": "request body too large' in body
 
 
-def _raw_http(base_url: str, data: bytes) -> tuple[bytes, bytes]:
-    """Send raw bytes to nginx and read to EOF: the response's head and body."""
-    parts = urlsplit(base_url)
-    assert parts.hostname and parts.port
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(data)
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    head, _, body = response.partition(b"\r\n\r\n")
-    return head, body
-
-
 def test_http_1_0_without_host_is_served_and_refused_in_json(base_url: str) -> None:
     # Ollama (Go's net/http) serves HTTP/1.0 without Host; uvicorn refused it in plain text.
-    head, body = _raw_http(base_url, b"GET /api/version HTTP/1.0\r\n\r\n")
+    head, body = raw_http(base_url, b"GET /api/version HTTP/1.0\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     assert json.loads(body)["version"] == OLLAMA_API_VERSION
     bad = b'{"model": 7}'
     request = b"POST /api/generate HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(bad), bad)
-    head, body = _raw_http(base_url, request)
+    head, body = raw_http(base_url, request)
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"application/json" in head.lower(), head
     assert isinstance(json.loads(body)["error"], str), body

@@ -26,6 +26,7 @@ from herd.store import ModelStore
 from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
 from tests.support.ports import free_port
+from tests.support.raw_http import raw_http
 from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,19 +140,6 @@ def test_schemathesis_finds_no_server_error_and_only_documented_errors(
 
 
 # --- hand-made hostile requests ---------------------------------------------------------------------
-
-
-def raw_request(stack: Stack, data: bytes) -> tuple[bytes, bytes]:
-    """Send raw bytes to nginx, return the response's head and body."""
-    parts = urlsplit(stack.settings.base_url)
-    assert parts.hostname and parts.port
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(data)
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    head, _, body = response.partition(b"\r\n\r\n")
-    return head, body
 
 
 @pytest.mark.parametrize(
@@ -319,7 +307,7 @@ def test_hostile_model_names_are_refused_everywhere(
     ],
 )
 def test_malformed_http_is_refused_in_json_without_splitting(fuzz_stack: Stack, raw: bytes) -> None:
-    head, body = raw_request(fuzz_stack, raw)
+    head, body = raw_http(fuzz_stack.settings.base_url, raw)
     status = int(head.split(b" ", 2)[1])
     assert status in (400, 405), head
     assert b"application/json" in head.lower(), head
