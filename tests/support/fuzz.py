@@ -15,6 +15,8 @@ from typing import Any
 
 import schemathesis
 
+from app.schemas import MAX_NUM_PREDICT
+
 # Set by the test to what its stack serves.
 SERVED_MODEL = os.environ.get("HERD_FUZZ_MODEL", "tiny-a")
 # Longest generation a fuzzed request may ask for: every request is real inference on 2 shared cores.
@@ -29,11 +31,16 @@ def _steered(body: dict[str, Any]) -> bool:
     return digest[0] % 2 == 0
 
 
-def _short(value: object) -> object:
-    """A generation length capped at MAX_TOKENS; -1/-2 (no limit, fill the context) become the cap."""
-    if isinstance(value, int) and not isinstance(value, bool) and (value > MAX_TOKENS or value < 0):
-        return MAX_TOKENS
-    return value
+def _short(value: object, lowest: int) -> object:
+    """A valid generation length capped at MAX_TOKENS; -1/-2 (no limit, fill the context) become the cap.
+
+    A value the schema refuses (below `lowest`, past MAX_NUM_PREDICT, not an integer) is left as it is:
+    it is a negative case, and rewriting it to a valid one would make schemathesis blame the API for
+    accepting what it generated as invalid.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= MAX_NUM_PREDICT:
+        return value
+    return MAX_TOKENS if value > MAX_TOKENS or value < 0 else value
 
 
 @schemathesis.hook
@@ -48,11 +55,11 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     if path in NATIVE_GENERATION and (isinstance(options, dict) or "options" not in body):
         # No num_predict means "until the context is full": every generation gets a short one.
         options = options if isinstance(options, dict) else {}
-        body["options"] = {**options, "num_predict": _short(options.get("num_predict", MAX_TOKENS))}
+        body["options"] = {**options, "num_predict": _short(options.get("num_predict", MAX_TOKENS), -2)}
     if path in OPENAI_GENERATION:
-        body["max_tokens"] = _short(body.get("max_tokens", MAX_TOKENS))
+        body["max_tokens"] = _short(body.get("max_tokens", MAX_TOKENS), 1)
         if "max_completion_tokens" in body:
-            body["max_completion_tokens"] = _short(body["max_completion_tokens"])
+            body["max_completion_tokens"] = _short(body["max_completion_tokens"], 1)
     return body
 
 
