@@ -1,0 +1,98 @@
+"""Tiny random-weight vision projector (mmproj) GGUFs for fast tests against real libmtmd.
+
+The file is a LLaVA-style projector (`clip.projector_type = "mlp"`): a two-layer ViT over
+8x8 patches of a 32x32 image, then a two-layer MLP into the text model's embedding space.
+libmtmd loads it next to a tiny text model from `tests.support.tiny_gguf` and turns an
+image into 16 embeddings that llama.cpp decodes into the KV cache like any prompt. The
+weights are random, so different images give different embeddings (and so different
+greedy continuations), and the same image always gives the same ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["IMAGE_SIZE", "PATCH_SIZE", "TOKENS_PER_IMAGE", "write_tiny_projector"]
+
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+# Every image is resized to IMAGE_SIZE square, so it always becomes this many embeddings.
+TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
+
+
+def _normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> NDArray[np.float32]:
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
+def write_tiny_projector(
+    path: Path,
+    *,
+    text_n_embd: int = 64,
+    seed: int = 0,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_ff: int = 64,
+    n_layer: int = 2,
+) -> Path:
+    """Write a random-weight LLaVA-style projector GGUF whose output width is `text_n_embd`.
+
+    `text_n_embd` must equal the text model's `n_embd` (libmtmd refuses a mismatch).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    hidden = 2 * text_n_embd
+
+    # general.architecture = "clip" is what Ollama (and Herd's /api/create) look at to tell
+    # a projector GGUF from a text model.
+    writer = gguf.GGUFWriter(path, "clip")
+    writer.add_name("tiny-projector")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    writer.add_uint32("clip.vision.patch_size", PATCH_SIZE)
+    writer.add_uint32("clip.vision.embedding_length", n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
+    writer.add_uint32("clip.vision.block_count", n_layer)
+    writer.add_uint32("clip.vision.projection_dim", text_n_embd)
+    writer.add_uint32("clip.vision.attention.head_count", n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    # Shapes are numpy's (outermost first); ggml reads them reversed. The patch embedding is
+    # a stride-PATCH_SIZE convolution from 3 channels to n_embd.
+    writer.add_tensor("v.patch_embd.weight", _normal(rng, (n_embd, 3, PATCH_SIZE, PATCH_SIZE), 0.2))
+    writer.add_tensor("v.position_embd.weight", _normal(rng, (n_patches, n_embd), 0.1))
+    std = 1.0 / np.sqrt(n_embd)
+    for i in range(n_layer):
+        blk = f"v.blk.{i}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(f"{blk}.{norm}.bias", np.zeros(n_embd, dtype=np.float32))
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"{blk}.{proj}.weight", _normal(rng, (n_embd, n_embd), std))
+            writer.add_tensor(f"{blk}.{proj}.bias", np.zeros(n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), std))
+        writer.add_tensor(f"{blk}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
+        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
+    # The LLaVA MLP: mm.0 (linear), GELU, mm.2 (linear) into the text embedding space. Its
+    # output scale matches the tiny text model's unit-scale token embeddings.
+    writer.add_tensor("mm.0.weight", _normal(rng, (hidden, n_embd), 1.0 / np.sqrt(n_embd)))
+    writer.add_tensor("mm.0.bias", np.zeros(hidden, dtype=np.float32))
+    writer.add_tensor("mm.2.weight", _normal(rng, (text_n_embd, hidden), 2.0 / np.sqrt(hidden)))
+    writer.add_tensor("mm.2.bias", np.zeros(text_n_embd, dtype=np.float32))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
