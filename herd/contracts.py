@@ -124,6 +124,8 @@ class GenerateJob(BaseModel):
     template: str | None = None
     raw: bool = False
     context: list[int] | None = None
+    # /api/generate's images (base64); a chat's images are on its messages.
+    images: list[str] | None = None
     messages: list[ChatMessage] | None = None
     tools: list[dict[str, Any]] | None = None
     # The request's think (true, false or a level); None when it sets none. Templates see it.
@@ -239,6 +241,8 @@ class CreateSpec(BaseModel):
 
     from_model: str | None = None  # canonical name of the base model
     files: dict[str, str] = Field(default_factory=dict)  # file name -> "sha256:<hex>" blob
+    # ADAPTER files (name -> blob); a projector GGUF among them becomes the projector layer.
+    adapters: dict[str, str] = Field(default_factory=dict)
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] | None = None

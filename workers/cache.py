@@ -30,6 +30,7 @@ from workers.embedder import Embedder
 from workers.engine import MAX_DECODE_ROWS, BatchEngine, ContextError
 from workers.llama import LlamaModel, ModelLoadError
 from workers.metrics import EvictionReason, WorkerMetrics
+from workers.vision import Projector
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class LoadedModel:
     # What the template writes before a tool call's JSON ("" for bare JSON); learned on first use.
     tool_call_tag: str | None = None
     estimate: Estimate = field(default_factory=lambda: Estimate(0, 0, 0))
+    # The vision projector (libmtmd), for a model whose manifest has a projector layer.
+    projector: Projector | None = None
 
     @property
     def pinned(self) -> bool:
@@ -126,6 +129,8 @@ class LoadedModel:
         self.engine.close()
         if self.embedder is not None:
             self.embedder.close()
+        if self.projector is not None:
+            self.projector.close()
         self.llama.close()
 
 
@@ -319,6 +324,17 @@ class ModelCache:
             raise
         try:
             template = model_template(stored, llama_model)
+            # Ollama's manifests carry one projector at most; it reads the first.
+            projector = (
+                Projector(
+                    stored.projectors[0],
+                    llama_model,
+                    n_threads=self._threads,
+                    use_gpu=self._n_gpu_layers != 0,
+                )
+                if stored.projectors
+                else None
+            )
         except BaseException:
             engine.close()
             llama_model.close()
@@ -332,6 +348,7 @@ class ModelCache:
             keep_alive=self.default_keep_alive,
             users=1,
             estimate=need,
+            projector=projector,
         )
 
     def _hold(self, loaded: LoadedModel, keep_alive: float | None) -> LoadedModel:

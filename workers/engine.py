@@ -25,6 +25,7 @@ import numpy as np
 
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams, SequenceSampler
+from workers.vision import ImageError, MediaPrompt
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class SequenceRequest:
     # rest), False ends the sequence with "length". Ollama's `shift` and `num_keep` (-1: the whole prompt).
     shift: bool = True
     num_keep: int = 4
+    # A prompt with images (workers/vision.py): `prompt` holds placeholders where its images go.
+    media: MediaPrompt | None = None
 
 
 @dataclass
@@ -237,6 +240,19 @@ class BatchEngine:
         """Decode the next chunk of one sequence's prompt, alone: its numbers never depend on others."""
         prompt = seq.request.prompt
         take = min(len(prompt) - seq.prefilled, self.n_batch)
+        # --- vision hook: an image at this position is evaluated by mtmd; text stops at the next one ---
+        media = seq.request.media
+        if media is not None:
+            try:
+                evaluated = media.prefill_image(self.ctx, seq.seq_id, seq.prefilled, self.n_batch)
+            except ImageError as exc:
+                return [self._finish(seq, "error", str(exc))]
+            if evaluated:
+                seq.prefilled += evaluated
+                seq.n_past = seq.prefilled
+                return []
+            take = min(take, media.text_end(seq.prefilled) - seq.prefilled)
+        # --- end of the vision hook ---
         sample_at: list[tuple[_Sequence, int]] = []
         for i in range(take):
             pos = seq.prefilled + i

@@ -5,6 +5,8 @@ Plain functions, run on the job thread; a request they cannot serve raises JobEr
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,11 @@ from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from workers.cache import LoadedModel
 from workers.llama import LlamaModel, TokenOutOfRange
 from workers.sampling import SamplingParams
+from workers.vision import ImageError, MediaPrompt
+
+# Ollama's truncation counts each image of a kept message as this many tokens (server/prompt.go's
+# imageNumTokens, "CLIP images are represented as 768 tokens"), whatever the projector makes of it.
+IMAGE_NUM_TOKENS = 768
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +102,29 @@ def truncated_messages(
 
 
 def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
+    """The job's prompt tokens (prompt_input's, without its images)."""
+    return prompt_input(job, loaded)[0]
+
+
+def prompt_input(job: GenerateJob, loaded: LoadedModel) -> tuple[list[int], MediaPrompt | None]:
     """The job's prompt, rendered through its template (unless raw) and tokenized, after any `context`.
 
     The conversation is built as Ollama builds it (the Modelfile's SYSTEM and MESSAGE turns around the
     request's), and a chat over num_ctx loses its oldest turns unless the job says `truncate: false`.
+    With images, the tokens hold a placeholder for each image position and the MediaPrompt the images.
     """
     model = loaded.llama
     stored = loaded.stored
+    has_images = bool(job.images) or any(m.images for m in job.messages or ())
+    if has_images and loaded.projector is None:
+        raise JobError(400, f"{stored.name.display} does not support vision")
     if job.kind == "generate" and job.context:
         check_context(job.context, model)
     if job.kind == "generate" and job.raw:
-        return [*(job.context or []), *model.tokenize(job.prompt or "", add_special=not job.context)]
+        if job.images:
+            # Raw prompts place their images themselves, with "[img-N]" tags.
+            return _with_images(job.prompt or "", decode_images(job.images, "images"), job, loaded)
+        return [*(job.context or []), *model.tokenize(job.prompt or "", add_special=not job.context)], None
     template = loaded.template
     if job.kind == "generate" and job.template:
         template = choose_template(
@@ -116,11 +135,20 @@ def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
     def render(messages: list[ChatMessage]) -> str:
         return render_chat(template, messages, tools=job.tools, think=job.think, bos_token=bos)
 
+    images: list[bytes] = []
+
+    def render_tagged(messages: list[ChatMessage]) -> str:
+        tagged, found = image_tagged_messages(messages)
+        images.extend(found)
+        return render(tagged)
+
     try:
         if job.suffix:
             if not template.supports_suffix:
                 raise JobError(400, f"{stored.name.display} does not support insert")
             text = render_insert(template, job.prompt or "", job.suffix, think=job.think)
+            # An insert has no conversation to tag: its images need "[img-N]" in the prompt (else a 400).
+            images.extend(decode_images(job.images or [], "images"))
         elif job.kind == "generate":
             messages = generate_messages(
                 job.prompt or "",
@@ -128,16 +156,24 @@ def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
                 stored_system=stored.system,
                 stored_messages=None if job.context else stored.messages,
             )
+            if job.images:
+                messages[-1] = messages[-1].model_copy(update={"images": job.images})
             # Ollama truncates a generate's conversation too, but not under a request's own template.
             truncate = job.truncate and not job.template
-            text = _render_within(messages, render, model, loaded.n_ctx, truncate)
+            text = _render_within(messages, render, render_tagged, model, loaded.n_ctx, truncate)
         else:
             messages = chat_messages(
                 list(job.messages or []), system=stored.system, stored_messages=stored.messages
             )
-            text = _render_within(messages, render, model, loaded.n_ctx, job.truncate)
+            text = _render_within(messages, render, render_tagged, model, loaded.n_ctx, job.truncate)
     except TemplateError as exc:
         raise JobError(400, str(exc)) from exc
+    if images:
+        return _with_images(text, images, job, loaded)
+    return _text_tokens(text, job, model), None
+
+
+def _text_tokens(text: str, job: GenerateJob, model: LlamaModel) -> list[int]:
     if job.kind == "generate" and job.context:
         return [*job.context, *model.tokenize(text, add_special=False)]
     return model.tokenize(text, add_special=True)
@@ -146,10 +182,20 @@ def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
 def _render_within(
     messages: list[ChatMessage],
     render: Callable[[list[ChatMessage]], str],
+    render_tagged: Callable[[list[ChatMessage]], str],
     model: LlamaModel,
     n_ctx: int,
     truncate: bool,
 ) -> str:
+    if any(m.images for m in messages):
+        # As Ollama: truncation counts the untagged text plus IMAGE_NUM_TOKENS per image, and only the
+        # messages kept are rendered with their "[img-N]" tags (and only their images are sent).
+        def count_with_images(kept: list[ChatMessage]) -> int:
+            n_images = sum(len(m.images or ()) for m in kept)
+            return len(model.tokenize(render(kept), add_special=True)) + IMAGE_NUM_TOKENS * n_images
+
+        kept = truncated_messages(messages, n_ctx, count_with_images) if truncate else messages
+        return render_tagged(kept)
     if not truncate or len(messages) < 2:
         return render(messages)
     last: dict[int, str] = {}  # the text of the messages last counted, which are usually those kept
@@ -161,6 +207,52 @@ def _render_within(
 
     kept = truncated_messages(messages, n_ctx, count)
     return last.get(id(kept)) or render(kept)
+
+
+def decode_images(images: list[str], field: str) -> list[bytes]:
+    """A request's base64 images as bytes; the API checked them, a job enqueued otherwise may not be."""
+    out = []
+    for i, image in enumerate(images):
+        try:
+            out.append(base64.b64decode(image.replace("\r", "").replace("\n", ""), validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise JobError(400, f"invalid base64 data in {field}[{i}]: {exc}") from exc
+    return out
+
+
+def image_tagged_messages(messages: list[ChatMessage]) -> tuple[list[ChatMessage], list[bytes]]:
+    """Ollama's imageTaggedMessages: each image of a message becomes an "[img-N]" tag, numbered across
+    the conversation, at the message's first "[img]" if it has one, else before its text."""
+    tagged: list[ChatMessage] = []
+    images: list[bytes] = []
+    for i, message in enumerate(messages):
+        if not message.images:
+            tagged.append(message)
+            continue
+        prefix, content = "", message.content
+        for data in decode_images(message.images, f"messages[{i}].images"):
+            tag = f"[img-{len(images)}]"
+            images.append(data)
+            if "[img]" in content:
+                content = content.replace("[img]", tag, 1)
+            else:
+                prefix += tag
+        tagged.append(message.model_copy(update={"content": prefix + content, "images": None}))
+    return tagged, images
+
+
+def _with_images(
+    text: str, images: list[bytes], job: GenerateJob, loaded: LoadedModel
+) -> tuple[list[int], MediaPrompt]:
+    """Tokenize with libmtmd: text tokens, and placeholders where each "[img-N]" tag's image goes."""
+    assert loaded.projector is not None  # prompt_input refused images without one
+    context = job.context if job.kind == "generate" and job.context else []
+    try:
+        media = loaded.projector.tokenize(text, images, add_special=not context)
+    except ImageError as exc:
+        raise JobError(400, str(exc)) from exc
+    media.prepend(context)
+    return media.tokens, media
 
 
 def check_fits(tokens: list[int], n_ctx: int) -> None:

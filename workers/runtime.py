@@ -256,7 +256,7 @@ class WorkerRuntime:
                 self._job_publisher.send(job.job_id, "done", done_reason="load", load_duration=load_ns)
                 self.cache.release(loaded)
                 return
-            tokens = prepare.prompt_tokens(job, loaded)
+            tokens, media = prepare.prompt_input(job, loaded)
             prepare.check_fits(tokens, loaded.n_ctx)
             sampling = prepare.sampling_params(options, grammar)
             num_predict = int(options.get("num_predict", -1))
@@ -281,6 +281,7 @@ class WorkerRuntime:
                 logprobs=job.logprobs,
                 shift=job.shift,
                 num_keep=prepare.num_keep(options),
+                media=media,
             )
             parser = prepare.tool_call_parser(job, loaded)
             self._wait_for_engine_slot(loaded)

@@ -140,20 +140,21 @@ async def create(
 ) -> Response:
     """Create a model from an uploaded GGUF or an existing model, optionally quantized; streams progress."""
     name = _name(body.model)
-    if body.adapters:
-        raise BadRequest(f"adapters are not supported yet: {sorted(body.adapters)}")
     try:
         quantize = normalize_quantize(body.quantize or body.quantization)
     except CreateError as exc:
         raise BadRequest(exc.message) from exc
     from_model = _name(body.from_, "from").canonical if body.from_ else None
     files = _files(services, body.files)
+    # A projector GGUF may come as an ADAPTER, as with Ollama; the store worker tells it from a LoRA.
+    adapters = _files(services, body.adapters)
     if from_model is None and not files:
         raise BadRequest("neither 'from' or 'files' was specified")
     license_ = [body.license] if isinstance(body.license, str) else body.license
     spec = CreateSpec(
         from_model=from_model,
         files=files,
+        adapters=adapters,
         template=body.template or None,
         system=body.system or None,
         parameters=_parameters(body.parameters),

@@ -30,6 +30,7 @@ from herd.store import (
     MEDIA_MESSAGES,
     MEDIA_MODEL,
     MEDIA_PARAMS,
+    MEDIA_PROJECTOR,
     MEDIA_SYSTEM,
     MEDIA_TEMPLATE,
     MissingBlob,
@@ -93,6 +94,27 @@ def normalize_quantize(value: str | None) -> str | None:
     return wanted
 
 
+def is_projector(info: GGUFInfo) -> bool:
+    """Ollama's isProjectorGGUF: a GGUF of kind projector/mmproj, or a standalone vision encoder (a CLIP
+    file with a vision or audio encoder and no text blocks), is a projector, not a model."""
+    meta = info.metadata
+    arch = info.architecture
+
+    def count(key: str) -> int:
+        value = meta.get(f"{arch}.{key}")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    if meta.get("general.type") in ("projector", "mmproj"):
+        return True
+    if count("block_count") == 0 and count("vision.block_count") > 0:
+        return True
+    return (
+        arch == "clip"
+        and count("block_count") == 0
+        and bool(meta.get("clip.has_vision_encoder") or meta.get("clip.has_audio_encoder"))
+    )
+
+
 def _json_layer(value: Any) -> bytes:
     # Go's json.Encoder: compact, map keys sorted, a trailing newline.
     return (json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
@@ -125,11 +147,21 @@ class ModelBuilder:
     # --- base layers -------------------------------------------------------------------------------
 
     def _from_files(self, files: dict[str, str]) -> tuple[list[tuple[str, str, int]], dict[str, Any]]:
+        # As Ollama: each GGUF is a model or, by its header, a projector (a vision model's second FROM).
+        layers = [self._gguf_layer(fname, files[fname]) for fname in sorted(files)]
+        models = [
+            fname for fname, layer in zip(sorted(files), layers, strict=True) if layer[0] == MEDIA_MODEL
+        ]
+        if len(models) != 1:
+            # Several models are a safetensors checkpoint (or a split GGUF): conversion is not done here.
+            raise CreateError(
+                f"files must name exactly one GGUF model (and any projectors), got {len(models)}: {models}"
+            )
+        return layers, {}
+
+    def _gguf_layer(self, fname: str, digest: str) -> tuple[str, str, int]:
+        """The layer for one uploaded GGUF: a projector by its header, else the model."""
         self.progress({"status": "parsing GGUF"})
-        if len(files) != 1:
-            # Several files are a safetensors checkpoint (or a split GGUF): conversion is not done here.
-            raise CreateError(f"files must name exactly one GGUF file, got {len(files)}: {sorted(files)}")
-        fname, digest = next(iter(files.items()))
         try:
             path = self.store.blob_path(digest)
         except ValueError as exc:
@@ -139,10 +171,23 @@ class ModelBuilder:
                 f"blob {digest} for file {fname!r} is not in the store; upload it to /api/blobs first"
             )
         try:
-            read_gguf_info(path)
+            info = read_gguf_info(path)
         except GGUFError as exc:
             raise CreateError(f"file {fname!r} ({digest}) is not a GGUF model: {exc}") from exc
-        return [(MEDIA_MODEL, f"sha256:{path.name.removeprefix('sha256-')}", path.stat().st_size)], {}
+        media = MEDIA_PROJECTOR if is_projector(info) else MEDIA_MODEL
+        return media, f"sha256:{path.name.removeprefix('sha256-')}", path.stat().st_size
+
+    def _adapters(
+        self, layers: list[tuple[str, str, int]], adapters: dict[str, str]
+    ) -> list[tuple[str, str, int]]:
+        """ADAPTER files: a projector replaces the base's; LoRA adapters are not supported yet."""
+        added = [self._gguf_layer(fname, adapters[fname]) for fname in sorted(adapters)]
+        lora = [
+            fname for fname, layer in zip(sorted(adapters), added, strict=True) if layer[0] != MEDIA_PROJECTOR
+        ]
+        if lora:
+            raise CreateError(f"adapters are not supported yet: {lora}")
+        return [layer for layer in layers if layer[0] != MEDIA_PROJECTOR] + added
 
     def _from_model(self, raw: str) -> tuple[list[tuple[str, str, int]], dict[str, Any]]:
         try:
@@ -226,6 +271,8 @@ class ModelBuilder:
             raise CreateError("neither 'from' or 'files' was specified")
         if not any(media == MEDIA_MODEL for media, _, _ in layers):
             raise CreateError("the base has no model layer")
+        if spec.adapters:
+            layers = self._adapters(layers, spec.adapters)
         self._check_cancelled()
 
         if spec.quantize:

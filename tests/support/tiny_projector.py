@@ -10,13 +10,15 @@ greedy continuations), and the same image always gives the same ones.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import gguf
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["IMAGE_SIZE", "PATCH_SIZE", "TOKENS_PER_IMAGE", "write_tiny_projector"]
+__all__ = ["IMAGE_SIZE", "PATCH_SIZE", "TOKENS_PER_IMAGE", "png", "write_tiny_projector"]
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -96,3 +98,25 @@ def write_tiny_projector(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def png(
+    width: int, height: int, rgb: tuple[int, int, int], *, stripe: tuple[int, int, int] | None = None
+) -> bytes:
+    """A small RGB PNG of one colour (with an optional horizontal stripe across its middle), written
+    by hand so that tests need no imaging library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = []
+    for y in range(height):
+        colour = stripe if stripe is not None and height // 3 <= y < 2 * height // 3 else rgb
+        rows.append(b"\x00" + bytes(colour) * width)  # filter type 0 (None) per row
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )

@@ -1,0 +1,173 @@
+"""Images through the worker's real path: /api/create's projector layer, libmtmd, the engine's prefill.
+
+A tiny text model and a tiny random-weight projector (tests/support/tiny_projector.py) are created in a
+real store as Ollama ships a vision model (a model layer and a projector layer), loaded by the worker's
+model cache, and generated from with real llama.cpp decodes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+
+from herd.contracts import ChatMessage, CreateSpec, GenerateJob
+from herd.names import ModelName
+from herd.store import MEDIA_MODEL, MEDIA_PROJECTOR, ModelStore, StoredModel
+from herd.store.create import CreateError, ModelBuilder
+from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
+from tests.support.tiny_projector import TOKENS_PER_IMAGE, png, write_tiny_projector
+from workers import prepare
+from workers.cache import LoadedModel, ModelCache
+from workers.engine import DoneEvent, SequenceRequest, TokenEvent
+from workers.prepare import JobError
+from workers.sampling import SamplingParams
+
+RED = base64.b64encode(png(40, 30, (255, 0, 0))).decode()
+BLUE = base64.b64encode(png(24, 24, (0, 0, 255), stripe=(255, 255, 0))).decode()
+GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    root = tmp_path_factory.mktemp("vision")
+    store = ModelStore(root / "models")
+    text = write_tiny_llama(root / "text.gguf", seed=5, chat_template=CHATML_TEMPLATE)
+    projector = write_tiny_projector(root / "mmproj.gguf", text_n_embd=64)
+    files = {}
+    for name, path in (("model.gguf", text), ("mmproj.gguf", projector)):
+        digest, _ = store.write_blob_from_file(path)
+        files[name] = digest
+    builder = ModelBuilder(store, progress=lambda _: None)
+    builder.build(ModelName.parse("tiny-vision"), CreateSpec(files=files))
+    builder.build(ModelName.parse("tiny-blind"), CreateSpec(files={"model.gguf": files["model.gguf"]}))
+    return store
+
+
+@pytest.fixture(scope="module")
+def cache() -> Iterator[ModelCache]:
+    cache = ModelCache(max_loaded=2, n_parallel=1, threads=2, n_gpu_layers=0, memory_limit=1 << 32)
+    yield cache
+    cache.close()
+
+
+def _loaded(cache: ModelCache, stored: StoredModel) -> LoadedModel:
+    loaded, _ = cache.acquire(stored, n_ctx=256, keep_alive=60)
+    cache.release(loaded)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def vision(store: ModelStore, cache: ModelCache) -> LoadedModel:
+    return _loaded(cache, store.get(ModelName.parse("tiny-vision")))
+
+
+def chat(content: str, images: list[str] | None = None) -> GenerateJob:
+    message = ChatMessage(role="user", content=content, images=images)
+    return GenerateJob(job_id="j", request_id="r", kind="chat", model="m", messages=[message], admitted_ns=0)
+
+
+def run(loaded: LoadedModel, job: GenerateJob, max_tokens: int = 8) -> tuple[str, DoneEvent]:
+    tokens, media = prepare.prompt_input(job, loaded)
+    loaded.engine.submit(SequenceRequest("k", tokens, GREEDY, max_tokens=max_tokens, media=media))
+    text = ""
+    while True:
+        for event in loaded.engine.step():
+            if isinstance(event, TokenEvent):
+                text += event.text
+            elif isinstance(event, DoneEvent):
+                assert event.error is None, event.error
+                return text, event
+
+
+def test_create_classifies_the_projector_gguf(store: ModelStore) -> None:
+    stored = store.get(ModelName.parse("tiny-vision"))
+    assert [media for media, _, _ in stored.layers] == [MEDIA_PROJECTOR, MEDIA_MODEL]
+    assert len(stored.projectors) == 1
+    assert not store.get(ModelName.parse("tiny-blind")).projectors
+
+
+def test_projector_as_adapter_and_lora_refused(store: ModelStore) -> None:
+    vision = store.get(ModelName.parse("tiny-vision"))
+    projector_digest = next(d for m, d, _ in vision.layers if m == MEDIA_PROJECTOR)
+    builder = ModelBuilder(store, progress=lambda _: None)
+    built = builder.build(
+        ModelName.parse("tiny-adapted"),
+        CreateSpec(from_model="tiny-blind", adapters={"mmproj.gguf": projector_digest}),
+    )
+    assert len(built.projectors) == 1
+    model_digest = next(d for m, d, _ in vision.layers if m == MEDIA_MODEL)
+    with pytest.raises(CreateError, match="adapters are not supported yet"):
+        builder.build(
+            ModelName.parse("tiny-lora"),
+            CreateSpec(from_model="tiny-blind", adapters={"x.gguf": model_digest}),
+        )
+
+
+def test_an_image_is_evaluated_and_steers_the_output(vision: LoadedModel) -> None:
+    plain_tokens, media = prepare.prompt_input(chat("what is this?"), vision)
+    assert media is None
+    red, red_done = run(vision, chat("what is this?", [RED]))
+    # The "[img-0]" tag became one image chunk of TOKENS_PER_IMAGE embeddings in place of its text.
+    assert red_done.prompt_tokens == len(plain_tokens) + TOKENS_PER_IMAGE
+    blue, _ = run(vision, chat("what is this?", [BLUE]))
+    again, _ = run(vision, chat("what is this?", [RED]))
+    assert red != blue
+    assert red == again
+    text_only, _ = run(vision, chat("what is this?"))
+    assert text_only not in (red, blue)
+
+
+def test_two_images_and_img_placement(vision: LoadedModel) -> None:
+    tokens, media = prepare.prompt_input(chat("left [img] right", [RED, BLUE]), vision)
+    assert media is not None and len(media.images) == 2
+    assert len(tokens) == len(prepare.prompt_input(chat("left  right"), vision)[0]) + 2 * TOKENS_PER_IMAGE
+    # As Ollama's imageTaggedMessages: the first image takes the "[img]", the second becomes a prefix
+    # ("[img-1]left [img-0] right"), so the text "left " lies between the two images.
+    first, second = media.images
+    between = vision.llama.detokenize(tokens[first.start + first.n_tokens : second.start])
+    assert between == "left "
+
+
+def test_truncation_counts_images_as_ollama(vision: LoadedModel) -> None:
+    old = ChatMessage(role="user", content="an old picture", images=[RED])
+    job = GenerateJob(
+        job_id="j",
+        request_id="r",
+        kind="chat",
+        model="m",
+        messages=[old, ChatMessage(role="assistant", content="ok"), ChatMessage(role="user", content="now?")],
+        admitted_ns=0,
+    )
+    # Ollama counts 768 tokens an image: the old turn never fits num_ctx 256, so it and its image go.
+    tokens, media = prepare.prompt_input(job, vision)
+    assert media is None
+    assert "old picture" not in vision.llama.detokenize(tokens)
+
+
+def test_generate_images_and_image_errors(store: ModelStore, cache: ModelCache, vision: LoadedModel) -> None:
+    job = GenerateJob(
+        job_id="j", request_id="r", kind="generate", model="m", prompt="hi", images=[RED], admitted_ns=0
+    )
+    _, done = run(vision, job, max_tokens=2)
+    assert done.prompt_tokens > TOKENS_PER_IMAGE
+    not_image = base64.b64encode(b"this is text, not a picture").decode()
+    with pytest.raises(JobError, match=r"images\[0\] is not an image") as exc:
+        prepare.prompt_input(chat("x", [not_image]), vision)
+    assert exc.value.status == 400
+    raw = GenerateJob(
+        job_id="j",
+        request_id="r",
+        kind="generate",
+        model="m",
+        prompt="x",
+        raw=True,
+        images=[RED],
+        admitted_ns=0,
+    )
+    with pytest.raises(JobError, match=r"no \[img-N\] tag"):
+        prepare.prompt_input(raw, vision)
+    blind = _loaded(cache, store.get(ModelName.parse("tiny-blind")))
+    with pytest.raises(JobError, match="tiny-blind:latest does not support vision"):
+        prepare.prompt_input(chat("x", [RED]), blind)

@@ -1,0 +1,211 @@
+"""Images in prompts through llama.cpp's libmtmd: a model's projector, image chunks and their evaluation.
+
+A model whose manifest has a projector layer loads it here beside its weights. A prompt with images
+is tokenized by mtmd into text and image chunks; the engine sees one token list in which each image
+holds as many placeholder tokens as the embeddings it becomes, so prompt_eval_count, num_ctx and the
+context shift count image tokens as they count text. When a sequence's prefill reaches an image, the
+engine hands it back here and mtmd evaluates the image's embeddings into the sequence's KV cells.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import secrets
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as llama
+from llama_cpp import mtmd_cpp as mtmd
+
+from workers.llama import LlamaModel, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# Ollama renders images into a prompt as "[img-N]" (server/prompt.go) and swaps each for the runner's
+# media marker just before tokenizing (llm/llama_server.go); Herd does the same.
+IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
+# The placeholder id that stands for an image's positions in the token list: any id in the vocabulary
+# does, as these positions are never decoded as tokens.
+_PLACEHOLDER = 0
+
+
+@llama.llama_log_callback
+def _mtmd_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # libmtmd writes every tokenized chunk to stderr by default; keep it at debug like llama.cpp's log.
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        log.debug("mtmd: %s", message)
+
+
+def _route_log() -> None:
+    mtmd.mtmd_log_set(_mtmd_log, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(_mtmd_log, ctypes.c_void_p(0))
+
+
+class ProjectorError(ModelLoadError):
+    """libmtmd refused the projector file (not a projector, or made for another text model)."""
+
+
+class ImageError(ValueError):
+    """A request's image or image placement libmtmd cannot use; the message says which."""
+
+
+@dataclass
+class ImageChunk:
+    """One image of a prompt: where its placeholders start and how many positions it takes."""
+
+    start: int
+    n_tokens: int
+    chunk: int  # the mtmd_input_chunk, owned by its MediaPrompt's chunk list
+
+
+class MediaPrompt:
+    """A tokenized prompt with images: the token list (placeholders for images) and its image chunks."""
+
+    def __init__(self, projector: Projector, chunks: int, tokens: list[int], images: list[ImageChunk]):
+        self.projector = projector
+        self.tokens = tokens
+        self.images = images
+        # The chunk list is C memory: freed when the prompt is dropped (a finished or cancelled sequence).
+        self._free = weakref.finalize(self, mtmd.mtmd_input_chunks_free, chunks)
+
+    def prepend(self, tokens: list[int]) -> None:
+        """Put `tokens` (a client's `context`) before the prompt, moving the images along."""
+        self.tokens[:0] = tokens
+        for image in self.images:
+            image.start += len(tokens)
+
+    @property
+    def image_tokens(self) -> int:
+        return sum(image.n_tokens for image in self.images)
+
+    def text_end(self, pos: int) -> int:
+        """Where the text run at `pos` ends: the next image's start, or the end of the prompt."""
+        return min((i.start for i in self.images if i.start >= pos), default=len(self.tokens))
+
+    def prefill_image(self, ctx: llama.llama_context_p, seq_id: int, pos: int, n_batch: int) -> int:
+        """Evaluate the image that starts at `pos` into the sequence's KV cells; its positions, or 0
+        when no image starts there (the engine then decodes text as usual)."""
+        image = next((i for i in self.images if i.start == pos), None)
+        if image is None:
+            return 0
+        new_n_past = llama.llama_pos(pos)
+        rc = mtmd.mtmd_helper_eval_chunk_single(
+            self.projector.handle, ctx, image.chunk, pos, seq_id, n_batch, False, ctypes.byref(new_n_past)
+        )
+        if rc != 0:
+            raise ImageError(f"libmtmd could not evaluate the image at position {pos} (error {rc})")
+        return image.n_tokens
+
+
+class Projector:
+    """A vision projector loaded with libmtmd for one text model."""
+
+    def __init__(self, path: Path, model: LlamaModel, *, n_threads: int = 0, use_gpu: bool = False):
+        _route_log()
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = use_gpu
+        params.print_timings = False
+        if n_threads > 0:
+            params.n_threads = n_threads
+        # A marker no client can guess, so text in a message can never stand in for an image (llama.cpp
+        # randomises its own for the same reason; Ollama passes a per-process one to llama-server).
+        self.marker = f"<__herd_media_{secrets.token_hex(8)}__>"
+        self._marker_bytes = self.marker.encode()
+        params.media_marker = self._marker_bytes
+        handle = mtmd.mtmd_init_from_file(str(path).encode(), model.handle, params)
+        if not handle:
+            raise ProjectorError(
+                f"libmtmd could not load the projector {path.name} for {model.path.name} "
+                "(not a projector GGUF, or its embedding width differs from the model's)"
+            )
+        if not mtmd.mtmd_support_vision(handle):
+            mtmd.mtmd_free(handle)
+            raise ProjectorError(f"the projector {path.name} has no vision encoder")
+        self.path = path
+        self.handle = handle
+        self.bos = model.bos
+        self.add_bos = model.add_bos
+        self.size = path.stat().st_size
+        # M-RoPE models (the qwen2-vl family) give an image fewer positions than embeddings, while the
+        # engine keeps one position per token; refused clearly until the engine tracks them apart.
+        self.mrope = bool(mtmd.mtmd_decode_use_mrope(handle))
+
+    def tokenize(self, text: str, images: list[bytes], *, add_special: bool = True) -> MediaPrompt:
+        """Tokenize a prompt whose "[img-N]" tags stand for `images[N]`, each tag used once."""
+        if self.mrope:
+            raise ImageError(
+                f"images with the projector {self.path.name} need M-RoPE positions, which Herd does not support"
+            )
+        order: list[int] = []
+
+        def marker(match: re.Match[str]) -> str:
+            index = int(match.group(1))
+            if index >= len(images) or index in order:
+                return match.group(0)  # not one of this request's images: left as text, as Ollama leaves it
+            order.append(index)
+            return self.marker
+
+        prompt = IMAGE_TAG.sub(marker, text)
+        if len(order) != len(images):
+            missing = sorted(set(range(len(images))) - set(order))
+            raise ImageError(f"the prompt has no [img-N] tag for image(s) {missing}")
+        bitmaps = [self._bitmap(images[i], i) for i in order]
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            data = prompt.encode()
+            text_input = mtmd.mtmd_input_text(data, len(data), add_special, True)
+            array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
+            rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(text_input), array, len(bitmaps))
+        finally:
+            for bitmap in bitmaps:
+                mtmd.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise ImageError(
+                f"libmtmd could not tokenize the prompt with its {len(images)} image(s) (error {rc})"
+            )
+        tokens: list[int] = []
+        spans: list[ImageChunk] = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t(0)
+                ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                tokens.extend(ids[i] for i in range(n.value))
+                continue
+            n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+            spans.append(ImageChunk(len(tokens), n_tokens, chunk))
+            tokens.extend([_PLACEHOLDER] * n_tokens)
+        if (
+            self.add_bos
+            and len(tokens) >= 2
+            and tokens[0] == tokens[1] == self.bos
+            and not (spans and spans[0].start < 2)
+        ):
+            # A template that spells out BOS, tokenized with add_special, starts with two (as LlamaModel
+            # strips them).
+            del tokens[0]
+            for span in spans:
+                span.start -= 1
+        if spans and spans[-1].start + spans[-1].n_tokens == len(tokens):
+            # The engine samples from the last prompt token's logits, which mtmd does not keep.
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise ImageError("the prompt ends with an image; put text after it")
+        return MediaPrompt(self, chunks, tokens, spans)
+
+    def _bitmap(self, data: bytes, index: int) -> int:
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.handle, buf, len(data), False)
+        if not bitmap:
+            raise ImageError(f"images[{index}] is not an image libmtmd can decode (PNG, JPEG, GIF, BMP, ...)")
+        return int(bitmap)
+
+    def close(self) -> None:
+        """Free the projector; prompts tokenized with it must be finished first."""
+        if self.handle:
+            mtmd.mtmd_free(self.handle)
+            self.handle = None
