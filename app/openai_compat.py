@@ -7,6 +7,7 @@ fields Herd cannot honour are refused with a 400 naming them rather than silentl
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import struct
 import time
@@ -233,25 +234,54 @@ def response_format(body: ChatCompletionRequest) -> str | dict[str, Any] | None:
     return schema
 
 
-def _content(i: int, content: str | list[Any] | None) -> str:
-    """A message's content as text: a string, or the `text` parts of an array joined by newlines."""
+def _content(i: int, content: str | list[Any] | None) -> tuple[str, list[str]]:
+    """A message's content as text and base64 images: a string, or an array's `text` parts joined by
+    newlines and its `image_url` parts (data URLs) as images."""
     if content is None or isinstance(content, str):
-        return content or ""
+        return content or "", []
     texts: list[str] = []
+    images: list[str] = []
     for j, part in enumerate(content):
         param = f"messages[{i}].content[{j}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise OpenAIError(f"'{param}' must be an object with a 'type'", param=param)
+        if part["type"] == "image_url":
+            images.append(_image_url(part.get("image_url"), f"{param}.image_url"))
+            continue
         if part["type"] != "text":
             raise OpenAIError(
-                f"content part type '{part['type']}' in '{param}' is not supported; only 'text' parts are",
+                f"content part type '{part['type']}' in '{param}' is not supported; only 'text' and "
+                "'image_url' parts are",
                 param=f"{param}.type",
                 code="unsupported_content_type",
             )
         if not isinstance(part.get("text"), str):
             raise OpenAIError(f"'{param}.text' must be a string", param=f"{param}.text")
         texts.append(part["text"])
-    return "\n".join(texts)
+    return "\n".join(texts), images
+
+
+# The data URL media types Ollama's decodeImageURL takes (and "data:;base64," for bare base64).
+_IMAGE_URL_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")))
+
+
+def _image_url(value: Any, param: str) -> str:
+    """An `image_url` part's base64 image, as Ollama decodes it: a data URL, never a web address."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise OpenAIError(f"'{param}' must be a data URL or an object with a 'url'", param=param)
+    if url.startswith(("http://", "https://")):
+        raise OpenAIError(
+            "image URLs are not currently supported, please use base64 encoded data instead", param=param
+        )
+    data = next((url.removeprefix(p) for p in _IMAGE_URL_PREFIXES if url.startswith(p)), None)
+    if data is None:
+        raise OpenAIError(f"invalid image input in '{param}': expected a base64 data URL", param=param)
+    try:
+        binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise OpenAIError(f"invalid image input in '{param}': {exc}", param=param) from exc
+    return data
 
 
 def _tool_calls_in(i: int, calls: list[Any]) -> list[tuple[str, ToolCall]]:
@@ -297,7 +327,8 @@ def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
                 code="invalid_value",
             )
         role = "system" if message.role == "developer" else message.role
-        turn = ChatMessage(role=role, content=_content(i, message.content))
+        text, images = _content(i, message.content)
+        turn = ChatMessage(role=role, content=text, images=images or None)
         if message.tool_calls and role == "assistant":
             calls = _tool_calls_in(i, message.tool_calls)
             names_by_id.update((call_id, call.function.name) for call_id, call in calls if call_id)

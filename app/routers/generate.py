@@ -16,6 +16,7 @@ from app.services import Services, get_services, new_job_id, now_ns, request_id
 from herd.contracts import GenerateJob
 from herd.durations import InvalidDuration, parse_keep_alive
 from herd.json_schema import SchemaError, check_schema
+from herd.store import StoredModel
 from herd.templates.capabilities import supports_tools
 from herd.templates.gotemplate import GoTemplateError
 from herd.templates.ollama_execute import check_template
@@ -66,6 +67,12 @@ def check_images(images: list[str] | None, field: str) -> None:
             raise BadRequest(f"invalid base64 data in {field}[{i}]: {exc}") from exc
 
 
+def check_vision(stored: StoredModel, has_images: bool) -> None:
+    """Images need a projector: Ollama's capability error, never an image silently dropped."""
+    if has_images and not stored.projectors:
+        raise BadRequest(f"{stored.name.display} does not support vision")
+
+
 async def _unload_without_worker(services: Services, display: str) -> bool:
     """True when no worker holds the model, so an unload request has nothing to do."""
     return not await services.workers.holders(display)
@@ -90,6 +97,7 @@ async def generate(
     if body.raw and (body.template or body.system or body.context):
         raise BadRequest("raw mode does not support template, system, or context")
     check_images(body.images, "images")
+    check_vision(stored, bool(body.images))
     if body.template:
         try:
             check_template(body.template)
@@ -109,6 +117,7 @@ async def generate(
         template=body.template or None,
         raw=body.raw,
         context=body.context or None,
+        images=body.images or None,
         think=body.think,
         truncate=body.truncate,
         shift=body.shift,
@@ -132,6 +141,7 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
         if message.role not in ("system", "user", "assistant", "tool"):
             raise BadRequest(f"invalid role {message.role!r} in messages[{i}]")
         check_images(message.images, f"messages[{i}].images")
+    check_vision(stored, any(message.images for message in body.messages))
     if body.tools:
         check_tools(body.tools)
         if not supports_tools(stored):

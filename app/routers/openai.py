@@ -142,12 +142,15 @@ async def chat_completions(
             param="tools",
             code="unsupported_parameter",
         )
+    messages = chat_messages(body)
+    if any(m.images for m in messages) and not stored.projectors:
+        raise OpenAIError(f"{stored.name.display} does not support vision", param="messages")
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),
         kind="chat",
         model=stored.name.canonical,
-        messages=chat_messages(body),
+        messages=messages,
         tools=offered,
         format=response_format(body),
         options=options(body),
