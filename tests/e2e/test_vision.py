@@ -1,0 +1,150 @@
+"""Images end to end through nginx: /api/create with a projector, /api/show's vision, images evaluated.
+
+A tiny text model and a tiny random-weight projector GGUF (tests/support/tiny_projector.py) are uploaded
+as blobs and created as one vision model, as `ollama create` sends a Modelfile with two FROM lines.
+Every generation is a real llama.cpp decode with the image's embeddings from libmtmd in the KV cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
+from tests.support.tiny_projector import TOKENS_PER_IMAGE, png, write_tiny_projector
+
+MODEL = "vision-tiny:latest"
+BLIND = "tiny-chat:latest"  # the session store's ChatML model, which has no projector
+RED = base64.b64encode(png(40, 30, (255, 0, 0))).decode()
+BLUE = base64.b64encode(png(24, 24, (0, 0, 255), stripe=(255, 255, 0))).decode()
+OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1}
+
+
+def _upload(client: httpx.Client, data: bytes) -> str:
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    response = client.post(f"/api/blobs/{digest}", content=data)
+    assert response.status_code in (200, 201), response.text
+    return digest
+
+
+@pytest.fixture(scope="module")
+def vision_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root: Path = tmp_path_factory.mktemp("vision")
+    text = write_tiny_llama(root / "text.gguf", seed=7, chat_template=CHATML_TEMPLATE).read_bytes()
+    projector = write_tiny_projector(root / "mmproj.gguf", text_n_embd=64).read_bytes()
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        files = {"model.gguf": _upload(client, text), "mmproj.gguf": _upload(client, projector)}
+        response = client.post("/api/create", json={"model": MODEL, "files": files, "stream": False})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "success"}
+        yield MODEL
+        client.request("DELETE", "/api/delete", json={"model": MODEL})
+
+
+def _chat(
+    client: httpx.Client, model: str, images: list[str] | None, content: str = "what is it?"
+) -> httpx.Response:
+    message: dict[str, Any] = {"role": "user", "content": content}
+    if images is not None:
+        message["images"] = images
+    return client.post(
+        "/api/chat", json={"model": model, "messages": [message], "stream": False, "options": OPTIONS}
+    )
+
+
+def test_show_lists_vision_only_with_a_projector(client: httpx.Client, vision_model: str) -> None:
+    shown = client.post("/api/show", json={"model": vision_model}).json()
+    assert "vision" in shown["capabilities"]
+    assert "vision" not in client.post("/api/show", json={"model": BLIND}).json()["capabilities"]
+
+
+def test_images_are_evaluated_and_steer_the_output(client: httpx.Client, vision_model: str) -> None:
+    plain = _chat(client, vision_model, None).json()
+    red = _chat(client, vision_model, [RED]).json()
+    blue = _chat(client, vision_model, [BLUE]).json()
+    red_again = _chat(client, vision_model, [RED]).json()
+    # The image's embeddings are prompt tokens: "[img-0]" is replaced by TOKENS_PER_IMAGE positions.
+    assert red["prompt_eval_count"] == plain["prompt_eval_count"] + TOKENS_PER_IMAGE
+    assert red["message"]["content"] != blue["message"]["content"]
+    assert red["message"]["content"] == red_again["message"]["content"]
+    assert red["message"]["content"] != plain["message"]["content"]
+
+    generated = client.post(
+        "/api/generate",
+        json={
+            "model": vision_model,
+            "prompt": "what is it?",
+            "images": [BLUE],
+            "stream": False,
+            "options": OPTIONS,
+        },
+    ).json()
+    assert generated["prompt_eval_count"] == blue["prompt_eval_count"]
+
+    url = f"data:image/png;base64,{RED}"
+    completion = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": vision_model,
+            "temperature": 0,
+            "seed": 1,
+            "max_tokens": 6,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "what is it?"},
+                    ],
+                }
+            ],
+        },
+    )
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["usage"]["prompt_tokens"] == red["prompt_eval_count"]
+
+
+def test_image_errors(client: httpx.Client, vision_model: str) -> None:
+    refused = _chat(client, BLIND, [RED])
+    assert refused.status_code == 400
+    assert refused.json() == {"error": f"{BLIND} does not support vision"}
+    refused = client.post(
+        "/api/generate", json={"model": BLIND, "prompt": "x", "images": [RED], "stream": False}
+    )
+    assert refused.status_code == 400 and "does not support vision" in refused.json()["error"]
+    v1 = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": BLIND,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": f"data:image/png;base64,{RED}"}],
+                }
+            ],
+        },
+    )
+    assert v1.status_code == 400 and "does not support vision" in v1.json()["error"]["message"]
+
+    bad_base64 = _chat(client, vision_model, ["not base64!"])
+    assert bad_base64.status_code == 400 and "invalid base64" in bad_base64.json()["error"]
+    not_image = _chat(client, vision_model, [base64.b64encode(b"plain text, no picture").decode()])
+    assert not_image.status_code == 400 and "is not an image" in not_image.json()["error"]
+    web = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": vision_model,
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+            ],
+        },
+    )
+    assert (
+        web.status_code == 400 and "image URLs are not currently supported" in web.json()["error"]["message"]
+    )
