@@ -376,8 +376,9 @@ def test_openai_client_raises_its_typed_errors(oai: OpenAI) -> None:
 
 
 def test_non_text_parts_are_refused(client: httpx.Client) -> None:
-    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    parts = [{"type": "text", "text": "what is this?"}, image]
+    # image_url parts are images (tests/e2e/test_vision.py); audio is not served.
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    parts = [{"type": "text", "text": "what is this?"}, audio]
     error = openai_error(
         client.post(
             "/v1/chat/completions",
@@ -385,7 +386,7 @@ def test_non_text_parts_are_refused(client: httpx.Client) -> None:
         ),
         400,
     )
-    assert error["param"] == "messages[0].content[1].type" and "image_url" in error["message"]
+    assert error["param"] == "messages[0].content[1].type" and "input_audio" in error["message"]
 
 
 @pytest.mark.parametrize(
