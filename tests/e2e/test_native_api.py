@@ -323,14 +323,15 @@ def test_bad_input_gets_a_clear_4xx(
     assert message in r.json()["error"]
 
 
-def test_null_fields_mean_absent_and_valid_images_are_accepted(client: httpx.Client) -> None:
+def test_null_fields_mean_absent_and_images_need_a_vision_model(client: httpx.Client) -> None:
     # JSON null leaves a Go field as it was: `stream: null` streams, as when `stream` is absent.
     body = {"model": GEMMA, "prompt": "hi", "stream": None, "keep_alive": None, "options": {"num_predict": 2}}
     with client.stream("POST", "/api/generate", json=body) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("application/x-ndjson")
         assert lines(response)[-1]["done"] is True
-    # A text model ignores images, as before; wrapped base64 (Go skips the line breaks) is valid too.
+    # Wrapped base64 (Go skips the line breaks) is valid; a text model then refuses the images, naming
+    # itself, rather than dropping them (vision models: tests/e2e/test_vision.py).
     image = (
         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk\r\n+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
     )
@@ -341,7 +342,8 @@ def test_null_fields_mean_absent_and_valid_images_are_accepted(client: httpx.Cli
         "options": {"num_predict": 2},
     }
     response = client.post("/api/chat", json=chat)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": f"{GEMMA} does not support vision"}
     generate = {
         "model": GEMMA,
         "prompt": "hi",
@@ -350,7 +352,8 @@ def test_null_fields_mean_absent_and_valid_images_are_accepted(client: httpx.Cli
         "options": {"num_predict": 2},
     }
     response = client.post("/api/generate", json=generate)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": f"{GEMMA} does not support vision"}
 
 
 def test_prompt_longer_than_num_ctx_is_a_400(client: httpx.Client) -> None:
