@@ -200,7 +200,10 @@ class ModelCache:
 
     def _estimate(self, stored: StoredModel, n_ctx: int, n_parallel: int) -> Estimate:
         try:
-            return estimate(stored.gguf_info(), stored.model_path, n_ctx=n_ctx, n_parallel=n_parallel)
+            need = estimate(stored.gguf_info(), stored.model_path, n_ctx=n_ctx, n_parallel=n_parallel)
+            # A vision model's projector weights are loaded beside the model's.
+            projectors = sum(path.stat().st_size for path in stored.projectors[:1])
+            return Estimate(need.weights + projectors, need.kv_cache, need.buffers)
         except (OSError, GGUFError) as exc:
             raise ModelLoadError(f"cannot read {stored.name.display}: {exc}") from exc
 
