@@ -10,7 +10,9 @@ engine hands it back here and mtmd evaluates the image's embeddings into the seq
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
+import random
 import re
 import secrets
 import weakref
@@ -27,9 +29,15 @@ log = logging.getLogger(__name__)
 # Ollama renders images into a prompt as "[img-N]" (server/prompt.go) and swaps each for the runner's
 # media marker just before tokenizing (llm/llama_server.go); Herd does the same.
 IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
-# The placeholder id that stands for an image's positions in the token list: any id in the vocabulary
-# does, as these positions are never decoded as tokens.
-_PLACEHOLDER = 0
+
+
+def placeholders(seed: bytes, n_tokens: int, n_vocab: int) -> list[int]:
+    """The ids that stand for an image's positions in the token list: never decoded as tokens, so any ids
+    of the vocabulary do, but drawn from the image's digest, so that two prompts share a token prefix
+    through an image only when it is the same image (anything that reuses KV cells by comparing tokens
+    then never takes one image's cells for another's)."""
+    rng = random.Random(hashlib.sha256(seed).digest())
+    return [rng.randrange(n_vocab) for _ in range(n_tokens)]
 
 
 @llama.llama_log_callback
@@ -128,6 +136,7 @@ class Projector:
         self.path = path
         self.handle = handle
         self.bos = model.bos
+        self.n_vocab = model.n_vocab
         self.add_bos = model.add_bos
         self.size = path.stat().st_size
         # M-RoPE models (the qwen2-vl family) give an image fewer positions than embeddings, while the
@@ -153,9 +162,11 @@ class Projector:
         if len(order) != len(images):
             missing = sorted(set(range(len(images))) - set(order))
             raise ImageError(f"the prompt has no [img-N] tag for image(s) {missing}")
-        bitmaps = [self._bitmap(images[i], i) for i in order]
+        bitmaps: list[int] = []
         chunks = mtmd.mtmd_input_chunks_init()
         try:
+            for i in order:
+                bitmaps.append(self._bitmap(images[i], i))
             data = prompt.encode()
             text_input = mtmd.mtmd_input_text(data, len(data), add_special, True)
             array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
@@ -175,11 +186,14 @@ class Projector:
             if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t(0)
                 ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                tokens.extend(ids[i] for i in range(n.value))
+                tokens.extend(ids[j] for j in range(n.value))
                 continue
             n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
             spans.append(ImageChunk(len(tokens), n_tokens, chunk))
-            tokens.extend([_PLACEHOLDER] * n_tokens)
+            # The chunk's id is its image's digest (set on the bitmap), and its index tells apart the
+            # chunks of an image that some projectors split into several.
+            seed = (mtmd.mtmd_input_chunk_get_id(chunk) or b"") + b"/%d" % len(spans)
+            tokens.extend(placeholders(seed, n_tokens, self.n_vocab))
         if (
             self.add_bos
             and len(tokens) >= 2
@@ -202,6 +216,7 @@ class Projector:
         bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.handle, buf, len(data), False)
         if not bitmap:
             raise ImageError(f"images[{index}] is not an image libmtmd can decode (PNG, JPEG, GIF, BMP, ...)")
+        mtmd.mtmd_bitmap_set_id(bitmap, hashlib.sha256(data).hexdigest().encode())
         return int(bitmap)
 
     def close(self) -> None:

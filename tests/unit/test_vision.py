@@ -171,3 +171,16 @@ def test_generate_images_and_image_errors(store: ModelStore, cache: ModelCache, 
     blind = _loaded(cache, store.get(ModelName.parse("tiny-blind")))
     with pytest.raises(JobError, match="tiny-blind:latest does not support vision"):
         prepare.prompt_input(chat("x", [RED]), blind)
+
+
+def test_image_tokens_count_toward_num_ctx_and_name_their_image(vision: LoadedModel) -> None:
+    red, _ = prepare.prompt_input(chat("x", [RED]), vision)
+    blue, _ = prepare.prompt_input(chat("x", [BLUE]), vision)
+    # An image's placeholder ids come from its digest: equal token lists mean the same image, so KV reuse
+    # by token prefix can never take one image's cells for another's.
+    assert red == prepare.prompt_input(chat("x", [RED]), vision)[0]
+    assert red != blue and len(red) == len(blue)
+    many, media = prepare.prompt_input(chat("x", [RED] * 16), vision)
+    assert media is not None and len(many) > vision.n_ctx
+    with pytest.raises(JobError, match="prompt is too long"):
+        prepare.check_fits(many, vision.n_ctx)
