@@ -117,6 +117,14 @@ def test_an_image_is_evaluated_and_steers_the_output(vision: LoadedModel) -> Non
     assert red == again
     text_only, _ = run(vision, chat("what is this?"))
     assert text_only not in (red, blue)
+    # What the model saw were the image's embeddings from libmtmd, not the placeholder ids that hold its
+    # positions in the token list: decoded as plain tokens, those give another continuation.
+    tokens, _ = prepare.prompt_input(chat("what is this?", [RED]), vision)
+    vision.engine.submit(SequenceRequest("p", tokens, GREEDY, max_tokens=8))
+    as_tokens = ""
+    while vision.engine.busy:
+        as_tokens += "".join(e.text for e in vision.engine.step() if isinstance(e, TokenEvent))
+    assert as_tokens != red
 
 
 def test_two_images_and_img_placement(vision: LoadedModel) -> None:
