@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -59,6 +60,8 @@ def _modelfile(model: StoredModel, template: str) -> str:
         f"# FROM {model.name.display}",
         "",
         f"FROM {model.model_path}",
+        # A vision model's projector is a second FROM, as Ollama writes it.
+        *(f"FROM {path}" for path in model.projectors),
         f'TEMPLATE """{template}"""',
     ]
     if model.system:
@@ -70,6 +73,14 @@ def _modelfile(model: StoredModel, template: str) -> str:
     for message in model.messages:
         lines.append(f"MESSAGE {message.get('role', '')} {message.get('content', '')}")
     return "\n".join(lines) + "\n"
+
+
+def _projector_info(path: Path, verbose: bool) -> dict[str, Any]:
+    """The projector GGUF's metadata, which Ollama shows as `projector_info` (empty if unreadable)."""
+    try:
+        return dict(read_gguf_info(path, full_arrays=verbose).metadata)
+    except (OSError, GGUFError):
+        return {}
 
 
 @router.post("/api/show")
@@ -100,6 +111,8 @@ async def show(body: ShowRequest, services: Services = Depends(get_services)) ->
     }
     if model.system:
         body_out["system"] = model.system
+    if model.projectors:
+        body_out["projector_info"] = _projector_info(model.projectors[0], body.verbose)
     if model.messages:
         body_out["messages"] = model.messages
     return body_out

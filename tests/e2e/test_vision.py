@@ -61,6 +61,8 @@ def _chat(
 def test_show_lists_vision_only_with_a_projector(client: httpx.Client, vision_model: str) -> None:
     shown = client.post("/api/show", json={"model": vision_model}).json()
     assert "vision" in shown["capabilities"]
+    assert shown["projector_info"]["clip.projector_type"] == "mlp"
+    assert shown["modelfile"].count("\nFROM ") == 2  # the model and its projector, as Ollama writes it
     assert "vision" not in client.post("/api/show", json={"model": BLIND}).json()["capabilities"]
 
 
