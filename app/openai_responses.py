@@ -353,7 +353,7 @@ def _usage(done: dict[str, Any]) -> dict[str, Any]:
     prompt, output = int(done.get("prompt_eval_count") or 0), int(done.get("eval_count") or 0)
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + output,
