@@ -236,10 +236,11 @@ def chat_messages(body: ResponsesRequest) -> list[ChatMessage]:
             )
         elif kind == "reasoning":
             # Ollama hands its reasoning out as plain text in encrypted_content (and the summary).
-            summary = item.get("summary") or []
-            thinking = item.get("encrypted_content") or "".join(
-                s.get("text", "") for s in summary if isinstance(s, dict) and isinstance(s.get("text"), str)
-            )
+            summary = item.get("summary")
+            encrypted = item.get("encrypted_content")
+            parts = summary if isinstance(summary, list) else []
+            texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            thinking = encrypted if isinstance(encrypted, str) and encrypted else "".join(texts)
         else:
             raise _bad(
                 f"{param}.type",
@@ -264,6 +265,8 @@ def _function(param: str, tool: Any, prefix: str = "") -> list[dict[str, Any]]:
     name = tool.get("name")
     if kind == "namespace":
         members = tool.get("tools") or []
+        if not isinstance(members, list):
+            raise _bad(f"{param}.tools", "a namespace's tools must be a list")
         inner = f"{prefix}{name}." if isinstance(name, str) and name else prefix
         return [
             f for j, member in enumerate(members) for f in _function(f"{param}.tools[{j}]", member, inner)

@@ -23,6 +23,8 @@ SERVED_MODEL = os.environ.get("HERD_FUZZ_MODEL", "tiny-a")
 MAX_TOKENS = 8
 NATIVE_GENERATION = frozenset({"/api/generate", "/api/chat"})
 OPENAI_GENERATION = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Each vendor API's own name for the generation length.
+LENGTH_FIELDS = {"/v1/responses": "max_output_tokens", "/v1/messages": "max_tokens"}
 
 
 def _steered(body: dict[str, Any]) -> bool:
@@ -60,6 +62,9 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
         body["max_tokens"] = _short(body.get("max_tokens", MAX_TOKENS), 1)
         if "max_completion_tokens" in body:
             body["max_completion_tokens"] = _short(body["max_completion_tokens"], 1)
+    if path in LENGTH_FIELDS:
+        field = LENGTH_FIELDS[path]
+        body[field] = _short(body.get(field, MAX_TOKENS), 1)
     return body
 
 
@@ -76,7 +81,7 @@ def after_call(
         "status": response.status_code,
     }
     if response.status_code >= 400:
-        record["body"] = response.content[:300].decode("utf-8", "replace")
+        record["body"] = response.content[:2000].decode("utf-8", "replace")
     _log(path, record)
 
 
