@@ -126,3 +126,20 @@ def supports_thinking(stored: StoredModel) -> bool:
     """Whether the model reports Ollama's "thinking" capability."""
     template, architecture = model_template(stored)
     return "thinking" in capabilities(stored, template, architecture)
+
+
+class ThinkingUnsupported(ValueError):
+    """Thinking was asked of a model without the capability."""
+
+
+def settle_think(think: bool | str | None, stored: StoredModel, *, relax: bool) -> bool | str | None:
+    """The job's think, as Ollama's chat handler settles it: a model that thinks does so unless told not
+    to (an unset think becomes true); asking one that cannot is refused, or with `relax` (Ollama's
+    Anthropic layer, for clients that always ask) dropped."""
+    if supports_thinking(stored):
+        return True if think is None else think
+    if think in (None, False):
+        return think
+    if relax:
+        return None
+    raise ThinkingUnsupported(think)

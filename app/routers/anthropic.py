@@ -6,19 +6,15 @@ object or Anthropic's event stream, and errors are in Anthropic's shape (app/ant
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app import anthropic_compat as compat
 from app.anthropic_errors import AnthropicError
 from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.shaped_generation import NAMED_SSE_STREAM, run_shaped, supports_thinking
+from app.shaped_generation import NAMED_SSE_STREAM, run_shaped, settle_think
 from herd.contracts import GenerateJob
 from herd.templates.capabilities import supports_tools
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["anthropic"])
 
@@ -34,12 +30,9 @@ async def messages(
         raise AnthropicError(
             f"{stored.name.display} does not support tools: its chat template does not render them"
         )
-    think = compat.think(body)
-    if think and not supports_thinking(stored):
-        # As Ollama does for this API (Claude-Code-style clients ask for thinking whatever the model):
-        # a model that cannot think answers without thinking instead of refusing.
-        log.info("model does not support thinking; answering without", extra={"model": body.model})
-        think = None
+    # As Ollama does for this API (Claude-Code-style clients ask for thinking whatever the model), a
+    # model that cannot think answers without thinking instead of refusing.
+    think = settle_think(compat.think(body), stored, relax=True)
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),

@@ -6,6 +6,8 @@ object or the Responses event stream; errors are OpenAI's shape, as everywhere u
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -13,7 +15,7 @@ from app import openai_responses as compat
 from app.openai_errors import OpenAIError
 from app.routers.openai import _resolve
 from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.shaped_generation import NAMED_SSE_STREAM, run_shaped, supports_thinking
+from app.shaped_generation import NAMED_SSE_STREAM, ThinkingUnsupported, run_shaped, settle_think
 from herd.contracts import GenerateJob
 from herd.templates.capabilities import supports_tools
 
@@ -34,14 +36,15 @@ async def create_response(
             param="tools",
             code="unsupported_parameter",
         )
-    think = compat.think(body)
-    if think and not supports_thinking(stored):
-        # Ollama's refusal for this API (only its Anthropic API answers without thinking instead).
+    try:
+        think = settle_think(compat.think(body), stored, relax=False)
+    except ThinkingUnsupported as exc:
+        # Ollama's refusal on this API (only its Anthropic API answers without thinking instead).
         raise OpenAIError(
-            f'"{body.model}" does not support thinking',
+            f"{json.dumps(body.model)} does not support thinking",
             param="reasoning.effort",
             code="unsupported_parameter",
-        )
+        ) from exc
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),
