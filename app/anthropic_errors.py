@@ -69,7 +69,8 @@ def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def is_messages_path(path: str) -> bool:
-    return path.rstrip("/") == MESSAGES_PATH
+    """Whether a path is Anthropic's (what its clients call under /v1/messages, served or not)."""
+    return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
 
 
 def _validation_message(exc: RequestValidationError) -> str:

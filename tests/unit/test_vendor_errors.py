@@ -265,3 +265,18 @@ def test_the_openapi_documents_each_route_s_error_shape(client: TestClient) -> N
         assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith(shape), path
         assert "text/event-stream" in responses["200"]["content"]
     assert spec["components"]["schemas"]["MessagesRequest"]["required"] == ["model", "max_tokens", "messages"]
+
+
+def test_errors_answered_outside_the_route_are_in_anthropic_s_shape_too(client: TestClient) -> None:
+    # An unserved path under /v1/messages (count_tokens), and a body refused before FastAPI parses it.
+    unknown = _anthropic_error(client.post("/v1/messages/count_tokens", json={}), 404)
+    assert unknown == "Unknown request URL: POST /v1/messages/count_tokens."
+    deep = b'{"model": "tiny-tools", "x": ' + b"[" * 200 + b"]" * 200 + b"}"
+    headers = {"Content-Type": "application/json"}
+    assert "nested deeper" in _anthropic_error(
+        client.post("/v1/messages", content=deep, headers=headers), 400
+    )
+    assert (
+        "nested deeper"
+        in _openai_error(client.post("/v1/responses", content=deep, headers=headers), 400)["message"]
+    )
