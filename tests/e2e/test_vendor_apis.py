@@ -315,42 +315,30 @@ def thinkers(keyed: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def test_messages_thinking_blocks(claude: anthropic.Anthropic, thinkers: None) -> None:
+    # Streamed with thinking asked for; then, not streamed and not asked (a thinking model thinks).
     thinking: Any = {"type": "enabled", "budget_tokens": 1024}
     ask: Any = [{"role": "user", "content": "What is 2+2?"}]
-    whole = claude.messages.create(
-        model=THINKS, messages=ask, thinking=thinking, max_tokens=64, extra_body=GREEDY
-    )
-    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in whole.content] == [
-        ("thinking", "Two plus two is four."),
-        ("text", "The answer is 4."),
-    ]
     with claude.messages.stream(
         model=THINKS, messages=ask, thinking=thinking, max_tokens=64, extra_body=GREEDY
     ) as stream:
         deltas = [e.delta.type for e in stream if e.type == "content_block_delta"]
         streamed = stream.get_final_message()
-    # All the thinking first, then the text.
-    assert deltas == ["thinking_delta"] * deltas.count("thinking_delta") + ["text_delta"] * deltas.count(
-        "text_delta"
-    )
-    assert "text_delta" in deltas and "thinking_delta" in deltas
-    assert [b.model_dump() for b in streamed.content] == [b.model_dump() for b in whole.content]
-
-    tools: Any = [ANTHROPIC_TOOL]
+    thoughts, said = deltas.count("thinking_delta"), deltas.count("text_delta")
+    assert thoughts and said and deltas == ["thinking_delta"] * thoughts + ["text_delta"] * said
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in streamed.content] == [
+        ("thinking", "Two plus two is four."),
+        ("text", "The answer is 4."),
+    ]
     called = claude.messages.create(
-        model=THINKS_THEN_CALLS, messages=ask, tools=tools, max_tokens=64, extra_body=GREEDY
+        model=THINKS_THEN_CALLS, messages=ask, tools=[ANTHROPIC_TOOL], max_tokens=64, extra_body=GREEDY
     )
     assert [b.type for b in called.content] == ["thinking", "tool_use"] and called.stop_reason == "tool_use"
+    assert called.content[0].thinking == "I need the weather tool."  # type: ignore[union-attr]
     assert called.content[1].input == {"city": "Paris"}  # type: ignore[union-attr]
 
 
 def test_responses_reasoning_items(oai: openai.OpenAI, thinkers: None) -> None:
-    whole = oai.responses.create(
-        model=THINKS, input="What is 2+2?", reasoning={"effort": "high"}, temperature=0, max_output_tokens=64
-    )
-    assert [item.type for item in whole.output] == ["reasoning", "message"]
-    assert whole.output[0].summary[0].text == "Two plus two is four."  # type: ignore[union-attr]
-    assert whole.output_text == "The answer is 4."
+    # Streamed with an effort; then, not streamed and without one (a thinking model thinks).
     events = list(
         oai.responses.create(
             model=THINKS,
@@ -363,10 +351,13 @@ def test_responses_reasoning_items(oai: openai.OpenAI, thinkers: None) -> None:
     )
     thought = "".join(e.delta for e in events if e.type == "response.reasoning_summary_text.delta")  # type: ignore[union-attr]
     assert thought == "Two plus two is four."
-    assert events[-1].response.output_text == "The answer is 4."  # type: ignore[union-attr]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output_text == "The answer is 4."
 
     called = oai.responses.create(
         model=THINKS_THEN_CALLS, input="Weather?", tools=[RESPONSES_TOOL], temperature=0, max_output_tokens=64
     )
-    assert [item.type for item in called.output] == ["reasoning", "function_call"]
-    assert json.loads(called.output[1].arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    reasoning, call = called.output
+    assert reasoning.type == "reasoning" and reasoning.summary[0].text == "I need the weather tool."  # type: ignore[union-attr]
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
