@@ -1,4 +1,8 @@
-"""Optional API keys (HERD_API_KEYS_FILE): every request but the liveness probes needs a Bearer key."""
+"""Optional API keys (HERD_API_KEYS_FILE): every request but the liveness probes needs a key.
+
+The key comes as `Authorization: Bearer <key>` (Ollama's and OpenAI's clients) or as `x-api-key: <key>`
+(Anthropic's clients); either is accepted on every route.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import os
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.anthropic_errors import is_messages_path
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,13 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
+def presented_keys(scope: Scope) -> list[str]:
+    """The keys a request presents: its Bearer token and its `x-api-key` header, as it sends them."""
+    keys = [bearer_token(scope)]
+    keys += [v.decode("latin-1").strip() for n, v in scope.get("headers") or [] if n == b"x-api-key"]
+    return [key for key in keys if key]
+
+
 class ApiKeyMiddleware:
     """Refuses with 401 every request without a valid key when a keys file is configured.
 
@@ -99,12 +112,14 @@ class ApiKeyMiddleware:
         if self.keys is None or scope["type"] != "http" or self._open(scope):
             await self.app(scope, receive, send)
             return
-        token = bearer_token(scope)
-        if token is not None and self.keys.accepts(token):
+        keys = presented_keys(scope)
+        # Every key presented is checked (no short cut): one valid key lets the request through.
+        accepted = [self.keys.accepts(key) for key in keys]
+        if any(accepted):
             await self.app(scope, receive, send)
             return
-        message = "missing API key (send Authorization: Bearer <key>)" if token is None else "invalid API key"
-        await self._refuse(send, scope["path"].startswith("/v1/"), message)
+        message = "missing API key (send Authorization: Bearer <key> or x-api-key: <key>)"
+        await self._refuse(send, scope["path"], message if not keys else "invalid API key")
 
     @staticmethod
     def _open(scope: Scope) -> bool:
@@ -112,14 +127,23 @@ class ApiKeyMiddleware:
         return path in _OPEN_PATHS or (path == "/" and scope["method"] in _OPEN_ROOT_METHODS)
 
     @staticmethod
-    async def _refuse(send: Send, openai_shape: bool, message: str) -> None:
-        # Ollama's error shape on the native API, OpenAI's on /v1 (what each kind of client parses).
-        error: object = (
-            {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
-            if openai_shape
-            else f"unauthorized: {message}"
-        )
-        body = json.dumps({"error": error}).encode()
+    async def _refuse(send: Send, path: str, message: str) -> None:
+        # Ollama's error shape on the native API, OpenAI's on /v1, Anthropic's on /v1/messages (what
+        # each kind of client parses).
+        document: dict[str, object]
+        if is_messages_path(path):
+            document = {"type": "error", "error": {"type": "authentication_error", "message": message}}
+        elif path.startswith("/v1/"):
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+            document = {"error": error}
+        else:
+            document = {"error": f"unauthorized: {message}"}
+        body = json.dumps(document).encode()
         await send(
             {
                 "type": "http.response.start",

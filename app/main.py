@@ -15,13 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.admission import Admission
+from app.anthropic_errors import ANTHROPIC_ERROR_SCHEMA, MESSAGES_PATH, install_anthropic_error_handlers
 from app.auth import ApiKeyMiddleware
 from app.errors import ERROR_SCHEMA, document_errors, install_error_handlers
 from app.json_bodies import JsonBodyCheckMiddleware, JsonContentTypeMiddleware
 from app.openai_errors import OPENAI_ERROR_SCHEMA, V1_PREFIX, install_openai_error_handlers, send_error
 from app.placement import WorkerDirectory
 from app.relay import EventRelay
-from app.routers import embed, generate, manage, meta, models, openai
+from app.routers import anthropic, embed, generate, manage, meta, models, openai, responses
 from app.services import Services
 from app.settings import ApiSettings
 from herd import __version__
@@ -156,7 +157,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     document_errors(
-        app, {"/": ("Error", ERROR_SCHEMA), V1_PREFIX + "/": ("OpenAIError", OPENAI_ERROR_SCHEMA)}
+        app,
+        {
+            "/": ("Error", ERROR_SCHEMA),
+            V1_PREFIX + "/": ("OpenAIError", OPENAI_ERROR_SCHEMA),
+            MESSAGES_PATH: ("AnthropicError", ANTHROPIC_ERROR_SCHEMA),
+        },
     )
 
     @app.exception_handler(aioredis.ConnectionError)
@@ -171,6 +177,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
 
     install_openai_error_handlers(app)  # after every handler: /v1 answers in OpenAI's shape
+    install_anthropic_error_handlers(app)  # after that: /v1/messages answers in Anthropic's shape
 
     # Added innermost first. The key is checked before any body is read or parsed, so a hostile body
     # from a client without a key costs nothing; only the request id and the error barrier come before.
@@ -182,4 +189,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     for router in (meta.router, generate.router, embed.router, models.router, manage.router, openai.router):
         app.include_router(router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     return app

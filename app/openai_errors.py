@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Send
 
+from app.anthropic_errors import anthropic_error_body, is_messages_path
 from app.errors import HerdError
 
 V1_PREFIX = "/v1"
@@ -111,7 +112,10 @@ def is_v1(request: Request) -> bool:
 
 
 def error_document(path: str, status_code: int, message: str, *, code: str | None = None) -> dict[str, Any]:
-    """The error body a request at ``path`` expects: OpenAI's shape under /v1, Ollama's elsewhere."""
+    """The error body a request at ``path`` expects: Anthropic's under /v1/messages, OpenAI's shape under
+    /v1, Ollama's elsewhere."""
+    if is_messages_path(path):
+        return anthropic_error_body(status_code, message)
     if is_v1_path(path):
         return error_body(status_code, message, code=code)
     return {"error": message}

@@ -128,6 +128,8 @@ def refused_in_shape(response: httpx.Response, path: str) -> bool:
     if response.request.method == "HEAD":
         return True
     error = response.json()["error"]
+    if path == "/v1/messages":  # Anthropic's shape, for Anthropic's clients
+        return error["type"] == "authentication_error" and response.json()["type"] == "error"
     if path.startswith("/v1/"):
         return error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
     return isinstance(error, str) and error.startswith("unauthorized: ")

@@ -1,0 +1,49 @@
+"""Anthropic's Messages API: POST /v1/messages, for the Anthropic SDKs and Claude-Code-style clients.
+
+The request becomes the chat job /api/chat admits (app/anthropic_compat.py); the answer is a `message`
+object or Anthropic's event stream, and errors are in Anthropic's shape (app/anthropic_errors.py).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from app import anthropic_compat as compat
+from app.anthropic_errors import AnthropicError
+from app.services import Services, get_services, new_job_id, now_ns, request_id
+from app.shaped_generation import NAMED_SSE_STREAM, run_shaped, settle_think
+from herd.contracts import GenerateJob
+from herd.templates.capabilities import supports_tools
+
+router = APIRouter(prefix="/v1", tags=["anthropic"])
+
+
+@router.post("/messages", responses=NAMED_SSE_STREAM)
+async def messages(
+    body: compat.MessagesRequest, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    """Create a message (Anthropic's `message`, or its `message_start` … `message_stop` events)."""
+    stored = services.resolve(body.model)
+    offered = compat.tools(body)
+    if offered and not supports_tools(stored):
+        raise AnthropicError(
+            f"{stored.name.display} does not support tools: its chat template does not render them"
+        )
+    # As Ollama does for this API (Claude-Code-style clients ask for thinking whatever the model), a
+    # model that cannot think answers without thinking instead of refusing.
+    think = settle_think(compat.think(body), stored, relax=True)
+    job = GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="chat",
+        model=stored.name.canonical,
+        messages=compat.chat_messages(body),
+        tools=offered,
+        think=think,
+        format=compat.output_format(body),
+        options=compat.options(body),
+        admitted_ns=now_ns(),
+    )
+    shape = compat.MessagesShape(body.model, compat.estimate_input_tokens(body))
+    return await run_shaped(services, request, job, stored, body.model, shape, body.stream)

@@ -1,0 +1,61 @@
+"""OpenAI's Responses API: POST /v1/responses, for the OpenAI SDKs' `client.responses` and its clients.
+
+The request becomes the chat job /api/chat admits (app/openai_responses.py); the answer is a `response`
+object or the Responses event stream; errors are OpenAI's shape, as everywhere under /v1.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from app import openai_responses as compat
+from app.openai_errors import OpenAIError
+from app.routers.openai import _resolve
+from app.services import Services, get_services, new_job_id, now_ns, request_id
+from app.shaped_generation import NAMED_SSE_STREAM, ThinkingUnsupported, run_shaped, settle_think
+from herd.contracts import GenerateJob
+from herd.templates.capabilities import supports_tools
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.post("/responses", responses=NAMED_SSE_STREAM)
+async def create_response(
+    body: compat.ResponsesRequest, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    """Create a model response (OpenAI's `response`, or its `response.created` … `response.completed` events)."""
+    stored = _resolve(services, body.model)
+    compat.refuse_unsupported(body)
+    offered = compat.tools(body)
+    if offered and not supports_tools(stored):
+        raise OpenAIError(
+            f"{stored.name.display} does not support tools: its chat template does not render them",
+            param="tools",
+            code="unsupported_parameter",
+        )
+    try:
+        think = settle_think(compat.think(body), stored, relax=False)
+    except ThinkingUnsupported as exc:
+        # Ollama's refusal on this API (only its Anthropic API answers without thinking instead).
+        raise OpenAIError(
+            f"{json.dumps(body.model)} does not support thinking",
+            param="reasoning.effort",
+            code="unsupported_parameter",
+        ) from exc
+    job = GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="chat",
+        model=stored.name.canonical,
+        messages=compat.chat_messages(body),
+        tools=offered,
+        think=think,
+        format=compat.text_format(body),
+        options=compat.options(body),
+        admitted_ns=now_ns(),
+    )
+    shape = compat.ResponsesShape(body)
+    return await run_shaped(services, request, job, stored, body.model, shape, body.stream)
