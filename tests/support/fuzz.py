@@ -64,7 +64,9 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
             body["max_completion_tokens"] = _short(body["max_completion_tokens"], 1)
     if path in LENGTH_FIELDS:
         field = LENGTH_FIELDS[path]
-        body[field] = _short(body.get(field, MAX_TOKENS), 1)
+        # /v1/messages requires max_tokens: a body without it is a negative case, left without it.
+        if field in body or path != "/v1/messages":
+            body[field] = _short(body.get(field, MAX_TOKENS), 1)
     return body
 
 
