@@ -30,11 +30,14 @@ from typing import IO
 import redis
 
 import herd
-from herd.settings import DEFAULT_DRAIN_S
+from herd.redis_connect import sync_client
+from herd.settings import DEFAULT_DRAIN_S, CommonSettings
 from stack.nginx import check_nginx_conf, logs_dir, nginx_argv, nginx_dir, write_nginx_conf
 from stack.processes import ManagedProcess, ProcessDied, ProcessError, describe_exit
-from stack.redis_conf import redis_argv, write_redis_conf
+from stack.redis_auth import ADMIN_USER, API_USER, WORKER_USER
+from stack.redis_conf import bind_addresses, redis_argv, write_redis_conf
 from stack.settings import StackSettings
+from stack.tls import redis_tls_paths
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +124,16 @@ class Stack:
         """The URL clients use (through nginx)."""
         return self.settings.base_url
 
-    def child_env(self) -> dict[str, str]:
-        """The environment every child gets: ours, pointed at the stack's Redis and the resolved store."""
+    def child_env(self, redis_user: str = WORKER_USER) -> dict[str, str]:
+        """The environment every child gets: ours, pointed at the stack's Redis and the resolved store.
+
+        Each child logs in to Redis as ``redis_user`` (the API and the workers have their own ACL users);
+        over TLS it verifies Redis with the self-signed certificate unless the operator supplied one.
+        """
         env = dict(self.base_env)
-        env["HERD_REDIS_URL"] = self.settings.stack_redis_url
+        env["HERD_REDIS_URL"] = self.settings.redis_user_url(redis_user)
+        if self.settings.redis_tls_on and self.settings.redis_tls_cert is None:
+            env["HERD_REDIS_CA"] = str(redis_tls_paths(self.settings)[0])
         env["OLLAMA_MODELS"] = str(self.settings.models_dir.expanduser().absolute())
         # Log lines reach the log files as they happen, not when a buffer fills.
         env["PYTHONUNBUFFERED"] = "1"
@@ -196,8 +205,22 @@ class Stack:
 
     # --- readiness checks --------------------------------------------------------------------------
 
+    def redis_admin_settings(self) -> CommonSettings:
+        """Settings that reach the stack's Redis as its admin (the readiness check, operators' tools)."""
+        env = self.child_env(ADMIN_USER)
+
+        def path(name: str) -> Path | None:
+            return Path(env[name]) if env.get(name) else None
+
+        return CommonSettings(
+            redis_url=env["HERD_REDIS_URL"],
+            redis_ca=path("HERD_REDIS_CA"),
+            redis_cert=path("HERD_REDIS_CERT"),
+            redis_key=path("HERD_REDIS_KEY"),
+        )
+
     def _redis_ready(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.settings.redis_port, socket_timeout=1.0)
+        client = sync_client(self.redis_admin_settings(), socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -235,7 +258,7 @@ class Stack:
         checks = [
             ("OLLAMA_HOST", s.listen_host, s.listen_port),
             ("HERD_API_PORT", "127.0.0.1", s.api_port),
-            ("HERD_REDIS_PORT", "127.0.0.1", s.redis_port),
+            *(("HERD_REDIS_PORT", host, s.redis_port) for host in bind_addresses(s.redis_bind)),
             ("HERD_METRICS_PORT", "127.0.0.1", s.metrics_port),
             *(
                 # Each worker serves its own /metrics right above it.
@@ -269,6 +292,7 @@ class Stack:
             redis_conf = write_redis_conf(s)
             self._check_ports()
             env = self.child_env()
+            api_env = self.child_env(API_USER)
 
             self.redis = ManagedProcess(
                 "redis",
@@ -291,7 +315,7 @@ class Stack:
                 "api",
                 self.api_argv(),
                 log_path=logs / "api.log",
-                env={**env, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
+                env={**api_env, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
                 cwd=_SOURCE_ROOT,
             )
             self.api.start()
@@ -323,7 +347,8 @@ class Stack:
                 "nginx",
                 nginx_argv(nginx_conf, nginx_dir(s)),
                 log_path=logs / "nginx.log",
-                env=env,
+                # nginx never talks to Redis: it gets no credentials for it.
+                env={k: v for k, v in env.items() if not k.startswith("HERD_REDIS_")},
                 cwd=nginx_dir(s),
             )
             self.nginx.start()
