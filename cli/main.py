@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.render import register as register_render
 
     register_render(add)
+    from cli.join import register as register_join
+
+    register_join(add)
     return parser
 
 
@@ -139,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """The failures a command reports as a one-line message (imported late, like the commands)."""
+    from cli.join import JoinError
     from herd.store import StoreError
     from stack.nginx import NginxError
     from stack.processes import ProcessError
@@ -146,7 +150,15 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from stack.setup import DefaultModelMissing
     from stack.supervisor import StackError
 
-    return (StackError, ProcessError, NginxError, RedisServerMissing, DefaultModelMissing, StoreError)
+    return (
+        StackError,
+        ProcessError,
+        NginxError,
+        RedisServerMissing,
+        DefaultModelMissing,
+        StoreError,
+        JoinError,
+    )
 
 
 if __name__ == "__main__":

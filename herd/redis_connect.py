@@ -252,12 +252,24 @@ def _speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
         return False
 
 
+def _speaks_plain_redis(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether ``host:port`` answers a plain-text PING as Redis does (+PONG, or an error such as -NOAUTH)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            raw.sendall(b"PING\r\n")
+            return raw.recv(1)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
 def _explain(
     exc: redis.RedisError, target: RedisTarget, settings: CommonSettings, variable: str
 ) -> str | None:
     """Why ``exc`` cannot be fixed by retrying, in words naming the setting; None when it might be."""
     where = target.where()
     text = str(exc)
+    if target.password is None and (isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text):
+        return f"Redis at {where} requires a password and {variable} has none: use redis://user:password@host"
     if (
         isinstance(exc, redis.AuthenticationError)
         or "WRONGPASS" in text
@@ -271,6 +283,13 @@ def _explain(
         return f"Redis at {where} requires a password and {variable} has none: use redis://user:password@host"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return f"Redis at {where} denies ACL user {target.user!r} a command it needs ({text}); {variable}"
+    if (
+        target.tls
+        and isinstance(exc, redis.TimeoutError)
+        and any(_speaks_plain_redis(h, p) for h, p in target.hosts)
+    ):
+        # A plain Redis reads a TLS hello as the start of a command and waits for the rest: a timeout.
+        return f"Redis at {where} does not speak TLS: use redis:// instead of rediss:// in {variable}, or turn TLS on there"
     if not isinstance(exc, redis.ConnectionError):
         return None
     lowered = text.lower()

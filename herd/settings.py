@@ -71,6 +71,12 @@ class CommonSettings(BaseSettings):
         parse_redis_url(value)
         return value
 
+    @field_validator("redis_ca", "redis_cert", "redis_key", mode="before")
+    @classmethod
+    def _redis_tls_unset(cls, value: Any) -> Any:
+        # compose passes an unset variable as an empty string: that means none, not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("redis_ca", "redis_cert", "redis_key", mode="after")
     @classmethod
     def _redis_tls_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:

@@ -42,6 +42,11 @@ _RULES = {
 USERS = tuple(_RULES)
 
 
+def user_rules(user: str) -> str:
+    """The command rules of ACL user ``user`` (after its keys and channels), as redis.conf writes them."""
+    return _RULES[user]
+
+
 def admin_password(run_dir: Path, configured: str | None) -> str:
     """HERD_REDIS_PASSWORD, else the one kept in the run dir, made (once) when there is none yet."""
     if configured:

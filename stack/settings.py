@@ -203,6 +203,12 @@ class StackSettings(CommonSettings):
         description="The largest request body nginx accepts outside /api/blobs/ (nginx size: 16m, 512k).",
     )
 
+    redis_external: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("HERD_REDIS_EXTERNAL"),
+        description="Run no redis-server: the API and the workers use HERD_REDIS_URL as given "
+        "(an operator-run Redis, or redis+sentinel:// for a replicated one).",
+    )
     redis_bind: str = Field(
         default="127.0.0.1",
         validation_alias=AliasChoices("HERD_REDIS_BIND"),

@@ -131,9 +131,21 @@ class Stack:
         over TLS it verifies Redis with the self-signed certificate unless the operator supplied one.
         """
         env = dict(self.base_env)
-        env["HERD_REDIS_URL"] = self.settings.redis_user_url(redis_user)
-        if self.settings.redis_tls_on and self.settings.redis_tls_cert is None:
-            env["HERD_REDIS_CA"] = str(redis_tls_paths(self.settings)[0])
+        s = self.settings
+        if s.redis_external:
+            # An operator-run Redis (Sentinel, a managed service): every process uses HERD_REDIS_URL as given.
+            env["HERD_REDIS_URL"] = s.redis_url
+            for name, path in (
+                ("HERD_REDIS_CA", s.redis_ca),
+                ("HERD_REDIS_CERT", s.redis_cert),
+                ("HERD_REDIS_KEY", s.redis_key),
+            ):
+                if path is not None:
+                    env[name] = str(path)
+        else:
+            env["HERD_REDIS_URL"] = s.redis_user_url(redis_user)
+            if s.redis_tls_on and s.redis_tls_cert is None:
+                env["HERD_REDIS_CA"] = str(redis_tls_paths(s)[0])
         env["OLLAMA_MODELS"] = str(self.settings.models_dir.expanduser().absolute())
         # Log lines reach the log files as they happen, not when a buffer fills.
         env["PYTHONUNBUFFERED"] = "1"
@@ -258,7 +270,10 @@ class Stack:
         checks = [
             ("OLLAMA_HOST", s.listen_host, s.listen_port),
             ("HERD_API_PORT", "127.0.0.1", s.api_port),
-            *(("HERD_REDIS_PORT", host, s.redis_port) for host in bind_addresses(s.redis_bind)),
+            *(
+                ("HERD_REDIS_PORT", host, s.redis_port)
+                for host in ([] if s.redis_external else bind_addresses(s.redis_bind))
+            ),
             ("HERD_METRICS_PORT", "127.0.0.1", s.metrics_port),
             *(
                 # Each worker serves its own /metrics right above it.
@@ -289,21 +304,22 @@ class Stack:
             logs = logs_dir(s)
             nginx_conf = write_nginx_conf(s)
             check_nginx_conf(nginx_conf, nginx_dir(s))
-            redis_conf = write_redis_conf(s)
+            redis_conf = None if s.redis_external else write_redis_conf(s)
             self._check_ports()
             env = self.child_env()
             api_env = self.child_env(API_USER)
 
-            self.redis = ManagedProcess(
-                "redis",
-                redis_argv(redis_conf),
-                log_path=logs / "redis.log",
-                env=env,
-                cwd=redis_conf.parent,
-                pid_path=s.run_dir / "redis" / "redis.pid",
-            )
-            self.redis.start()
-            self.redis.wait_ready(self._redis_ready, timeout=30)
+            if redis_conf is not None:
+                self.redis = ManagedProcess(
+                    "redis",
+                    redis_argv(redis_conf),
+                    log_path=logs / "redis.log",
+                    env=env,
+                    cwd=redis_conf.parent,
+                    pid_path=s.run_dir / "redis" / "redis.pid",
+                )
+                self.redis.start()
+                self.redis.wait_ready(self._redis_ready, timeout=30)
 
             (s.run_dir / "api").mkdir(parents=True, exist_ok=True)
             # gunicorn's processes share their Prometheus counters through files here; a stale set from
