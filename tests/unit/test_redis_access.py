@@ -6,6 +6,7 @@ are pointed at them with wrong credentials or the wrong transport and must refus
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,12 +17,21 @@ from pathlib import Path
 import pytest
 import redis
 
-from herd.redis_connect import RedisAccessError, build_url, check_access, parse_redis_url, redact, sync_client
+from herd.redis_connect import (
+    RedisAccessError,
+    async_client,
+    build_url,
+    check_access,
+    parse_redis_url,
+    redact,
+    sync_client,
+)
 from herd.settings import CommonSettings
 from stack.processes import ManagedProcess
 from stack.redis_auth import API_USER, WORKER_USER
 from stack.redis_conf import redis_argv, write_redis_conf
 from stack.settings import StackSettings
+from stack.supervisor import Stack
 from stack.tls import redis_tls_paths
 from tests.support.ports import free_port
 from tests.support.redis_server import running_redis
@@ -162,6 +172,33 @@ def test_tls_with_the_ca_works_and_names_each_tls_mistake(tls: StackSettings) ->
         )
         with pytest.raises(RedisAccessError, match="does not speak TLS"):
             check_access(sync_client(wrong_way, socket_timeout=1, socket_connect_timeout=1), wrong_way)
+
+
+def test_the_stack_hands_each_process_its_own_user_over_tls(tls: StackSettings) -> None:
+    """What Stack.child_env gives the API and the workers logs them in, over TLS, each as its own user."""
+    stack = Stack(tls, env={})
+    for user in (API_USER, WORKER_USER):
+        env = stack.child_env(user)
+        assert env["HERD_REDIS_URL"].startswith("rediss://") and Path(env["HERD_REDIS_CA"]).is_file()
+        settings = CommonSettings(redis_url=env["HERD_REDIS_URL"], redis_ca=env["HERD_REDIS_CA"])
+        client = sync_client(settings, socket_timeout=3)
+        check_access(client, settings)
+        assert client.client_info()["user"] == user
+        client.close()
+
+    async def api_ping() -> str:
+        settings = CommonSettings(
+            redis_url=stack.child_env(API_USER)["HERD_REDIS_URL"], redis_ca=stack.child_env()["HERD_REDIS_CA"]
+        )
+        client = async_client(settings, max_connections=4, timeout=5, decode_responses=True)
+        try:
+            info = await client.client_info()
+            return str(info["user"])
+        finally:
+            await client.aclose()
+
+    # The API's pool (asyncio, blocking at its limit) over TLS too.
+    assert asyncio.run(api_ping()) == API_USER
 
 
 # --- a worker that cannot log in refuses to start -------------------------------------------------
