@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herd.redis_url import parse_redis_url
+
 # HERD_DRAIN_SECONDS' default: the worker reads it, and the supervisor gives a stopping worker this much
 # (plus a margin) before SIGKILL when the variable is unset.
 DEFAULT_DRAIN_S = 30.0
@@ -65,9 +67,6 @@ class CommonSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_parses(cls, value: str) -> str:
-        # Imported here: redis_connect imports this module for the settings type.
-        from herd.redis_connect import parse_redis_url
-
         parse_redis_url(value)
         return value
 

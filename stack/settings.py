@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 
-from herd.redis_connect import build_url
+from herd.redis_url import build_url
 from herd.settings import CommonSettings
 from stack.redis_auth import ADMIN_USER, admin_password, user_password
 

@@ -26,7 +26,7 @@ from herd.redis_connect import (
     redact,
     sync_client,
 )
-from herd.settings import CommonSettings
+from herd.settings import CommonSettings, SettingsError, load_settings
 from stack.processes import ManagedProcess
 from stack.redis_auth import API_USER, WORKER_USER
 from stack.redis_conf import redis_argv, write_redis_conf
@@ -332,3 +332,30 @@ def test_a_lan_bind_without_tls_is_refused_naming_the_settings(monkeypatch: pyte
     )
     monkeypatch.delenv("HERD_REDIS_TLS")
     assert load_settings(StackSettings).redis_tls_on  # on by itself off loopback
+
+
+# --- HERD_REDIS_URL's forms -------------------------------------------------------------------------
+
+
+def test_redis_url_forms_parse_and_bad_ones_are_named_without_their_password() -> None:
+    target = parse_redis_url("rediss+sentinel://herd-worker:p%40ss@s1:26380,[::1]/herd/2?sentinel_password=x")
+    assert (target.tls, target.master, target.db, target.user, target.password) == (
+        True, "herd", 2, "herd-worker", "p@ss",
+    )  # fmt: skip
+    assert target.hosts == (("s1", 26380), ("::1", 26379)) and target.sentinel_password == "x"
+    assert (
+        parse_redis_url(build_url("10.0.0.5", 6380, tls=True, username="u", password="a/b:c")).password
+        == "a/b:c"
+    )
+    for bad, why in [
+        ("http://h", "does not start with"),
+        ("redis://a,b/0", "lists several hosts"),
+        ("redis+sentinel://s1:26379", "names no master"),
+        ("redis://h:0", "out of range"),
+        ("redis://u:secret@h/x", "not a number"),
+    ]:
+        with pytest.raises(ValueError, match=why) as refused:
+            parse_redis_url(bad)
+        assert "secret" not in str(refused.value)
+    with pytest.raises(SettingsError, match="HERD_REDIS_URL"):
+        load_settings(CommonSettings, HERD_REDIS_URL="redis+sentinel://s1")
