@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import redis
 from pydantic_settings import BaseSettings
 
+from herd.redis_connect import check_access, sync_client
+from herd.redis_url import build_url
+from herd.settings import CommonSettings
+from stack.processes import ManagedProcess
+from stack.redis_auth import KEY_PATTERNS, WORKER_USER, user_rules
+from stack.settings import StackSettings
+from stack.tls import make_self_signed
 from tests.deploy.bundle import (
     COMPOSE_FILE,
     ROOT,
@@ -24,6 +35,7 @@ from tests.deploy.bundle import (
     env_example_variables,
     load_compose,
 )
+from tests.support.ports import free_port
 
 COMPOSE = load_compose()
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -305,8 +317,6 @@ def test_env_example_documents_every_variable_compose_reads() -> None:
 
 def test_redis_serves_tls_to_other_servers_with_the_worker_acl_user_of_the_stack() -> None:
     """compose's herd-worker user has exactly the rules `herd up` gives it (stack/redis_auth.py)."""
-    from stack.redis_auth import KEY_PATTERNS, WORKER_USER, user_rules
-
     script = SERVICES["redis"]["command"][-1].replace("\\|", "|")
     assert "--tls-port 6380" in script and "--tls-cert-file /etc/redis-tls/tls.crt" in script
     user = script.split(f"--user {WORKER_USER} reset on", 1)[1].split("; fi")[0].split()
@@ -336,3 +346,43 @@ def test_the_worker_profile_runs_a_worker_alone_from_env() -> None:
     assert reservation["device_ids"] == ["${HERD_WORKER_DEVICE:-0}"]
     # Every other service either has a profile of its own or is the main server's: none carries `worker`.
     assert [name for name, s in SERVICES.items() if "worker" in s.get("profiles", [])] == [REMOTE_WORKER]
+
+
+def test_the_redis_command_runs_a_real_redis_with_tls_and_the_worker_user(tmp_path: Path) -> None:
+    """compose's redis command, as its shell runs it: the password, TLS on 6380, herd-worker's rules."""
+    make_self_signed(tmp_path / "tls.crt", tmp_path / "tls.key", StackSettings(run_dir=tmp_path))
+    plain, tls = free_port(), free_port()
+    script = (
+        SERVICES["redis"]["command"][-1]
+        .replace("$$", "$")
+        .replace("/etc/redis-tls", str(tmp_path))
+        .replace("--tls-port 6380", f"--tls-port {tls} --port {plain} --bind 127.0.0.1 --dir {tmp_path}")
+    )
+    env = {"REDIS_PASSWORD": "ab" * 16, "REDIS_WORKER_PASSWORD": "cd" * 16, "PATH": os.environ["PATH"]}
+    server = ManagedProcess(
+        "redis", ["sh", "-c", script], log_path=tmp_path / "redis.log", env=env, cwd=tmp_path
+    )
+    admin = redis.Redis(port=plain, password="ab" * 16, socket_timeout=2, decode_responses=True)
+    try:
+        server.start()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                admin.ping()
+                break
+            except redis.ConnectionError:
+                server.check_running()
+                assert time.monotonic() < deadline, server.log_tail(20)
+                time.sleep(0.05)
+        url = build_url("127.0.0.1", tls, tls=True, username="herd-worker", password="cd" * 16)
+        settings = CommonSettings(redis_url=url, redis_ca=tmp_path / "tls.crt")
+        worker = sync_client(settings, socket_timeout=2)
+        check_access(worker, settings)
+        assert worker.set("herd:x", "1") and worker.client_info()["user"] == "herd-worker"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            worker.config_get("*")
+        worker.close()
+    finally:
+        admin.close()
+        server.stop(10.0)
+    assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
