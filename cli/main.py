@@ -50,10 +50,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     stack = Stack(settings)
     stack.start()
     url = stack.url
+    lan_redis = not settings.redis_external and settings.redis_bind != "127.0.0.1"
+    redis_line = (
+        f"  redis:  rediss://{settings.redis_bind}:{settings.redis_port} (`herd join`: a worker host's settings)\n"
+        if lan_redis
+        else ""
+    )
     print(
         f"\nHerd {__version__} is serving Ollama's API at {url}\n"
         f"  models: {settings.models_dir}\n"
         f"  logs:   {settings.run_dir / 'logs'}\n"
+        f"{redis_line}"
         "Try it:\n"
         f'  curl {url}/api/generate -d \'{{"model":"gemma3:270m","prompt":"Why is the sky blue?"}}\'\n'
         "Press Ctrl-C to stop.\n",

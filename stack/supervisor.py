@@ -5,6 +5,10 @@ everything behind it is up); stop order is the reverse. A worker or Redis that d
 backoff, Redis on its own config and data (the append-only file), while everything else keeps running: the
 API answers 503 meanwhile and the API and workers reconnect by themselves. The death of the API or nginx
 stops the whole stack, since nothing can be served without it.
+
+Redis always has a password; the API and the workers log in as their own ACL users (stack/redis_auth.py),
+over TLS when HERD_REDIS_BIND opens it to the LAN. With HERD_REDIS_EXTERNAL no redis-server runs here and
+every process uses HERD_REDIS_URL as given (a Sentinel URL, say).
 """
 
 from __future__ import annotations
