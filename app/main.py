@@ -27,6 +27,7 @@ from app.services import Services
 from app.settings import ApiSettings
 from herd import __version__
 from herd.logs import configure_logging
+from herd.redis_connect import async_client, redact
 from herd.settings import load_settings
 from herd.store import ModelStore
 
@@ -114,15 +115,14 @@ def build_services(settings: ApiSettings) -> Services:
     """The process's runtime resources; nothing connects until first used."""
     # Each streaming request blocks one connection in XREAD; the pool holds a full queue of them, and a
     # request beyond that waits for a connection (a burst) instead of failing with "too many connections".
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+    client = async_client(
+        settings,
         decode_responses=True,
         max_connections=settings.max_queue + 256,
         timeout=10,
         socket_connect_timeout=2,
         health_check_interval=30,
     )
-    client = aioredis.Redis(connection_pool=pool)
     workers = WorkerDirectory(client)
     return Services(
         settings=settings,
@@ -143,7 +143,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
         app.state.services = services
-        log.info("api started", extra={"redis": settings.redis_url, "models": str(settings.models_dir)})
+        log.info(
+            "api started", extra={"redis": redact(settings.redis_url), "models": str(settings.models_dir)}
+        )
         try:
             yield
         finally:

@@ -50,10 +50,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     stack = Stack(settings)
     stack.start()
     url = stack.url
+    lan_redis = not settings.redis_external and settings.redis_bind != "127.0.0.1"
+    redis_line = (
+        f"  redis:  rediss://{settings.redis_bind}:{settings.redis_port} (`herd join`: a worker host's settings)\n"
+        if lan_redis
+        else ""
+    )
     print(
         f"\nHerd {__version__} is serving Ollama's API at {url}\n"
         f"  models: {settings.models_dir}\n"
         f"  logs:   {settings.run_dir / 'logs'}\n"
+        f"{redis_line}"
         "Try it:\n"
         f'  curl {url}/api/generate -d \'{{"model":"gemma3:270m","prompt":"Why is the sky blue?"}}\'\n'
         "Press Ctrl-C to stop.\n",
@@ -111,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.render import register as register_render
 
     register_render(add)
+    from cli.join import register as register_join
+
+    register_join(add)
     return parser
 
 
@@ -139,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """The failures a command reports as a one-line message (imported late, like the commands)."""
+    from cli.join import JoinError
     from herd.store import StoreError
     from stack.nginx import NginxError
     from stack.processes import ProcessError
@@ -146,7 +157,15 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from stack.setup import DefaultModelMissing
     from stack.supervisor import StackError
 
-    return (StackError, ProcessError, NginxError, RedisServerMissing, DefaultModelMissing, StoreError)
+    return (
+        StackError,
+        ProcessError,
+        NginxError,
+        RedisServerMissing,
+        DefaultModelMissing,
+        StoreError,
+        JoinError,
+    )
 
 
 if __name__ == "__main__":

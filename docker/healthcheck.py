@@ -15,6 +15,8 @@ import urllib.request
 import redis
 
 from herd.contracts import worker_state_key
+from herd.redis_connect import sync_client
+from herd.settings import CommonSettings, load_settings
 
 TIMEOUT_S = 3.0
 
@@ -34,10 +36,11 @@ def check_http(url: str) -> str | None:
 
 
 def _client() -> redis.Redis:
-    url = os.environ.get("HERD_REDIS_URL")
-    if not url:
+    if not os.environ.get("HERD_REDIS_URL"):
         raise SystemExit("unhealthy: HERD_REDIS_URL is not set")
-    return redis.Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    # The processes' own client builder: rediss:// with HERD_REDIS_CA, and Sentinel URLs, as they connect.
+    settings = load_settings(CommonSettings)
+    return sync_client(settings, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
 
 
 def check_redis() -> str | None:

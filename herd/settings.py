@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from herd.redis_url import parse_redis_url
 
 # HERD_DRAIN_SECONDS' default: the worker reads it, and the supervisor gives a stopping worker this much
 # (plus a margin) before SIGKILL when the variable is unset.
@@ -31,7 +33,25 @@ class CommonSettings(BaseSettings):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("HERD_REDIS_URL"),
-        description="Redis connection URL shared by the API and the workers.",
+        description="Redis connection URL shared by the API and the workers: redis://user:password@host:port/db, "
+        "rediss:// for TLS, or redis+sentinel://[user:password@]sentinel1:26379,sentinel2:26379/<master>/db "
+        "(rediss+sentinel:// for TLS) to follow Sentinel's failovers (herd/redis_connect.py).",
+    )
+    redis_ca: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_REDIS_CA"),
+        description="PEM CA certificate(s) that a rediss:// Redis's certificate must chain to; unset: the system's.",
+    )
+    redis_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_REDIS_CERT"),
+        description="PEM client certificate presented to a rediss:// Redis that asks for one (with HERD_REDIS_KEY).",
+    )
+    redis_key: Path | None = Field(
+        default=None,
+        validate_default=True,
+        validation_alias=AliasChoices("HERD_REDIS_KEY"),
+        description="The PEM private key of HERD_REDIS_CERT; set both or neither.",
     )
     models_dir: Path = Field(
         default_factory=default_models_dir,
@@ -43,6 +63,31 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("OLLAMA_DEBUG"),
         description="Log at debug level.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: str) -> str:
+        parse_redis_url(value)
+        return value
+
+    @field_validator("redis_ca", "redis_cert", "redis_key", mode="before")
+    @classmethod
+    def _redis_tls_unset(cls, value: Any) -> Any:
+        # compose passes an unset variable as an empty string: that means none, not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_ca", "redis_cert", "redis_key", mode="after")
+    @classmethod
+    def _redis_tls_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        names = {"redis_ca": "HERD_REDIS_CA", "redis_cert": "HERD_REDIS_CERT", "redis_key": "HERD_REDIS_KEY"}
+        if info.field_name == "redis_key" and (value is None) != (info.data.get("redis_cert") is None):
+            raise ValueError("HERD_REDIS_CERT and HERD_REDIS_KEY go together: set both or neither")
+        if value is None:
+            return None
+        value = value.expanduser().absolute()
+        if not value.is_file():
+            raise ValueError(f"{names[info.field_name or '']} {value} is not a file")
+        return value
 
     @field_validator("debug", mode="before")
     @classmethod

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 
+from herd.redis_url import build_url
 from herd.settings import CommonSettings
+from stack.redis_auth import ADMIN_USER, admin_password, user_password
 
 # Ollama's defaults: OLLAMA_HOST with no host means 127.0.0.1, with no port means 11434.
 DEFAULT_LISTEN_HOST = "127.0.0.1"
@@ -201,6 +203,44 @@ class StackSettings(CommonSettings):
         description="The largest request body nginx accepts outside /api/blobs/ (nginx size: 16m, 512k).",
     )
 
+    redis_external: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("HERD_REDIS_EXTERNAL"),
+        description="Run no redis-server: the API and the workers use HERD_REDIS_URL as given "
+        "(an operator-run Redis, or redis+sentinel:// for a replicated one).",
+    )
+    redis_bind: str = Field(
+        default="127.0.0.1",
+        validation_alias=AliasChoices("HERD_REDIS_BIND"),
+        description="A LAN address the stack's Redis listens on besides 127.0.0.1, for workers on other hosts "
+        "(`herd join`); anything but loopback requires TLS. Default: loopback only.",
+    )
+    redis_tls: bool | None = Field(
+        default=None,
+        validate_default=True,
+        validation_alias=AliasChoices("HERD_REDIS_TLS"),
+        description="Serve Redis over TLS only (rediss://). Unset: on exactly when HERD_REDIS_BIND is not loopback; "
+        "off with a LAN bind is refused.",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_REDIS_PASSWORD"),
+        description="The Redis admin password; the API's and the workers' ACL passwords derive from it. "
+        "Unset: a random one made once in <run dir>/redis/password.",
+    )
+    redis_tls_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HERD_REDIS_TLS_CERT"),
+        description="PEM certificate Redis serves TLS with; unset: a self-signed one made at first start "
+        "(<run dir>/redis/tls/, the CA file `herd join` names).",
+    )
+    redis_tls_key: Path | None = Field(
+        default=None,
+        validate_default=True,
+        validation_alias=AliasChoices("HERD_REDIS_TLS_KEY"),
+        description="The PEM private key of HERD_REDIS_TLS_CERT; set both or neither.",
+    )
+
     tls_cert: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("HERD_TLS_CERT"),
@@ -250,6 +290,46 @@ class StackSettings(CommonSettings):
         value = value.expanduser().absolute()
         if not value.is_file():
             raise ValueError(f"{this} {value} is not a file (the pair with {other} nginx serves HTTPS with)")
+        return value
+
+    @field_validator("redis_bind")
+    @classmethod
+    def _redis_bind_address(cls, value: str) -> str:
+        value = value.strip().strip("[]")
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (Redis binds addresses, not names)") from None
+
+    @field_validator("redis_tls", mode="after")
+    @classmethod
+    def _redis_tls_off_lan(cls, value: bool | None, info: ValidationInfo) -> bool:
+        bind = info.data.get("redis_bind", "127.0.0.1")
+        lan = not ipaddress.ip_address(bind).is_loopback
+        if value is False and lan:
+            raise ValueError(
+                f"HERD_REDIS_BIND={bind} is not a loopback address, and Redis off loopback requires TLS: "
+                "unset HERD_REDIS_TLS (or set it to 1), or bind 127.0.0.1"
+            )
+        return lan if value is None else value
+
+    @field_validator("redis_tls_cert", "redis_tls_key", mode="after")
+    @classmethod
+    def _redis_tls_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        this, other = (
+            ("HERD_REDIS_TLS_CERT", "HERD_REDIS_TLS_KEY")
+            if info.field_name == "redis_tls_cert"
+            else ("HERD_REDIS_TLS_KEY", "HERD_REDIS_TLS_CERT")
+        )
+        if info.field_name == "redis_tls_key" and (value is None) != (
+            info.data.get("redis_tls_cert") is None
+        ):
+            raise ValueError("HERD_REDIS_TLS_CERT and HERD_REDIS_TLS_KEY go together: set both or neither")
+        if value is None:
+            return None
+        value = value.expanduser().absolute()
+        if not value.is_file():
+            raise ValueError(f"{this} {value} is not a file (the pair with {other} Redis serves TLS with)")
         return value
 
     @field_validator("ollama_origins")
@@ -314,9 +394,27 @@ class StackSettings(CommonSettings):
         return not self.loopback_bind
 
     @property
+    def redis_tls_on(self) -> bool:
+        """Whether the stack's Redis serves TLS only (HERD_REDIS_TLS, resolved against HERD_REDIS_BIND)."""
+        return bool(self.redis_tls)
+
+    def redis_user_url(self, user: str, host: str = "127.0.0.1") -> str:
+        """The URL of the stack's Redis as ACL ``user`` (its password in it), reached at ``host``."""
+        admin = admin_password(
+            self.run_dir, self.redis_password.get_secret_value() if self.redis_password else None
+        )
+        return build_url(
+            host, self.redis_port, tls=self.redis_tls_on, username=user, password=user_password(admin, user)
+        )
+
+    @property
     def stack_redis_url(self) -> str:
-        """The URL of the stack's own redis-server, handed to the API and the workers."""
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        """The admin URL of the stack's own redis-server (the supervisor's checks, operators, tests).
+
+        The API and the workers get their own ACL users' URLs instead (Stack.child_env). The password is made
+        on first use when HERD_REDIS_PASSWORD is unset (stack/redis_auth.py).
+        """
+        return self.redis_user_url(ADMIN_USER)
 
     @property
     def base_url(self) -> str:

@@ -5,6 +5,10 @@ everything behind it is up); stop order is the reverse. A worker or Redis that d
 backoff, Redis on its own config and data (the append-only file), while everything else keeps running: the
 API answers 503 meanwhile and the API and workers reconnect by themselves. The death of the API or nginx
 stops the whole stack, since nothing can be served without it.
+
+Redis always has a password; the API and the workers log in as their own ACL users (stack/redis_auth.py),
+over TLS when HERD_REDIS_BIND opens it to the LAN. With HERD_REDIS_EXTERNAL no redis-server runs here and
+every process uses HERD_REDIS_URL as given (a Sentinel URL, say).
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from typing import IO
 import redis
 
 import herd
-from herd.settings import DEFAULT_DRAIN_S
+from herd.redis_connect import sync_client
+from herd.settings import DEFAULT_DRAIN_S, CommonSettings
 from stack.nginx import check_nginx_conf, logs_dir, nginx_argv, nginx_dir, write_nginx_conf
 from stack.processes import ManagedProcess, ProcessDied, ProcessError, describe_exit
-from stack.redis_conf import redis_argv, write_redis_conf
+from stack.redis_auth import ADMIN_USER, API_USER, WORKER_USER
+from stack.redis_conf import bind_addresses, redis_argv, write_redis_conf
 from stack.settings import StackSettings
+from stack.tls import redis_tls_paths
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +128,28 @@ class Stack:
         """The URL clients use (through nginx)."""
         return self.settings.base_url
 
-    def child_env(self) -> dict[str, str]:
-        """The environment every child gets: ours, pointed at the stack's Redis and the resolved store."""
+    def child_env(self, redis_user: str = WORKER_USER) -> dict[str, str]:
+        """The environment every child gets: ours, pointed at the stack's Redis and the resolved store.
+
+        Each child logs in to Redis as ``redis_user`` (the API and the workers have their own ACL users);
+        over TLS it verifies Redis with the self-signed certificate unless the operator supplied one.
+        """
         env = dict(self.base_env)
-        env["HERD_REDIS_URL"] = self.settings.stack_redis_url
+        s = self.settings
+        if s.redis_external:
+            # An operator-run Redis (Sentinel, a managed service): every process uses HERD_REDIS_URL as given.
+            env["HERD_REDIS_URL"] = s.redis_url
+            for name, path in (
+                ("HERD_REDIS_CA", s.redis_ca),
+                ("HERD_REDIS_CERT", s.redis_cert),
+                ("HERD_REDIS_KEY", s.redis_key),
+            ):
+                if path is not None:
+                    env[name] = str(path)
+        else:
+            env["HERD_REDIS_URL"] = s.redis_user_url(redis_user)
+            if s.redis_tls_on and s.redis_tls_cert is None:
+                env["HERD_REDIS_CA"] = str(redis_tls_paths(s)[0])
         env["OLLAMA_MODELS"] = str(self.settings.models_dir.expanduser().absolute())
         # Log lines reach the log files as they happen, not when a buffer fills.
         env["PYTHONUNBUFFERED"] = "1"
@@ -196,8 +221,22 @@ class Stack:
 
     # --- readiness checks --------------------------------------------------------------------------
 
+    def redis_admin_settings(self) -> CommonSettings:
+        """Settings that reach the stack's Redis as its admin (the readiness check, operators' tools)."""
+        env = self.child_env(ADMIN_USER)
+
+        def path(name: str) -> Path | None:
+            return Path(env[name]) if env.get(name) else None
+
+        return CommonSettings(
+            redis_url=env["HERD_REDIS_URL"],
+            redis_ca=path("HERD_REDIS_CA"),
+            redis_cert=path("HERD_REDIS_CERT"),
+            redis_key=path("HERD_REDIS_KEY"),
+        )
+
     def _redis_ready(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.settings.redis_port, socket_timeout=1.0)
+        client = sync_client(self.redis_admin_settings(), socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -235,7 +274,10 @@ class Stack:
         checks = [
             ("OLLAMA_HOST", s.listen_host, s.listen_port),
             ("HERD_API_PORT", "127.0.0.1", s.api_port),
-            ("HERD_REDIS_PORT", "127.0.0.1", s.redis_port),
+            *(
+                ("HERD_REDIS_PORT", host, s.redis_port)
+                for host in ([] if s.redis_external else bind_addresses(s.redis_bind))
+            ),
             ("HERD_METRICS_PORT", "127.0.0.1", s.metrics_port),
             *(
                 # Each worker serves its own /metrics right above it.
@@ -266,20 +308,22 @@ class Stack:
             logs = logs_dir(s)
             nginx_conf = write_nginx_conf(s)
             check_nginx_conf(nginx_conf, nginx_dir(s))
-            redis_conf = write_redis_conf(s)
+            redis_conf = None if s.redis_external else write_redis_conf(s)
             self._check_ports()
             env = self.child_env()
+            api_env = self.child_env(API_USER)
 
-            self.redis = ManagedProcess(
-                "redis",
-                redis_argv(redis_conf),
-                log_path=logs / "redis.log",
-                env=env,
-                cwd=redis_conf.parent,
-                pid_path=s.run_dir / "redis" / "redis.pid",
-            )
-            self.redis.start()
-            self.redis.wait_ready(self._redis_ready, timeout=30)
+            if redis_conf is not None:
+                self.redis = ManagedProcess(
+                    "redis",
+                    redis_argv(redis_conf),
+                    log_path=logs / "redis.log",
+                    env=env,
+                    cwd=redis_conf.parent,
+                    pid_path=s.run_dir / "redis" / "redis.pid",
+                )
+                self.redis.start()
+                self.redis.wait_ready(self._redis_ready, timeout=30)
 
             (s.run_dir / "api").mkdir(parents=True, exist_ok=True)
             # gunicorn's processes share their Prometheus counters through files here; a stale set from
@@ -291,7 +335,7 @@ class Stack:
                 "api",
                 self.api_argv(),
                 log_path=logs / "api.log",
-                env={**env, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
+                env={**api_env, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
                 cwd=_SOURCE_ROOT,
             )
             self.api.start()
@@ -323,7 +367,8 @@ class Stack:
                 "nginx",
                 nginx_argv(nginx_conf, nginx_dir(s)),
                 log_path=logs / "nginx.log",
-                env=env,
+                # nginx never talks to Redis: it gets no credentials for it.
+                env={k: v for k, v in env.items() if not k.startswith("HERD_REDIS_")},
                 cwd=nginx_dir(s),
             )
             self.nginx.start()

@@ -37,9 +37,8 @@ def fingerprint(cert: Path) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def _subject_alt_names(settings: StackSettings) -> str:
+def _subject_alt_names(host: str) -> str:
     names = ["DNS:localhost", "IP:127.0.0.1", "IP:::1"]
-    host = settings.listen_host
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -50,8 +49,12 @@ def _subject_alt_names(settings: StackSettings) -> str:
     return ",".join(names)
 
 
-def make_self_signed(cert: Path, key: Path, settings: StackSettings) -> None:
-    """Write a self-signed P-256 certificate and its key with the openssl CLI (the key readable by us only)."""
+def make_self_signed(cert: Path, key: Path, settings: StackSettings, host: str | None = None) -> None:
+    """Write a self-signed P-256 certificate and its key with the openssl CLI (the key readable by us only).
+
+    It names loopback and ``host`` (default: where nginx listens).
+    """
+    host = settings.listen_host if host is None else host
     openssl = shutil.which("openssl")
     if openssl is None:
         raise TlsError(
@@ -62,7 +65,7 @@ def make_self_signed(cert: Path, key: Path, settings: StackSettings) -> None:
     argv = [
         openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", str(tmp_key), "-out", str(tmp_cert), "-days", str(SELF_SIGNED_DAYS),
-        "-subj", "/CN=herd", "-addext", f"subjectAltName={_subject_alt_names(settings)}",
+        "-subj", "/CN=herd", "-addext", f"subjectAltName={_subject_alt_names(host)}",
     ]  # fmt: skip
     old_umask = os.umask(0o077)
     try:
@@ -83,3 +86,45 @@ def ensure_tls_pair(settings: StackSettings) -> tuple[Path, Path]:
         logger.info("made a self-signed TLS certificate at %s", cert)
     logger.info("TLS certificate %s sha256 fingerprint %s", cert, fingerprint(cert))
     return cert, key
+
+
+def redis_tls_paths(settings: StackSettings) -> tuple[Path, Path]:
+    """(certificate, key) Redis serves: HERD_REDIS_TLS_CERT/KEY, else the self-signed pair in the run dir.
+
+    The self-signed certificate is also the CA file a worker verifies Redis with (HERD_REDIS_CA).
+    """
+    if settings.redis_tls_cert is not None and settings.redis_tls_key is not None:
+        return settings.redis_tls_cert, settings.redis_tls_key
+    tls_dir = settings.run_dir / "redis" / "tls"
+    return tls_dir / "redis.crt", tls_dir / "redis.key"
+
+
+def ensure_redis_tls_pair(settings: StackSettings) -> tuple[Path, Path]:
+    """Redis's TLS pair, made self-signed for loopback and HERD_REDIS_BIND when none is configured or made yet.
+
+    A pair made for another HERD_REDIS_BIND is made again: a worker checks the address it dials against it.
+    """
+    cert, key = redis_tls_paths(settings)
+    if settings.redis_tls_cert is None:
+        address = ipaddress.ip_address(settings.redis_bind)
+        want = f"IP Address:{'127.0.0.1' if address.is_unspecified else address}"
+        if not (cert.is_file() and key.is_file() and want in _san_text(cert)):
+            make_self_signed(cert, key, settings, host=settings.redis_bind)
+            logger.info("made a self-signed TLS certificate for Redis at %s", cert)
+    logger.info("Redis TLS certificate %s sha256 fingerprint %s", cert, fingerprint(cert))
+    return cert, key
+
+
+def _san_text(cert: Path) -> str:
+    """The subjectAltName extension of ``cert`` as openssl prints it (empty when unreadable)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return ""
+    proc = subprocess.run(
+        [openssl, "x509", "-noout", "-ext", "subjectAltName", "-in", str(cert)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    return proc.stdout

@@ -47,7 +47,7 @@ def main() -> None:
     """Entry point of `herd worker` and `python -m workers.main`."""
     settings = load_settings(WorkerSettings)
     configure_logging("worker", settings.debug)
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     claim_worker_name(client, settings.worker_id, settings.heartbeat_s, "HERD_WORKER_ID")
     # Before any model loads, so the first load is already counted where Prometheus can see it.
     stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)

@@ -32,6 +32,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from herd.contracts import worker_state_key
+from herd.redis_connect import check_access, sync_client
+from herd.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,19 @@ class _Queue(Queue):
             raise RedisUnreachable(str(exc)) from exc
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A worker's Redis client, which waits at most REDIS_SOCKET_TIMEOUT_S for a connection or a reply."""
-    return redis.Redis.from_url(
-        url,
+def redis_client(settings: CommonSettings) -> redis.Redis:
+    """A worker's Redis client, which waits at most REDIS_SOCKET_TIMEOUT_S for a connection or a reply.
+
+    Exits naming the problem when Redis refuses the credentials or TLS of HERD_REDIS_URL (herd/redis_connect.py).
+    """
+    client = sync_client(
+        settings,
         health_check_interval=30,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
     )
+    check_access(client, settings)
+    return client
 
 
 class FlagStoppedWorker(SimpleWorker):

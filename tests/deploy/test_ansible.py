@@ -178,3 +178,58 @@ def test_example_inventory_and_vault_agree_with_the_role() -> None:
     for value in group_vars.values():
         for referenced in re.findall(r"\{\{\s*(vault_\w+)", json.dumps(value)):
             assert referenced in vault, referenced
+
+
+def _render(template: str, **variables: Any) -> str:
+    """A role template rendered as Ansible would (its `bool` filter added to plain Jinja2)."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["bool"] = lambda value: str(value).lower() in ("1", "true", "yes", "on")
+    source = (ANSIBLE_DIR / "roles" / "herd" / "templates" / template).read_text()
+    return env.from_string(source).render(ansible_managed="managed", **variables)
+
+
+def test_the_main_server_admits_the_worker_servers_and_no_other_host_to_redis(tmp_path: Path) -> None:
+    hostvars = {"gpu-2": {"ansible_host": "192.168.1.51"}, "gpu-3": {}}
+    script = _render("redis-firewall.sh.j2", groups={"herd_workers": ["gpu-2", "gpu-3"]}, hostvars=hostvars)
+    path = tmp_path / "redis-firewall.sh"
+    path.write_text(script)
+    assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0
+    rules = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("ensure ")]
+    # Inserted at the top one after the other: the admissions end up above the DROP.
+    assert rules == [
+        "-p tcp --dport 6380 -j DROP",
+        "-p tcp --dport 6380 -s 192.168.1.51 -j RETURN",
+        "-p tcp --dport 6380 -s gpu-3 -j RETURN",
+    ]
+
+
+def test_a_worker_servers_env_joins_the_main_servers_redis_and_store() -> None:
+    from herd.redis_connect import parse_redis_url
+    from tests.deploy.test_compose import SERVICES
+
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles" / "herd" / "defaults" / "main.yml").read_text())
+    main = {
+        "herd_server_name": "herd.example.lan",
+        "herd_redis_worker_password": "ab" * 32,
+        "herd_redis_tls_port": 6380,
+        "herd_https_port": 443,
+        "herd_api_keys": ["key-one"],
+    }
+    variables = {**defaults, "herd_main": main, "herd_main_name": main["herd_server_name"]}
+    variables.update(inventory_hostname="gpu-2", herd_worker_device=1, herd_context_length=4096)
+    text = _render("env-worker.j2", **variables)
+    env = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    target = parse_redis_url(env["HERD_REDIS_URL"])
+    assert (target.tls, target.user, target.password) == (True, "herd-worker", "ab" * 32)
+    assert target.hosts == (("herd.example.lan", 6380),)
+    assert env["HERD_STORE_URL"] == "https://herd.example.lan:443" and env["HERD_STORE_KEY"] == "key-one"
+    assert env["COMPOSE_PROFILES"] == "worker" and env["HERD_WORKER_DEVICE"] == "1"
+    # Every variable the compose `worker` service reads from .env is written.
+    read = {
+        name
+        for value in SERVICES["worker"]["environment"].values()
+        for name in re.findall(r"\$\{(HERD_[A-Z_]+|OLLAMA_[A-Z_]+)", str(value))
+    } | {"HERD_REDIS_CA", "HERD_WORKER_DEVICE"}
+    assert read - set(env) <= {"HERD_WORKER_METRICS_PORT"}, read - set(env)

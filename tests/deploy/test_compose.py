@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import redis
 from pydantic_settings import BaseSettings
 
+from herd.redis_connect import check_access, sync_client
+from herd.redis_url import build_url
+from herd.settings import CommonSettings
+from stack.processes import ManagedProcess
+from stack.redis_auth import KEY_PATTERNS, WORKER_USER, user_rules
+from stack.settings import StackSettings
+from stack.tls import make_self_signed
 from tests.deploy.bundle import (
     COMPOSE_FILE,
     ROOT,
@@ -24,18 +35,21 @@ from tests.deploy.bundle import (
     env_example_variables,
     load_compose,
 )
+from tests.support.ports import free_port
 
 COMPOSE = load_compose()
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 GPU_WORKERS = [name for name in SERVICES if name.startswith("worker-gpu")]
 WORKERS = [*GPU_WORKERS, "worker-cpu"]
 HERD_SERVICES = ["api", *WORKERS, "store-worker"]
+# The worker of a GPU server that joins this one (profile worker): its Redis and store are the main server's.
+REMOTE_WORKER = "worker"
 
 # Which compose services run a process that reads each settings class (app/, workers/).
 SERVICES_BY_SETTINGS = {
-    "CommonSettings": HERD_SERVICES,
+    "CommonSettings": [*HERD_SERVICES, REMOTE_WORKER],
     "ApiSettings": ["api"],
-    "WorkerSettings": WORKERS,
+    "WorkerSettings": [*WORKERS, REMOTE_WORKER],
     "RegistrySettings": ["store-worker"],
     "StoreWorkerSettings": ["store-worker"],
 }
@@ -55,6 +69,12 @@ STACK_SETTINGS_REPLACED = {
     "HERD_RUN_DIR": "volumes and tmpfs replace the run dir",
     "HERD_TLS_CERT": "HERD_TLS_DIR/tls.crt",
     "HERD_TLS_KEY": "HERD_TLS_DIR/tls.key",
+    "HERD_REDIS_BIND": "HERD_REDIS_BIND_ADDRESS publishes Redis's TLS port",
+    "HERD_REDIS_TLS": "Redis serves TLS on its published port 6380 always, plain TCP on the internal network",
+    "HERD_REDIS_PASSWORD": "REDIS_PASSWORD (and REDIS_WORKER_PASSWORD for the herd-worker user)",
+    "HERD_REDIS_TLS_CERT": "Redis serves HERD_TLS_DIR/tls.crt",
+    "HERD_REDIS_TLS_KEY": "Redis serves HERD_TLS_DIR/tls.key",
+    "HERD_REDIS_EXTERNAL": "compose runs its own redis service; each service's HERD_REDIS_URL names it",
 }
 # Variables compose itself reads from .env, not compose.yaml.
 COMPOSE_OWN_VARIABLES = {"COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
@@ -156,13 +176,17 @@ def _published(service: dict[str, Any]) -> list[str]:
 
 
 def test_only_nginx_https_reaches_the_lan() -> None:
-    """nginx's 443 is the one LAN-facing port; Prometheus and Grafana bind loopback; the rest none."""
+    """nginx's 443 is the one LAN-facing port by default; Prometheus, Grafana and Redis's TLS port bind loopback."""
     assert _published(SERVICES["nginx"]) == ["${HERD_BIND_ADDRESS:-0.0.0.0}:${HERD_HTTPS_PORT:-443}:443"]
     for name in ("prometheus", "grafana"):
         for port in _published(SERVICES[name]):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    # Redis's TLS port, for workers on other servers, reaches the LAN only when HERD_REDIS_BIND_ADDRESS says so.
+    assert _published(SERVICES["redis"]) == [
+        "${HERD_REDIS_BIND_ADDRESS:-127.0.0.1}:${HERD_REDIS_TLS_PORT:-6380}:6380"
+    ]
     for name, service in SERVICES.items():
-        if name not in ("nginx", "prometheus", "grafana"):
+        if name not in ("nginx", "prometheus", "grafana", "redis"):
             assert "ports" not in service, f"{name} publishes {service['ports']}"
 
 
@@ -171,7 +195,8 @@ def test_redis_is_private_persistent_and_password_protected() -> None:
     command = " ".join(redis["command"])
     assert "--requirepass" in command and "--appendonly yes" in command
     assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
-    assert redis["networks"] == ["backend"]
+    # The internal network, and one that carries only the published TLS port.
+    assert redis["networks"] == ["backend", "redis-lan"]
     assert COMPOSE["networks"]["backend"]["internal"] is True
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     for name in HERD_SERVICES:
@@ -288,3 +313,76 @@ def test_env_example_documents_every_variable_compose_reads() -> None:
     for name, op in used.items():
         if op in (":?", "?"):
             assert documented[name], f"{name} is required: .env.example must list it uncommented"
+
+
+def test_redis_serves_tls_to_other_servers_with_the_worker_acl_user_of_the_stack() -> None:
+    """compose's herd-worker user has exactly the rules `herd up` gives it (stack/redis_auth.py)."""
+    script = SERVICES["redis"]["command"][-1].replace("\\|", "|")
+    assert "--tls-port 6380" in script and "--tls-cert-file /etc/redis-tls/tls.crt" in script
+    user = script.split(f"--user {WORKER_USER} reset on", 1)[1].split("; fi")[0].split()
+    assert user[0] == '">$${REDIS_WORKER_PASSWORD}"'
+    assert [w.strip('"') for w in user[1:] if w.strip('"').startswith(("~", "&"))] == [
+        *(f"~{p}" for p in KEY_PATTERNS),
+        *(f"&{p}" for p in KEY_PATTERNS),
+    ]
+    rules = [w for w in user if w.startswith(("+", "-"))]
+    assert rules == ["-@all", *user_rules(WORKER_USER).split()]
+    assert any(v.endswith(":/etc/redis-tls:ro") for v in SERVICES["redis"]["volumes"])
+
+
+def test_the_worker_profile_runs_a_worker_alone_from_env() -> None:
+    """A worker-only server: its Redis (TLS, herd-worker), CA and store come from .env; nothing else runs."""
+    worker = SERVICES[REMOTE_WORKER]
+    assert worker["profiles"] == ["worker"]
+    assert worker.get("depends_on") == {}, "a worker-only server has no redis service to wait for"
+    env = worker["environment"]
+    assert env["HERD_REDIS_URL"] == "${HERD_REDIS_URL:-}"
+    assert env["HERD_REDIS_CA"] == "/etc/herd/redis-ca.crt"
+    assert "${HERD_REDIS_CA:-./deploy/redis-ca.crt}:/etc/herd/redis-ca.crt:ro" in worker["volumes"]
+    assert env["HERD_STORE_URL"] == "${HERD_STORE_URL:-}" and env["HERD_STORE_KEY"] == "${HERD_STORE_KEY:-}"
+    # Its own writable store (model files fetched from the main server), and the LAN, not the internal network.
+    assert "models:/models" in worker["volumes"] and worker["networks"] == ["frontend"]
+    (reservation,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert reservation["device_ids"] == ["${HERD_WORKER_DEVICE:-0}"]
+    # Every other service either has a profile of its own or is the main server's: none carries `worker`.
+    assert [name for name, s in SERVICES.items() if "worker" in s.get("profiles", [])] == [REMOTE_WORKER]
+
+
+def test_the_redis_command_runs_a_real_redis_with_tls_and_the_worker_user(tmp_path: Path) -> None:
+    """compose's redis command, as its shell runs it: the password, TLS on 6380, herd-worker's rules."""
+    make_self_signed(tmp_path / "tls.crt", tmp_path / "tls.key", StackSettings(run_dir=tmp_path))
+    plain, tls = free_port(), free_port()
+    script = (
+        SERVICES["redis"]["command"][-1]
+        .replace("$$", "$")
+        .replace("/etc/redis-tls", str(tmp_path))
+        .replace("--tls-port 6380", f"--tls-port {tls} --port {plain} --bind 127.0.0.1 --dir {tmp_path}")
+    )
+    env = {"REDIS_PASSWORD": "ab" * 16, "REDIS_WORKER_PASSWORD": "cd" * 16, "PATH": os.environ["PATH"]}
+    server = ManagedProcess(
+        "redis", ["sh", "-c", script], log_path=tmp_path / "redis.log", env=env, cwd=tmp_path
+    )
+    admin = redis.Redis(port=plain, password="ab" * 16, socket_timeout=2, decode_responses=True)
+    try:
+        server.start()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                admin.ping()
+                break
+            except redis.ConnectionError:
+                server.check_running()
+                assert time.monotonic() < deadline, server.log_tail(20)
+                time.sleep(0.05)
+        url = build_url("127.0.0.1", tls, tls=True, username="herd-worker", password="cd" * 16)
+        settings = CommonSettings(redis_url=url, redis_ca=tmp_path / "tls.crt")
+        worker = sync_client(settings, socket_timeout=2)
+        check_access(worker, settings)
+        assert worker.set("herd:x", "1") and worker.client_info()["user"] == "herd-worker"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            worker.config_get("*")
+        worker.close()
+    finally:
+        admin.close()
+        server.stop(10.0)
+    assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0

@@ -236,7 +236,7 @@ def test_only_nginx_listens_beyond_loopback_and_redis_only_on_127_0_0_1(
 
 def test_redis_refuses_connections_from_any_other_address(keyed_stack: Stack) -> None:
     port = keyed_stack.settings.redis_port
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    client = redis.Redis.from_url(keyed_stack.settings.stack_redis_url, socket_timeout=5)
     try:
         config = {**client.config_get("bind"), **client.config_get("protected-mode")}
     finally:

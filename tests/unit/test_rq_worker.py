@@ -14,6 +14,7 @@ import redis
 from redis.client import PubSubWorkerThread
 from rq.serializers import JSONSerializer
 
+from herd.settings import CommonSettings
 from tests.support.redis_server import running_redis
 from workers.rq_worker import FlagStoppedWorker, redis_client
 
@@ -69,7 +70,7 @@ def _worker(url: str) -> FlagStoppedWorker:
     return FlagStoppedWorker(
         ["unit-q"],
         name=f"unit-{time.monotonic_ns()}",
-        connection=redis_client(url),
+        connection=redis_client(CommonSettings(redis_url=url)),
         serializer=JSONSerializer,
     )
 

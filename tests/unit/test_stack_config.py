@@ -28,6 +28,7 @@ from stack.nginx import (
     write_nginx_conf,
 )
 from stack.processes import ManagedProcess, ProcessDied, ProcessNotReady
+from stack.redis_auth import acl_lines
 from stack.redis_conf import redis_argv, render_redis_conf, write_redis_conf
 from stack.settings import StackSettings, parse_ollama_host
 from stack.supervisor import Stack, StackError
@@ -167,7 +168,11 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert (s.api_port, s.redis_port, s.workers, s.api_processes) == (12001, 12002, 3, 4)
     assert s.run_dir == tmp_path / "r"
     assert s.models_dir == tmp_path / "m"
-    assert s.stack_redis_url == "redis://127.0.0.1:12002/0"
+    # The admin URL, with the password made once in the run dir (Redis never runs without one).
+    url = s.stack_redis_url
+    password = (tmp_path / "r" / "redis" / "password").read_text().strip()
+    assert url == f"redis://default:{password}@127.0.0.1:12002/0"
+    assert len(password) == 64 and s.stack_redis_url == url
     # A wildcard listen address is reached through loopback.
     assert s.base_url == "http://127.0.0.1:12000"
 
@@ -321,8 +326,9 @@ def test_nginx_generates_a_request_id_when_missing_or_unsafe(nginx_with_echo_ups
 
 
 def test_rendered_redis_conf_content(tmp_path: Path) -> None:
-    conf = render_redis_conf(12345, tmp_path / "data dir")
+    conf = render_redis_conf(12345, tmp_path / "data dir", users=acl_lines("secret"))
     lines = conf.splitlines()
+    assert "secret" not in conf  # only the passwords' hashes
     for line in ("bind 127.0.0.1", "port 12345", "appendonly yes", "protected-mode yes", "daemonize no"):
         assert line in lines
     assert f'dir "{tmp_path / "data dir"}"' in lines
@@ -334,7 +340,7 @@ def test_rendered_redis_conf_runs_a_real_redis_server(stack_settings: StackSetti
     server = ManagedProcess(
         "redis", redis_argv(conf), log_path=stack_settings.run_dir / "logs" / "redis.log", cwd=conf.parent
     )
-    client = redis.Redis(host="127.0.0.1", port=stack_settings.redis_port, socket_timeout=2)
+    client = redis.Redis.from_url(stack_settings.stack_redis_url, socket_timeout=2)
 
     def pong() -> bool:
         try:
@@ -565,7 +571,7 @@ def test_supervisor_restarts_a_killed_redis_on_its_data_and_leaves_the_rest_runn
         "worker-w0", [sys.executable, "-c", "import time; time.sleep(600)"], log_path=tmp_path / "w.log"
     )
     stack.workers = [worker]
-    client = redis.Redis(port=stack_settings.redis_port, socket_timeout=1)
+    client = redis.Redis.from_url(stack_settings.stack_redis_url, socket_timeout=1)
     try:
         stack.redis.start()
         worker.start()

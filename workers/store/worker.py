@@ -191,7 +191,7 @@ def main() -> None:
     settings = load_settings(StoreWorkerSettings)
     configure_logging("store-worker", settings.debug)
     remove_leftovers(ModelStore(settings.models_dir))  # what a killed create or upload left on disk
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     # This start of the process, as the inference worker draws one: the API tells by it that a job's
     # worker died even once the supervisor restarted it under the same id.
     incarnation = uuid.uuid4().hex
