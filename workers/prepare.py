@@ -1,4 +1,4 @@
-"""What turns a job into what an engine runs: its model, context size, prompt tokens, sampling, tool parser.
+"""What turns a job into what an engine runs: its model, context size, prompt tokens, sampling, output parsers.
 
 Plain functions, run on the job thread; a request they cannot serve raises JobError with its HTTP status.
 """
@@ -22,6 +22,9 @@ from herd.templates.chat import (
     render_chat,
     render_insert,
 )
+from herd.templates.harmony import HarmonyParser
+from herd.templates.output_split import OutputSplitter
+from herd.templates.thinking import ThinkingParser, think_enabled, thinking_tags, uses_harmony
 from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from workers.cache import LoadedModel
 from workers.llama import LlamaModel, TokenOutOfRange
@@ -208,3 +211,31 @@ def tool_call_parser(job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | 
         # A template that renders tools but no calls: the model answers with bare JSON at best.
         loaded.tool_call_tag = tag if tag is not None else ""
     return ToolCallParser(loaded.tool_call_tag, names, job.tools)
+
+
+def output_splitter(job: GenerateJob, loaded: LoadedModel, prompt: list[int]) -> OutputSplitter | None:
+    """How the job's output splits into thinking, content and tool calls; None when it is all content.
+
+    As Ollama: gpt-oss's harmony output is always parsed; tags are split off only when the job thinks
+    (`think` on, as it is by default for a thinking model) and the template names them; a prompt that
+    already ends with the opening tag starts the output inside the thinking. Raw prompts are not parsed.
+    """
+    if job.kind == "generate" and job.raw:
+        return None
+    template = loaded.template
+    if job.kind == "generate" and job.template:
+        template = choose_template(
+            request_template=job.template, layer=None, gguf_template=None, architecture=""
+        )
+    if uses_harmony(template, str(loaded.stored.details().get("family", ""))):
+        return OutputSplitter(harmony=HarmonyParser())
+    thinking = None
+    opening, closing = thinking_tags(template)
+    if opening and closing and think_enabled(job.think):
+        # The prompt's last tokens are enough to see the tag; llama.cpp renders a user-defined tag as text.
+        opened = loaded.llama.detokenize(prompt[-16:]).strip().endswith(opening)
+        thinking = ThinkingParser(opening, closing, opened=opened)
+    tools = tool_call_parser(job, loaded)
+    if thinking is None and tools is None:
+        return None
+    return OutputSplitter(thinking=thinking, tools=tools)

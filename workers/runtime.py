@@ -282,9 +282,9 @@ class WorkerRuntime:
                 shift=job.shift,
                 num_keep=prepare.num_keep(options),
             )
-            parser = prepare.tool_call_parser(job, loaded)
+            splitter = prepare.output_splitter(job, loaded, tokens)
             self._wait_for_engine_slot(loaded)
-            self._running.add(job.job_id, Running(job, loaded, load_ns, parser))
+            self._running.add(job.job_id, Running(job, loaded, load_ns, splitter))
             try:
                 with self.cache.lock:
                     loaded.engine.submit(request)
