@@ -67,11 +67,25 @@ _QWEN3_JINJA = (
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
     "{% endif %}"
 )
-_QWEN3_GO = """{{- range $i, $_ := .Messages }}
+_QWEN3_GO = """{{- if .Tools }}<|im_start|>system
+# Tools
+<tools>
+{{- range .Tools }}
+{"type": "function", "function": {{ json .Function }}}
+{{- end }}
+</tools>
+Call a function as <tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 -}}
 <|im_start|>{{ .Role }}
 {{ if .Thinking }}<think>{{ .Thinking }}</think>
-{{ end }}{{ .Content }}{{ if not (and $last (eq .Role "assistant")) }}<|im_end|>
+{{ end }}{{ .Content }}
+{{- if .ToolCalls }}<tool_call>
+{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ json .Function.Arguments }}}
+{{ end }}</tool_call>{{ end }}{{ if not (and $last (eq .Role "assistant")) }}<|im_end|>
 {{ end }}
 {{- if and $last (ne .Role "assistant") }}<|im_start|>assistant
 {{ if and $.IsThinkSet (not $.Think) }}<think>
