@@ -55,7 +55,7 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-GREEDY = {"temperature": 0, "seed": 1, "num_predict": 64}
+GREEDY = {"temperature": 0, "seed": 1, "num_predict": 40}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ at a position is the embedding of the token there. Embeddings are one-hot, and t
 each token to the next one of the script: the logits come from the weights through llama.cpp's real
 forward pass, and sampling picks the script (the margin is so wide that even default sampling does).
 
-The script is cut into pieces of three or more characters, each its own vocabulary token, so that no
+The script is cut into pieces of three or more characters (six by default), each its own vocabulary token, so that no
 piece repeats (a token has one successor) and no piece can come out of tokenizing a prompt (the SPM
 tokenizer only merges pieces whose two halves are tokens, and no two-character piece exists). Every
 other token, whatever the prompt ends with, maps to the first piece; the last piece maps to EOS.
@@ -174,11 +174,11 @@ def _base_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def script_pieces(says: str, taken: set[str]) -> list[str]:
-    """The script cut into pieces of MIN_PIECE or more characters, none repeated nor in `taken`.
-
-    Pieces are in SentencePiece spelling (spaces as "▁"); joined, they are the script.
+def script_pieces(says: str, taken: set[str], size: int = 6) -> list[str]:
+    """The script cut into pieces of `size` (at least MIN_PIECE) or more characters, none repeated nor in
+    `taken`. Pieces are in SentencePiece spelling (spaces as "▁"); joined, they are the script.
     """
+    size = max(size, MIN_PIECE)
     text = says.replace(" ", _SPACE_PIECE)
     if len(text) < MIN_PIECE:
         raise ValueError(f"the script {says!r} is shorter than {MIN_PIECE} characters")
@@ -186,11 +186,11 @@ def script_pieces(says: str, taken: set[str]) -> list[str]:
     used = set(taken)
     i = 0
     while i < len(text):
-        n = MIN_PIECE
+        n = size
         while i + n <= len(text) and text[i : i + n] in used:
             n += 1
         # A tail too short (or all taken) to stand alone joins this piece.
-        if i + n > len(text) or len(text) - (i + n) < MIN_PIECE:
+        if i + n > len(text) or len(text) - (i + n) < size:
             n = len(text) - i
         piece = text[i : i + n]
         while piece in used and pieces:  # the whole tail repeats an earlier piece: merge backwards
@@ -205,10 +205,13 @@ def script_pieces(says: str, taken: set[str]) -> list[str]:
     return pieces
 
 
-def write_scripted(path: Path, says: str, *, template: str | None = "chatml", name: str = "scripted") -> Path:
+def write_scripted(
+    path: Path, says: str, *, template: str | None = "chatml", name: str = "scripted", piece: int = 6
+) -> Path:
     """Write a GGUF whose greedy continuation of any prompt is `says`, then EOS; returns `path`.
 
-    `template` names the chat template it carries (TEMPLATES), or None for none.
+    `template` names the chat template it carries (TEMPLATES), or None for none; `piece` is about how
+    many characters each generated token carries (fewer tokens make faster tests; at least 3).
     """
     if template is not None and template not in JINJA_TEMPLATES:
         raise ValueError(f"unknown template {template!r}; one of {', '.join(TEMPLATES)}")
@@ -216,7 +219,7 @@ def write_scripted(path: Path, says: str, *, template: str | None = "chatml", na
     path.parent.mkdir(parents=True, exist_ok=True)
     tokens, scores, types = _base_vocab()
     first_piece = len(tokens)
-    pieces = script_pieces(says, set(tokens))
+    pieces = script_pieces(says, set(tokens), piece)
     tokens += pieces
     types += [int(gguf.TokenType.NORMAL)] * len(pieces)
     # Below every single character's score: SPM merges never prefer a piece (none is reachable anyway).
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Write a tiny GGUF whose greedy output is a given script.",
     )
     parser.add_argument("out", type=Path, help="the GGUF file to write")
+    parser.add_argument("--piece", type=int, default=6, help="characters per generated token (>= 3)")
     parser.add_argument("--says", required=True, help="the text the model generates, then stops")
     parser.add_argument(
         "--template",
@@ -294,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     says = args.says.replace("\\n", "\n")  # a shell passes a newline most easily as \n
-    write_scripted(args.out, says, template=None if args.template == "none" else args.template)
+    template = None if args.template == "none" else args.template
+    write_scripted(args.out, says, template=template, piece=args.piece)
 
 
 if __name__ == "__main__":
