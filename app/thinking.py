@@ -16,8 +16,14 @@ from herd.templates.capabilities import supports_thinking
 from herd.templates.thinking import InvalidThink, ThinkValue, check_think, think_enabled
 
 
-def resolve_think(value: object, stored: StoredModel, requested_name: str) -> ThinkValue:
-    """The job's `think` for a request naming `requested_name` (quoted in the error as Ollama's %q)."""
+def resolve_think(
+    value: object, stored: StoredModel, requested_name: str, *, relax: bool = False
+) -> ThinkValue:
+    """The job's `think` for a request naming `requested_name` (quoted in the error as Ollama's %q).
+
+    `relax`: thinking asked of a model that cannot think is dropped rather than refused, as Ollama's
+    Anthropic layer does (`relax_thinking`) so that clients which always ask for it still work.
+    """
     try:
         think = check_think(value)
     except InvalidThink as exc:
@@ -25,5 +31,7 @@ def resolve_think(value: object, stored: StoredModel, requested_name: str) -> Th
     if supports_thinking(stored):
         return True if think is None else think
     if think_enabled(think):
+        if relax:
+            return None
         raise BadRequest(f"{json.dumps(requested_name)} does not support thinking")
     return think

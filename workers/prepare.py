@@ -24,7 +24,13 @@ from herd.templates.chat import (
 )
 from herd.templates.harmony import HarmonyParser
 from herd.templates.output_split import OutputSplitter
-from herd.templates.thinking import ThinkingParser, think_enabled, thinking_tags, uses_harmony
+from herd.templates.thinking import (
+    ThinkingParser,
+    filter_think_tags,
+    think_enabled,
+    thinking_tags,
+    uses_harmony,
+)
 from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from workers.cache import LoadedModel
 from workers.llama import LlamaModel, TokenOutOfRange
@@ -116,14 +122,18 @@ def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
         )
     bos = model.piece(model.bos).decode("utf-8", errors="replace") if model.bos >= 0 else ""
 
+    think = job.think
+    if think == "max" and uses_harmony(template, str(stored.details().get("family", ""))):
+        think = "high"  # harmony's reasoning levels stop at high; Ollama maps max onto it
+
     def render(messages: list[ChatMessage]) -> str:
-        return render_chat(template, messages, tools=job.tools, think=job.think, bos_token=bos)
+        return render_chat(template, messages, tools=job.tools, think=think, bos_token=bos)
 
     try:
         if job.suffix:
             if not template.supports_suffix:
                 raise JobError(400, f"{stored.name.display} does not support insert")
-            text = render_insert(template, job.prompt or "", job.suffix, think=job.think)
+            text = render_insert(template, job.prompt or "", job.suffix, think=think)
         elif job.kind == "generate":
             messages = generate_messages(
                 job.prompt or "",
@@ -138,6 +148,7 @@ def prompt_tokens(job: GenerateJob, loaded: LoadedModel) -> list[int]:
             messages = chat_messages(
                 list(job.messages or []), system=stored.system, stored_messages=stored.messages
             )
+            messages = filter_think_tags(messages, str(stored.details().get("family", "")), stored.name.model)
             text = _render_within(messages, render, model, loaded.n_ctx, job.truncate)
     except TemplateError as exc:
         raise JobError(400, str(exc)) from exc

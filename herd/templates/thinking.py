@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from herd.contracts import ChatMessage
 from herd.templates.builtin import ChatTemplate
 from herd.templates.gotemplate import GoTemplateError, parse
 from herd.templates.gotemplate.nodes import _Action, _Branch, _Command, _Expr, _Field, _Node, _Pipe, _Text
@@ -204,3 +205,19 @@ class ThinkingParser:
             return "", trimmed, False
         self._acc = ""
         return "", acc, False
+
+
+def filter_think_tags(messages: list[ChatMessage], family: str, model: str) -> list[ChatMessage]:
+    """Ollama's filterThinkTags: for qwen3 and deepseek-r1, an assistant turn before the last user turn
+    loses a leading `<think>…</think>` block from its content (old thinking only costs context)."""
+    if family != "qwen3" and model != "deepseek-r1":
+        return messages
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    out = list(messages)
+    for i, m in enumerate(messages[:last_user]):
+        if m.role == "assistant":
+            parser = ThinkingParser(*JINJA_TAGS)
+            _, content = parser.feed(m.content)
+            # Ollama keeps only what AddContent releases; a block never closed leaves nothing.
+            out[i] = m.model_copy(update={"content": content})
+    return out

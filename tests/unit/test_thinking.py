@@ -17,6 +17,7 @@ from herd.templates.thinking import (
     InvalidThink,
     ThinkingParser,
     check_think,
+    filter_think_tags,
     infer_tags,
     supports_thinking,
     think_enabled,
@@ -264,3 +265,16 @@ def test_script_pieces_are_distinct_long_and_whole(script: str, size: int) -> No
 def test_script_too_short_is_refused() -> None:
     with pytest.raises(ValueError, match="shorter"):
         script_pieces("ab", set())
+
+
+def test_old_thinking_is_filtered_from_qwen3_and_deepseek_history() -> None:
+    turns = [
+        ChatMessage(role="user", content="a"),
+        ChatMessage(role="assistant", content="<think>old</think>\n\nkept"),
+        ChatMessage(role="user", content="b"),
+        ChatMessage(role="assistant", content="<think>prefill</think>"),
+    ]
+    filtered = filter_think_tags(turns, "qwen3", "qwen3")
+    assert [m.content for m in filtered] == ["a", "kept", "b", "<think>prefill</think>"]
+    assert filter_think_tags(turns, "llama", "deepseek-r1")[1].content == "kept"
+    assert filter_think_tags(turns, "llama", "llama3") == turns
