@@ -227,18 +227,15 @@ def tool_call_parser(job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | 
 def output_splitter(job: GenerateJob, loaded: LoadedModel, prompt: list[int]) -> OutputSplitter | None:
     """How the job's output splits into thinking, content and tool calls; None when it is all content.
 
-    As Ollama: gpt-oss's harmony output is always parsed; tags are split off only when the job thinks
-    (`think` on, as it is by default for a thinking model) and the template names them; a prompt that
-    already ends with the opening tag starts the output inside the thinking. Raw prompts are not parsed.
+    As Ollama, from the model's own template (not a request's): gpt-oss's harmony output is parsed unless
+    the prompt is raw; tags are split off only when the job thinks (`think` on, as it is by default for a
+    thinking model) and the template names them; a prompt that already ends with the opening tag starts
+    the output inside the thinking.
     """
-    if job.kind == "generate" and job.raw:
-        return None
     template = loaded.template
-    if job.kind == "generate" and job.template:
-        template = choose_template(
-            request_template=job.template, layer=None, gguf_template=None, architecture=""
-        )
-    if uses_harmony(template, str(loaded.stored.details().get("family", ""))):
+    if not (job.kind == "generate" and job.raw) and uses_harmony(
+        template, str(loaded.stored.details().get("family", ""))
+    ):
         return OutputSplitter(harmony=HarmonyParser())
     thinking = None
     opening, closing = thinking_tags(template)
