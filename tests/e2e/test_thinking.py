@@ -134,9 +134,37 @@ def test_generate_splits_thinking_streamed_and_not(api: httpx.Client) -> None:
 
 def test_think_false_leaves_the_output_unparsed(api: httpx.Client) -> None:
     # As Ollama: without think the tags are not parsed (the template told the model not to think).
-    message = _chat(api, QWEN3, think=False).json()["message"]
+    message = _chat(api, QWEN3, think=False, options={**GREEDY, "num_predict": 2}).json()["message"]
     assert "thinking" not in message
-    assert message["content"].startswith("<think>Two plus two")
+    assert message["content"].startswith("<think>Two")
+
+
+def test_openai_reasoning(base_url: str, thinking_models: None) -> None:
+    oa = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    done = oa.chat.completions.create(model=QWEN3, messages=ASK, temperature=0, reasoning_effort="low")  # type: ignore[arg-type]
+    message = done.choices[0].message
+    assert message.content == "The answer is 4."
+    assert getattr(message, "reasoning", None) == "Two plus two is four."
+    chunks = list(oa.chat.completions.create(model=QWEN3, messages=ASK, temperature=0, stream=True))  # type: ignore[arg-type]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = [getattr(d, "reasoning", None) for d in deltas]
+    assert "".join(r for r in reasoning if r) == "Two plus two is four."
+    assert "".join(d.content or "" for d in deltas) == "The answer is 4."
+    assert not any(getattr(d, "reasoning", None) and d.content for d in deltas)  # separate chunks
+    # A model that cannot think refuses an effort (how each effort maps: tests/unit/test_thinking.py).
+    with pytest.raises(openai.BadRequestError, match="does not support thinking"):
+        oa.chat.completions.create(model=NOT_THINKING, messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
+
+
+def test_history_thinking_reaches_the_template(api: httpx.Client) -> None:
+    # The template writes an earlier turn's thinking back (<think>…</think>): the prompt grows by it.
+    history = [*ASK, {"role": "assistant", "content": "4"}, {"role": "user", "content": "Sure?"}]
+    with_thinking = [*ASK, {"role": "assistant", "content": "4", "thinking": "easy sum"}, history[-1]]
+    one = {**GREEDY, "num_predict": 1}
+    plain = _chat(api, QWEN3, messages=history, options=one).json()["prompt_eval_count"]
+    thought = _chat(api, QWEN3, messages=with_thinking, options=one).json()["prompt_eval_count"]
+    # One token per character of the scripted vocabulary, and one each for <think>, </think> and "\n".
+    assert thought - plain == len("easy sum") + 3
 
 
 def test_model_that_opens_in_thinking(api: httpx.Client) -> None:
@@ -181,32 +209,3 @@ def test_think_on_a_model_without_thinking_is_refused(api: httpx.Client) -> None
     assert r.status_code == 400 and "invalid think value" in r.json()["error"]
     # think false is fine anywhere
     assert _chat(api, NOT_THINKING, think=False, options={"num_predict": 1}).status_code == 200
-
-
-def test_openai_reasoning(base_url: str, thinking_models: None) -> None:
-    oa = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
-    done = oa.chat.completions.create(model=QWEN3, messages=ASK, temperature=0, reasoning_effort="low")  # type: ignore[arg-type]
-    message = done.choices[0].message
-    assert message.content == "The answer is 4."
-    assert getattr(message, "reasoning", None) == "Two plus two is four."
-    chunks = list(oa.chat.completions.create(model=QWEN3, messages=ASK, temperature=0, stream=True))  # type: ignore[arg-type]
-    deltas = [c.choices[0].delta for c in chunks if c.choices]
-    reasoning = [getattr(d, "reasoning", None) for d in deltas]
-    assert "".join(r for r in reasoning if r) == "Two plus two is four."
-    assert "".join(d.content or "" for d in deltas) == "The answer is 4."
-    assert not any(getattr(d, "reasoning", None) and d.content for d in deltas)  # separate chunks
-    # "none" turns thinking off, as Ollama maps it; a non-thinking model refuses an effort.
-    off = oa.chat.completions.create(model=QWEN3, messages=ASK, temperature=0, reasoning_effort="none")  # type: ignore[arg-type]
-    assert getattr(off.choices[0].message, "reasoning", None) is None
-    with pytest.raises(openai.BadRequestError, match="does not support thinking"):
-        oa.chat.completions.create(model=NOT_THINKING, messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
-
-
-def test_history_thinking_reaches_the_template(api: httpx.Client) -> None:
-    # The template writes an earlier turn's thinking back (<think>…</think>): the prompt grows by it.
-    history = [*ASK, {"role": "assistant", "content": "4"}, {"role": "user", "content": "Sure?"}]
-    with_thinking = [*ASK, {"role": "assistant", "content": "4", "thinking": "easy sum"}, history[-1]]
-    plain = _chat(api, QWEN3, messages=history).json()["prompt_eval_count"]
-    thought = _chat(api, QWEN3, messages=with_thinking).json()["prompt_eval_count"]
-    # One token per character of the scripted vocabulary, and one each for <think>, </think> and "\n".
-    assert thought - plain == len("easy sum") + 3

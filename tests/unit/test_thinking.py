@@ -278,3 +278,34 @@ def test_old_thinking_is_filtered_from_qwen3_and_deepseek_history() -> None:
     assert [m.content for m in filtered] == ["a", "kept", "b", "<think>prefill</think>"]
     assert filter_think_tags(turns, "llama", "deepseek-r1")[1].content == "kept"
     assert filter_think_tags(turns, "llama", "llama3") == turns
+
+
+# Ollama's deepseek-r1 template: .Thinking in an `if` pipe, in an `else if`, with trim markers.
+DEEPSEEK_R1 = """{{- if .System }}{{ .System }}{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1}}
+{{- if eq .Role "user" }}<｜User｜>{{ .Content }}
+{{- else if eq .Role "assistant" }}<｜Assistant｜>
+  {{- if and $.IsThinkSet (and $last .Thinking) -}}
+<think>
+{{ .Thinking }}
+</think>
+{{- end }}{{ .Content }}{{- if not $last }}<｜end▁of▁sentence｜>{{- end }}
+{{- end }}
+{{- if and $last (ne .Role "assistant") }}<｜Assistant｜>
+{{- if and $.IsThinkSet (not $.Think) -}}
+<think>
+
+</think>
+
+{{ end }}
+{{- end -}}
+{{- end }}"""
+
+
+def test_tags_of_ollamas_deepseek_r1_template() -> None:
+    assert infer_tags(DEEPSEEK_R1) == ("<think>", "</think>")
+    ask = [ChatMessage(role="user", content="hi")]
+    template = ChatTemplate("go", DEEPSEEK_R1, "layer")
+    assert render_chat(template, ask, think=False).endswith("<think>\n\n</think>\n\n")
+    assert render_chat(template, ask, think=True).endswith("<｜Assistant｜>")
