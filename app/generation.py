@@ -44,13 +44,18 @@ def chunk(
     *,
     tool_calls: list[dict[str, Any]] | None = None,
     logprobs: list[dict[str, Any]] | None = None,
+    thinking: str = "",
 ) -> dict[str, Any]:
-    """One streamed piece of output: text, whole tool calls, and log probabilities when asked for."""
+    """One streamed piece of output: text, thinking, whole tool calls, and log probabilities when asked for."""
     body: dict[str, Any] = {"model": model, "created_at": created_at()}
     if kind == "generate":
         body["response"] = text
+        if thinking:
+            body["thinking"] = thinking
     else:
         body["message"] = {"role": "assistant", "content": text}
+        if thinking:
+            body["message"]["thinking"] = thinking
         if tool_calls:
             body["message"]["tool_calls"] = tool_calls
     body["done"] = False
@@ -68,9 +73,10 @@ def final_chunk(
     *,
     tool_calls: list[dict[str, Any]] | None = None,
     logprobs: list[dict[str, Any]] | None = None,
+    thinking: str = "",
 ) -> dict[str, Any]:
     """The closing object: done_reason and the timing statistics."""
-    body = chunk(kind, model, text, tool_calls=tool_calls, logprobs=logprobs)
+    body = chunk(kind, model, text, tool_calls=tool_calls, logprobs=logprobs, thinking=thinking)
     body["done"] = True
     body["done_reason"] = event.get("done_reason", "stop")
     if body["done_reason"] in ("load", "unload"):
@@ -96,6 +102,7 @@ class Generation(JobFollower):
         # What a non-streaming answer gathers besides its text.
         self.tool_calls: list[dict[str, Any]] = []
         self.logprobs: list[dict[str, Any]] = []
+        self.thinking: list[str] = []
 
     async def admit(self, queue: str) -> None:
         await self.services.admission.admit(JOB_FUNC_GENERATE, self.job, queue)
@@ -109,7 +116,7 @@ class Generation(JobFollower):
 
     def observe(self, event: dict[str, Any]) -> None:
         # Every event of every response shape passes through here, so timing is taken once.
-        if event["type"] in ("token", "tool_call") and not self._first_token_seen:
+        if event["type"] in ("token", "thinking", "tool_call") and not self._first_token_seen:
             self._first_token_seen = True
             metrics.observe_first_token(self._model_label, self.job.admitted_ns)
         elif event["type"] in ("done", "error"):
@@ -135,6 +142,7 @@ class Generation(JobFollower):
                 self._total_ns(),
                 tool_calls=self.tool_calls,
                 logprobs=self.logprobs,
+                thinking="".join(self.thinking),
             )
         )
 
@@ -146,6 +154,8 @@ class Generation(JobFollower):
         kind = self.job.kind
         if event["type"] == "token":
             return [ndjson(chunk(kind, self.model, event["text"], logprobs=event.get("logprobs")))]
+        if event["type"] == "thinking":
+            return [ndjson(chunk(kind, self.model, "", thinking=event["text"]))]
         if event["type"] == "tool_call":
             return [ndjson(chunk(kind, self.model, "", tool_calls=[event["call"]]))]
         if event["type"] == "done":
@@ -178,6 +188,8 @@ class Generation(JobFollower):
             if event["type"] == "token":
                 parts.append(event["text"])
                 self.logprobs.extend(event.get("logprobs") or ())
+            elif event["type"] == "thinking":
+                self.thinking.append(event["text"])
             else:
                 self.tool_calls.append(event["call"])
 

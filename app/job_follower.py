@@ -27,7 +27,7 @@ _background: set[asyncio.Task[None]] = set()
 
 Event = dict[str, Any]
 # Events that carry output; any other ends the job (done, error) or the following ("gone").
-OUTPUT = frozenset({"token", "tool_call", "progress"})
+OUTPUT = frozenset({"token", "thinking", "tool_call", "progress"})
 # A client that stops waiting for a non-streamed answer is noticed within this long, even while the job
 # keeps producing events (the relay itself only asks when the stream goes quiet).
 DISCONNECT_POLL_S = 0.5

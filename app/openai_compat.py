@@ -77,15 +77,22 @@ class ChatMessageIn(_Body):
 
     role: str
     content: str | list[Any] | None = None
+    reasoning: str | None = None  # an earlier answer's thinking, as Ollama's /v1 returns and takes it
     name: str | None = None
     tool_calls: list[Any] | None = None
     tool_call_id: str | None = None
+
+
+class Reasoning(_Body):
+    effort: str | None = None
 
 
 class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessageIn]
+    reasoning_effort: str | None = None
+    reasoning: Reasoning | None = None  # `reasoning.effort` wins over `reasoning_effort`, as in Ollama
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NUM_PREDICT)
     response_format: ResponseFormat | None = None
     logprobs: StrictBool | None = None
@@ -328,7 +335,7 @@ def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
             )
         role = "system" if message.role == "developer" else message.role
         text, images = _content(i, message.content)
-        turn = ChatMessage(role=role, content=text, images=images or None)
+        turn = ChatMessage(role=role, content=text, images=images or None, thinking=message.reasoning or None)
         if message.tool_calls and role == "assistant":
             calls = _tool_calls_in(i, message.tool_calls)
             names_by_id.update((call_id, call.function.name) for call_id, call in calls if call_id)
@@ -455,8 +462,11 @@ class ChatShape:
         done: dict[str, Any],
         tool_calls: list[dict[str, Any]],
         logprobs: list[dict[str, Any]],
+        thinking: str = "",
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if thinking:
+            message["reasoning"] = thinking
         if tool_calls:
             # Ollama's message keeps each call's index (OpenAI's only in stream deltas); clients ignore it.
             message["tool_calls"] = [openai_tool_call(c, i) for i, c in enumerate(tool_calls)]
@@ -489,6 +499,10 @@ class ChatShape:
     def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return self._chunk({"content": text}, None, chat_logprobs(logprobs if self.logprobs else None))
 
+    def reasoning(self, text: str) -> dict[str, Any] | None:
+        """Thinking, in a chunk of its own (`delta.reasoning`), as Ollama streams it."""
+        return self._chunk({"reasoning": text}, None)
+
     def tool_call(self, call: dict[str, Any]) -> dict[str, Any] | None:
         """A whole tool call in one delta."""
         self.calls += 1
@@ -517,6 +531,7 @@ class CompletionShape(ChatShape):
         done: dict[str, Any],
         tool_calls: list[dict[str, Any]],
         logprobs: list[dict[str, Any]],
+        thinking: str = "",
     ) -> dict[str, Any]:
         choice = {
             "index": 0,
@@ -533,6 +548,9 @@ class CompletionShape(ChatShape):
         entries = completion_logprobs(logprobs if self.logprobs else None, self.text_offset)
         self.text_offset += len(text)
         return self._chunk(text, None, entries)
+
+    def reasoning(self, text: str) -> dict[str, Any] | None:
+        return None  # a text completion carries only the answer, as Ollama's ToCompletion writes it
 
     def tool_call(self, call: dict[str, Any]) -> dict[str, Any] | None:
         return None  # text completions offer no tools
@@ -557,3 +575,32 @@ def embedding_list(
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+# OpenAI's reasoning efforts as Ollama maps them onto `think` (openai.go thinkFromReasoningEffort): its
+# scale runs past Ollama's at both ends, so the outer tiers clamp to the nearest of Ollama's.
+_EFFORT_THINK: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+def think_from_reasoning(body: ChatCompletionRequest) -> bool | str | None:
+    """The job's `think` from `reasoning.effort` (else `reasoning_effort`); None leaves the model's default."""
+    effort = body.reasoning.effort if body.reasoning is not None else body.reasoning_effort
+    if not effort:
+        return None
+    if effort not in _EFFORT_THINK:
+        raise OpenAIError(
+            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", "high", "xhigh", '
+            '"ultra", "max", or "none")',
+            param="reasoning_effort",
+            code="invalid_value",
+        )
+    return _EFFORT_THINK[effort]

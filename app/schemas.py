@@ -13,6 +13,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -29,6 +30,9 @@ MAX_TOP_LOGPROBS = 20
 MAX_C_INT = (1 << 31) - 1
 # A token id of a `context` a previous answer returned.
 TokenId = Annotated[int, Field(ge=0, le=MAX_C_INT)]
+# A think level: any string reaches the route, which answers Ollama's own 400 for one it does not know
+# (app/thinking.py); the published schema names the levels.
+ThinkLevel = Annotated[str, WithJsonSchema({"type": "string", "enum": ["high", "medium", "low", "max"]})]
 
 
 def absent_nulls(data: Any) -> Any:
@@ -207,7 +211,7 @@ class GenerateRequest(_Generating):
     raw: StrictBool = False
     format: str | dict[str, Any] | None = None
     images: list[str] | None = None
-    think: StrictBool | str | None = None
+    think: StrictBool | ThinkLevel | None = None
     truncate: StrictBool = Field(default=True, description="False: a prompt over num_ctx is a 400.")
 
 
@@ -218,7 +222,7 @@ class ChatRequest(_Generating):
     tools: list[dict[str, Any]] | None = None
     stream: StrictBool = True
     format: str | dict[str, Any] | None = None
-    think: StrictBool | str | None = None
+    think: StrictBool | ThinkLevel | None = None
     truncate: StrictBool = Field(
         default=True, description="False: a chat over num_ctx is a 400, not its oldest messages dropped."
     )

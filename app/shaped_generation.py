@@ -19,7 +19,6 @@ from app.generation import Generation
 from app.services import Services
 from herd.contracts import GenerateJob
 from herd.store import StoredModel
-from herd.templates.capabilities import capabilities, model_template
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # The successful answer, for the served OpenAPI.
@@ -120,26 +119,3 @@ async def run_shaped(
     generation = ShapedGeneration(services, request, job, model, shape)
     await generation.admit(await services.workers.queue_for(stored))
     return await generation.respond(stream)
-
-
-def supports_thinking(stored: StoredModel) -> bool:
-    """Whether the model reports Ollama's "thinking" capability."""
-    template, architecture = model_template(stored)
-    return "thinking" in capabilities(stored, template, architecture)
-
-
-class ThinkingUnsupported(ValueError):
-    """Thinking was asked of a model without the capability."""
-
-
-def settle_think(think: bool | str | None, stored: StoredModel, *, relax: bool) -> bool | str | None:
-    """The job's think, as Ollama's chat handler settles it: a model that thinks does so unless told not
-    to (an unset think becomes true); asking one that cannot is refused, or with `relax` (Ollama's
-    Anthropic layer, for clients that always ask) dropped."""
-    if supports_thinking(stored):
-        return True if think is None else think
-    if think in (None, False):
-        return think
-    if relax:
-        return None
-    raise ThinkingUnsupported(think)

@@ -165,8 +165,9 @@ class EmbedJob(BaseModel):
 # "started" names the worker that took the job and its incarnation (WorkerState.incarnation), so the API
 # can tell when that worker dies, even once a restarted process heartbeats under the same id.
 # "progress" carries one Ollama progress object (pull, push, create) under "data".
-# "token" carries text (and `logprobs` when asked); "tool_call" one whole call parsed from the output.
-EventType = Literal["started", "token", "tool_call", "done", "error", "embedding", "progress"]
+# "token" carries text (and `logprobs` when asked); "tool_call" one whole call parsed from the output;
+# "thinking" carries text the model thought (split off its content by the worker), as "token" does.
+EventType = Literal["started", "token", "thinking", "tool_call", "done", "error", "embedding", "progress"]
 
 
 def encode_event(kind: EventType, **fields: Any) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from herd.contracts import ToolCall
+from herd.templates.output_split import Split
 from workers.cache import ModelCache
 from workers.engine import DoneEvent, TokenEvent
 from workers.publisher import Publisher
@@ -94,17 +94,17 @@ class DecodeLoop:
                         found.loaded.engine.cancel(job_id)
 
     def _publish_text(self, event: TokenEvent) -> None:
-        """A token event, with any tool calls split off the text first."""
+        """A token event, with any thinking and tool calls split off the text first."""
         running = self._running.get(event.key)
-        text = event.text
-        calls: list[ToolCall] = []
-        if running is not None and running.tool_calls is not None:
-            text, calls = running.tool_calls.feed(text)
-        self._send_text(event.key, text, event.logprobs, calls)
+        if running is None or running.output is None:
+            self._send_text(event.key, Split(content=event.text), event.logprobs)
+            return
+        self._send_text(event.key, running.output.feed(event.text), event.logprobs)
 
-    def _send_text(
-        self, key: str, text: str, logprobs: list[dict[str, Any]] | None, calls: list[ToolCall]
-    ) -> None:
+    def _send_text(self, key: str, split: Split, logprobs: list[dict[str, Any]] | None) -> None:
+        if split.thinking:
+            self._publisher.add(key, "thinking", text=split.thinking)
+        text, calls = split.content, split.calls
         if text or logprobs:
             fields: dict[str, Any] = {"text": text}
             if logprobs:
@@ -117,9 +117,8 @@ class DecodeLoop:
         running = self._running.pop(event.key)
         if running is None:
             return None
-        if running.tool_calls is not None and event.reason in ("stop", "length"):
-            text, calls = running.tool_calls.finish()
-            self._send_text(event.key, text, None, calls)
+        if running.output is not None and event.reason in ("stop", "length"):
+            self._send_text(event.key, running.output.finish(), None)
         log.info(
             "job finished",
             extra={

@@ -1,4 +1,4 @@
-"""What turns a job into what an engine runs: its model, context size, prompt tokens, sampling, tool parser.
+"""What turns a job into what an engine runs: its model, context size, prompt tokens, sampling, output parsers.
 
 Plain functions, run on the job thread; a request they cannot serve raises JobError with its HTTP status.
 """
@@ -23,6 +23,15 @@ from herd.templates.chat import (
     generate_messages,
     render_chat,
     render_insert,
+)
+from herd.templates.harmony import HarmonyParser
+from herd.templates.output_split import OutputSplitter
+from herd.templates.thinking import (
+    ThinkingParser,
+    filter_think_tags,
+    think_enabled,
+    thinking_tags,
+    uses_harmony,
 )
 from herd.templates.tool_calls import ToolCallParser, tool_call_tag
 from workers.cache import LoadedModel
@@ -132,8 +141,12 @@ def prompt_input(job: GenerateJob, loaded: LoadedModel) -> tuple[list[int], Medi
         )
     bos = model.piece(model.bos).decode("utf-8", errors="replace") if model.bos >= 0 else ""
 
+    think = job.think
+    if think == "max" and uses_harmony(template, str(stored.details().get("family", ""))):
+        think = "high"  # harmony's reasoning levels stop at high; Ollama maps max onto it
+
     def render(messages: list[ChatMessage]) -> str:
-        return render_chat(template, messages, tools=job.tools, think=job.think, bos_token=bos)
+        return render_chat(template, messages, tools=job.tools, think=think, bos_token=bos)
 
     images: list[bytes] = []
 
@@ -146,7 +159,7 @@ def prompt_input(job: GenerateJob, loaded: LoadedModel) -> tuple[list[int], Medi
         if job.suffix:
             if not template.supports_suffix:
                 raise JobError(400, f"{stored.name.display} does not support insert")
-            text = render_insert(template, job.prompt or "", job.suffix, think=job.think)
+            text = render_insert(template, job.prompt or "", job.suffix, think=think)
             # An insert has no conversation to tag: its images need "[img-N]" in the prompt (else a 400).
             images.extend(decode_images(job.images or [], "images"))
         elif job.kind == "generate":
@@ -165,6 +178,7 @@ def prompt_input(job: GenerateJob, loaded: LoadedModel) -> tuple[list[int], Medi
             messages = chat_messages(
                 list(job.messages or []), system=stored.system, stored_messages=stored.messages
             )
+            messages = filter_think_tags(messages, str(stored.details().get("family", "")), stored.name.model)
             text = _render_within(messages, render, render_tagged, model, loaded.n_ctx, job.truncate)
     except TemplateError as exc:
         raise JobError(400, str(exc)) from exc
@@ -300,3 +314,28 @@ def tool_call_parser(job: GenerateJob, loaded: LoadedModel) -> ToolCallParser | 
         # A template that renders tools but no calls: the model answers with bare JSON at best.
         loaded.tool_call_tag = tag if tag is not None else ""
     return ToolCallParser(loaded.tool_call_tag, names, job.tools)
+
+
+def output_splitter(job: GenerateJob, loaded: LoadedModel, prompt: list[int]) -> OutputSplitter | None:
+    """How the job's output splits into thinking, content and tool calls; None when it is all content.
+
+    As Ollama, from the model's own template (not a request's): gpt-oss's harmony output is parsed unless
+    the prompt is raw; tags are split off only when the job thinks (`think` on, as it is by default for a
+    thinking model) and the template names them; a prompt that already ends with the opening tag starts
+    the output inside the thinking.
+    """
+    template = loaded.template
+    if not (job.kind == "generate" and job.raw) and uses_harmony(
+        template, str(loaded.stored.details().get("family", ""))
+    ):
+        return OutputSplitter(harmony=HarmonyParser())
+    thinking = None
+    opening, closing = thinking_tags(template)
+    if opening and closing and think_enabled(job.think):
+        # The prompt's last tokens are enough to see the tag; llama.cpp renders a user-defined tag as text.
+        opened = loaded.llama.detokenize(prompt[-16:]).strip().endswith(opening)
+        thinking = ThinkingParser(opening, closing, opened=opened)
+    tools = tool_call_parser(job, loaded)
+    if thinking is None and tools is None:
+        return None
+    return OutputSplitter(thinking=thinking, tools=tools)

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 
 from herd.contracts import GenerateJob
-from herd.templates.tool_calls import ToolCallParser
+from herd.templates.output_split import OutputSplitter
 from workers.cache import LoadedModel
 
 
@@ -17,7 +17,7 @@ class Running:
     job: GenerateJob
     loaded: LoadedModel
     load_ns: int
-    tool_calls: ToolCallParser | None = None  # set when the request offered tools
+    output: OutputSplitter | None = None  # set when the output splits (thinking, tool calls)
 
 
 class RunningJobs:

@@ -283,9 +283,9 @@ class WorkerRuntime:
                 num_keep=prepare.num_keep(options),
                 media=media,
             )
-            parser = prepare.tool_call_parser(job, loaded)
+            splitter = prepare.output_splitter(job, loaded, tokens)
             self._wait_for_engine_slot(loaded)
-            self._running.add(job.job_id, Running(job, loaded, load_ns, parser))
+            self._running.add(job.job_id, Running(job, loaded, load_ns, splitter))
             try:
                 with self.cache.lock:
                     loaded.engine.submit(request)

@@ -11,8 +11,10 @@ from fastapi.responses import Response
 
 from app import anthropic_compat as compat
 from app.anthropic_errors import AnthropicError
+from app.errors import BadRequest
 from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.shaped_generation import NAMED_SSE_STREAM, run_shaped, settle_think
+from app.shaped_generation import NAMED_SSE_STREAM, run_shaped
+from app.thinking import resolve_think
 from herd.contracts import GenerateJob
 from herd.templates.capabilities import supports_tools
 
@@ -32,7 +34,10 @@ async def messages(
         )
     # As Ollama does for this API (Claude-Code-style clients ask for thinking whatever the model), a
     # model that cannot think answers without thinking instead of refusing.
-    think = settle_think(compat.think(body), stored, relax=True)
+    try:
+        think = resolve_think(compat.think(body), stored, body.model, relax=True)
+    except BadRequest as exc:
+        raise AnthropicError(exc.message) from exc
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),

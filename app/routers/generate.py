@@ -13,6 +13,7 @@ from app.generation import created_at, run_generation
 from app.openapi_bodies import NDJSON_STREAM
 from app.schemas import ChatRequest, GenerateRequest, options_payload
 from app.services import Services, get_services, new_job_id, now_ns, request_id
+from app.thinking import resolve_think
 from herd.contracts import GenerateJob
 from herd.durations import InvalidDuration, parse_keep_alive
 from herd.json_schema import SchemaError, check_schema
@@ -118,7 +119,7 @@ async def generate(
         raw=body.raw,
         context=body.context or None,
         images=body.images or None,
-        think=body.think,
+        think=resolve_think(body.think, stored, body.model),
         truncate=body.truncate,
         shift=body.shift,
         format=check_format(body.format),
@@ -153,7 +154,7 @@ async def chat(body: ChatRequest, request: Request, services: Services = Depends
         model=stored.name.canonical,
         messages=body.messages,
         tools=body.tools,
-        think=body.think,
+        think=resolve_think(body.think, stored, body.model),
         truncate=body.truncate,
         shift=body.shift,
         format=check_format(body.format),

@@ -30,11 +30,13 @@ from app.openai_compat import (
     options,
     refuse_unsupported,
     response_format,
+    think_from_reasoning,
     tools,
 )
 from app.openai_errors import OpenAIError, error_body, openai_error_response
 from app.openapi_bodies import SSE_STREAM
 from app.services import Services, get_services, new_job_id, now_ns, request_id
+from app.thinking import resolve_think
 from herd.contracts import JOB_FUNC_EMBED, EmbedJob, GenerateJob
 from herd.store import StoredModel
 from herd.templates.capabilities import supports_tools
@@ -78,7 +80,8 @@ class OpenAIGeneration(Generation):
 
     def complete(self, text: str, event: dict[str, Any]) -> Response:
         """One chat.completion or text_completion object."""
-        return JSONResponse(self.shape.complete(text, event, self.tool_calls, self.logprobs))
+        thinking = "".join(self.thinking)
+        return JSONResponse(self.shape.complete(text, event, self.tool_calls, self.logprobs, thinking))
 
     def stream(self, first: dict[str, Any]) -> Response:
         """Server-sent chunk events ending with [DONE]."""
@@ -101,6 +104,9 @@ class OpenAIGeneration(Generation):
             if event["text"] or event.get("logprobs"):
                 return [_sse(self.shape.piece(event["text"], event.get("logprobs")))]
             return []
+        if event["type"] == "thinking":
+            reasoning = self.shape.reasoning(event["text"])
+            return [] if reasoning is None else [_sse(reasoning)]
         if event["type"] == "tool_call":
             call = self.shape.tool_call(event["call"])
             return [] if call is None else [_sse(call)]
@@ -122,6 +128,14 @@ async def _generate(
     generation = OpenAIGeneration(services, request, job, shape)
     await generation.admit(await services.workers.queue_for(stored))
     return await generation.respond(stream)
+
+
+def _think(body: ChatCompletionRequest, stored: StoredModel) -> bool | str | None:
+    """`reasoning_effort` as the job's think, settled as the native routes settle it, in OpenAI's shape."""
+    try:
+        return resolve_think(think_from_reasoning(body), stored, body.model)
+    except BadRequest as exc:
+        raise OpenAIError(exc.message, param="reasoning_effort", code="unsupported_parameter") from exc
 
 
 def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
@@ -152,6 +166,7 @@ async def chat_completions(
         model=stored.name.canonical,
         messages=messages,
         tools=offered,
+        think=_think(body, stored),
         format=response_format(body),
         options=options(body),
         logprobs=logprobs_top(body),
@@ -175,6 +190,8 @@ async def completions(
         model=stored.name.canonical,
         prompt=completion_prompt(body),
         suffix=body.suffix or None,
+        # A thinking model thinks here too (Ollama's default), and its thinking stays out of the text.
+        think=resolve_think(None, stored, body.model),
         options=options(body),
         logprobs=logprobs_top(body),
         admitted_ns=now_ns(),

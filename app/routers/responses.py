@@ -6,16 +6,16 @@ object or the Responses event stream; errors are OpenAI's shape, as everywhere u
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app import openai_responses as compat
+from app.errors import BadRequest
 from app.openai_errors import OpenAIError
 from app.routers.openai import _resolve
 from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.shaped_generation import NAMED_SSE_STREAM, ThinkingUnsupported, run_shaped, settle_think
+from app.shaped_generation import NAMED_SSE_STREAM, run_shaped
+from app.thinking import resolve_think
 from herd.contracts import GenerateJob
 from herd.templates.capabilities import supports_tools
 
@@ -37,14 +37,10 @@ async def create_response(
             code="unsupported_parameter",
         )
     try:
-        think = settle_think(compat.think(body), stored, relax=False)
-    except ThinkingUnsupported as exc:
+        think = resolve_think(compat.think(body), stored, body.model)
+    except BadRequest as exc:
         # Ollama's refusal on this API (only its Anthropic API answers without thinking instead).
-        raise OpenAIError(
-            f"{json.dumps(body.model)} does not support thinking",
-            param="reasoning.effort",
-            code="unsupported_parameter",
-        ) from exc
+        raise OpenAIError(exc.message, param="reasoning.effort", code="unsupported_parameter") from exc
     job = GenerateJob(
         job_id=new_job_id(),
         request_id=request_id(request),

@@ -13,6 +13,7 @@ from herd.contracts import ChatMessage
 from herd.templates.builtin import ChatTemplate
 from herd.templates.gotemplate import GoTemplateError
 from herd.templates.ollama_execute import ThinkValue, execute
+from herd.templates.thinking import think_enabled
 
 
 class TemplateError(ValueError):
@@ -32,6 +33,7 @@ def _render_jinja(
     tools: list[dict[str, Any]] | None,
     bos_token: str,
     eos_token: str,
+    think: ThinkValue,
 ) -> str:
     compiled = _jinja.from_string(template.source)
     payload = [m.model_dump(exclude_none=True) for m in messages]
@@ -39,7 +41,17 @@ def _render_jinja(
         # HF templates expect tool-call arguments as objects and ids under "id".
         for call in m.get("tool_calls", []):
             call.setdefault("type", "function")
+        if "thinking" in m:
+            m.setdefault("reasoning_content", m["thinking"])  # what Qwen3's and DeepSeek's templates read
+    # `think` as HF templates take it (llama.cpp's chat_template_kwargs): Qwen3's enable_thinking,
+    # gpt-oss's reasoning_effort; left undefined when the request sets none.
+    thinking: dict[str, Any] = {}
+    if think is not None:
+        thinking["enable_thinking"] = think_enabled(think)
+        if isinstance(think, str):
+            thinking["reasoning_effort"] = think
     return compiled.render(
+        **thinking,
         messages=payload,
         tools=tools or None,
         add_generation_prompt=True,
@@ -63,7 +75,7 @@ def render_chat(
     """The prompt text for a conversation, ending where the assistant's reply begins."""
     try:
         if template.kind == "jinja":
-            return _render_jinja(template, messages, tools, bos_token, eos_token)
+            return _render_jinja(template, messages, tools, bos_token, eos_token, think)
         return execute(template.source, messages, tools=tools, think=think)
     except TemplateError:
         raise
