@@ -46,7 +46,7 @@ def run_all(engine: BatchEngine) -> tuple[dict[str, str], dict[str, DoneEvent]]:
 
 
 def _solo(model: LlamaModel, n_parallel: int) -> dict[str, str]:
-    engine = BatchEngine(model, n_ctx=256, n_parallel=n_parallel)
+    engine = BatchEngine(model, n_ctx=256, n_parallel=n_parallel, batch_invariant=True)
     try:
         out: dict[str, str] = {}
         for i, prompt in enumerate(PROMPTS):
@@ -71,7 +71,7 @@ def plain_model(gemma_gguf: Path) -> Iterator[LlamaModel]:
 
 
 def _generate_together(model: LlamaModel, indexes: list[int], tokens: int) -> dict[str, str]:
-    engine = BatchEngine(model, n_ctx=256, n_parallel=8)
+    engine = BatchEngine(model, n_ctx=256, n_parallel=8, batch_invariant=True)
     try:
         for i in indexes:
             engine.submit(SequenceRequest(str(i), model.tokenize(PROMPTS[i]), GREEDY, max_tokens=tokens))
