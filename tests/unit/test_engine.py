@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from herd.gguf_meta import read_gguf_info
+from herd.memory import MIB, kv_bytes_per_token, kv_cache_bytes
 from tests.support.prompts import OPENINGS
 from workers.engine import (
     BatchEngine,
@@ -305,3 +309,21 @@ def test_grammar_holds_whichever_token_the_free_chain_would_pick(model: LlamaMod
         engine.close()
     assert all(d.reason == "stop" for d in done.values())
     assert {texts.get(str(s), "") for s in range(8)} <= {"yes", "no", "maybe"}
+
+
+def test_kv_cache_is_window_sized_for_sliding_window_layers(
+    plain_model: LlamaModel, gemma_gguf: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gemma 3's 15 sliding-window layers get window + one micro-batch per sequence, not num_ctx, and
+    the estimate (herd/memory.py; /api/ps's size) is what llama.cpp allocates with a stream per sequence."""
+    caplog.set_level(logging.DEBUG, logger="workers.llama")
+    engine = BatchEngine(plain_model, n_ctx=4096, n_parallel=8, batch_invariant=True)
+    engine.close()
+    allocated = sum(
+        float(mib) * MIB
+        for record in caplog.records
+        for mib in re.findall(r"CPU KV buffer size =\s*([\d.]+) MiB", record.getMessage())
+    )
+    info = read_gguf_info(gemma_gguf)
+    assert allocated == kv_cache_bytes(info, n_ctx=4096, n_parallel=8) == 216 * MIB
+    assert kv_bytes_per_token(info) * 4096 * 8 == 576 * MIB  # what a full-size cache would take
