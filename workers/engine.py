@@ -113,10 +113,11 @@ class _Sequence:
     submitted_ns: int
     cached: int = 0  # prompt tokens the slot's cache can give (trimmed at admission)
     admitted: bool = False  # its slot's cache trimmed to `cached` by the decode thread
-    prefilled: int = 0  # prompt tokens already in the KV cache
+    inputs: list[int] = field(default_factory=list)  # what prefill evaluates: the prompt (or a re-shift)
+    prefilled: int = 0  # inputs already in the KV cache
     n_past: int = 0  # cells of the KV cache in use (lower than prompt + generated after a shift)
+    cells: list[int] = field(default_factory=list)  # the token in each cell, by position: the cache key
     keep: int = 0  # tokens at the start that a context shift keeps
-    shifted: bool = False  # cells no longer match the tokens: nothing to cache at the end
     generated: list[int] = field(default_factory=list)
     pending_token: int | None = None  # sampled, not yet decoded
     first_token_ns: int = 0
@@ -218,6 +219,7 @@ class BatchEngine:
                     f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy"
                 ) from None
             seq = _Sequence(request, slot, sampler, time.perf_counter_ns(), cached=cached)
+            seq.inputs = request.prompt
             seq.keep = self.shift_keep(request)
             self._running.append(seq)
 
@@ -231,7 +233,7 @@ class BatchEngine:
 
     def token_limit(self, request: SequenceRequest) -> int | None:
         """The most tokens a sequence generates: num_predict, bounded when shifting never fills the context."""
-        if not request.shift or not self.can_shift:
+        if not request.shift:
             return request.max_tokens
         bound = OPEN_ENDED_CONTEXTS * self.n_ctx
         return bound if request.max_tokens is None else min(request.max_tokens, bound)
@@ -285,6 +287,7 @@ class BatchEngine:
             kept = 0
         seq.cached = kept
         seq.prefilled = seq.n_past = kept
+        seq.cells = list(prompt[:kept])
         seq.admitted = True
         if kept:
             log.debug("prompt prefix reused", extra={"key": seq.request.key, "cached": kept})
@@ -328,21 +331,23 @@ class BatchEngine:
     def _prefill_into(
         self, seq: _Sequence, start: int, budget: int, sample_at: list[tuple[_Sequence, int]]
     ) -> int:
-        """Put the next chunk of `seq`'s prompt (at most `budget` tokens) into the batch from row `start`.
+        """Put the next chunk of `seq`'s inputs (at most `budget` tokens) into the batch from row `start`.
 
         The one place prompt input enters the KV cache: whatever else a prompt carries (an image's
         embeddings) is evaluated here, before the chunk that follows it. Returns the rows used.
         """
-        prompt = seq.request.prompt
-        take = min(len(prompt) - seq.prefilled, budget)
+        inputs = seq.inputs
+        take = min(len(inputs) - seq.prefilled, budget)
+        base = seq.n_past - seq.prefilled  # inputs start at this position (after a kept prefix)
         for i in range(take):
-            pos = seq.prefilled + i
-            last = pos == len(prompt) - 1
-            self._put(start + i, prompt[pos], pos, seq.seq_id, last)
+            at = seq.prefilled + i
+            last = at == len(inputs) - 1
+            self._put(start + i, inputs[at], base + at, seq.seq_id, last)
             if last:
                 sample_at.append((seq, start + i))
+        seq.cells.extend(inputs[seq.prefilled : seq.prefilled + take])
         seq.prefilled += take
-        seq.n_past = seq.prefilled
+        seq.n_past = base + seq.prefilled
         return take
 
     def _run_batch(
@@ -359,6 +364,7 @@ class BatchEngine:
         for seq, index in sample_at:
             if seq.pending_token is not None:
                 seq.n_past += 1  # the decoded pending token is now in the cache
+                seq.cells.append(seq.pending_token)
             token = seq.sampler.sample(self.ctx, index)
             if seq.request.logprobs is not None and not self.model.is_eog(token):
                 seq.logprobs.append(self._logprob_entry(index, token, seq.request.logprobs))
@@ -424,33 +430,40 @@ class BatchEngine:
         limit = self.token_limit(seq.request)
         if limit is not None and len(seq.generated) >= limit:
             return events + self._flush(seq) + [self._finish(seq, "length")]
-        if seq.n_past + 1 >= self.n_ctx and not (seq.request.shift and self._shift(seq)):
+        if seq.n_past + 1 >= self.n_ctx and not (seq.request.shift and self._shift(seq, token)):
             return events + self._flush(seq) + [self._finish(seq, "length")]
-        seq.pending_token = token
+        if seq.prefilled == len(seq.inputs):  # else re-evaluating after a shift, `token` last
+            seq.pending_token = token
         return events
 
-    def _shift(self, seq: _Sequence) -> bool:
+    def _shift(self, seq: _Sequence, token: int) -> bool:
         """Make room in a full context as Ollama does: keep the first `keep` cells, drop half of the
-        context after them, and move the rest down. False when the memory cannot shift.
+        context after them, and move the rest down. False when there is nothing to drop.
 
-        Only the KV cells move; the sampler's penalty window holds the last tokens sampled, not positions,
+        A memory that cannot move cells (window-sized sliding-window caches, recurrent state) is cleared
+        instead and the kept tokens, then `token`, are evaluated again as a prompt (Ollama's
+        ErrReprocessInputs). The sampler's penalty window holds the last tokens sampled, not positions,
         and goes on unchanged (as Ollama's does), and the output (prompt + generated) keeps every token.
         """
-        if not self.can_shift:
-            return False
         discard = min(max((self.n_ctx - seq.keep) // 2, 1), seq.n_past - seq.keep)
         if discard <= 0:
             return False
         start, end = seq.keep, seq.keep + discard
-        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end):
-            return False
-        llama.llama_memory_seq_add(self._memory, seq.seq_id, end, seq.n_past, -discard)
+        remaining = seq.cells[:start] + seq.cells[end:]
         log.debug(
             "context full, shifted",
             extra={"key": seq.request.key, "n_past": seq.n_past, "keep": seq.keep, "discard": discard},
         )
-        seq.n_past -= discard
-        seq.shifted = True
+        if self.can_shift and llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end):
+            llama.llama_memory_seq_add(self._memory, seq.seq_id, end, seq.n_past, -discard)
+            seq.n_past -= discard
+            seq.cells = remaining
+            return True
+        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        seq.inputs = [*remaining, token]
+        seq.prefilled = seq.n_past = 0
+        seq.cells = []
+        seq.pending_token = None
         return True
 
     def _flush(self, seq: _Sequence) -> list[Event]:
@@ -465,9 +478,9 @@ class BatchEngine:
         tokens = [*seq.request.prompt, *seq.generated]
         if not seq.admitted:
             cached = seq.slot.cached  # never touched: the slot keeps what it held
-        elif self.reuse_prefix and reason != "error" and not seq.shifted:
-            # The cells hold the first n_past tokens, in order: the next request may start from them.
-            cached = list(tokens[: seq.n_past])
+        elif self.reuse_prefix and reason != "error":
+            # What its cells hold, by position (shifted or not): the next request may start from them.
+            cached = list(seq.cells)
         else:
             llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
             cached = []

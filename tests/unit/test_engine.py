@@ -327,3 +327,21 @@ def test_kv_cache_is_window_sized_for_sliding_window_layers(
     info = read_gguf_info(gemma_gguf)
     assert allocated == kv_cache_bytes(info, n_ctx=4096, n_parallel=8) == 216 * MIB
     assert kv_bytes_per_token(info) * 4096 * 8 == 576 * MIB  # what a full-size cache would take
+
+
+def test_a_window_sized_cache_shifts_by_evaluating_the_kept_tokens_again(plain_model: LlamaModel) -> None:
+    """Gemma 3's window-sized cache cannot move cells: a full context is cleared and what a shift keeps
+    is evaluated again, after which the generation goes on past num_ctx."""
+    model = plain_model
+    engine = BatchEngine(model, n_ctx=1030)  # more than the window (512) + a micro-batch (512)
+    try:
+        assert not engine.can_shift
+        prompt = model.tokenize("word " * 1022)
+        engine.submit(SequenceRequest("a", prompt, GREEDY, max_tokens=12))
+        _, done = run_all(engine)
+        # The cells it held at the end are what a follow-up reuses: fewer than prompt + output.
+        cached = engine.cached_prefixes()[0]
+    finally:
+        engine.close()
+    assert done["a"].reason == "length" and done["a"].eval_tokens == 12
+    assert len(prompt) + 12 > 1030 > cached
