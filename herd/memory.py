@@ -2,7 +2,8 @@
 
 The estimate is read from the GGUF header alone (no llama_cpp), so the API's placement and the worker's
 admission agree: weights (the file's size, plus what llama.cpp adds when it repacks them for the CPU),
-the KV cache for num_ctx × num_parallel cells in f16, and the output and compute buffers. It errs on the
+the KV cache for num_ctx × num_parallel cells in f16 (window-sized for sliding-window layers, as the
+engine creates them with llama.cpp's swa_full=false), and the output and compute buffers. It errs on the
 large side: a model that is said to fit must fit.
 
 The budget: HERD_MEMORY_LIMIT when set, else what the device has free now plus what this worker's own
@@ -29,6 +30,13 @@ _WEIGHTS_FACTOR = 1.25
 _FIXED_OVERHEAD = 64 * MIB
 _KV_BYTES_PER_VALUE = 2  # f16 cache, llama.cpp's default
 _LARGE_VOCAB = 262_144  # Gemma's; larger than most
+# Sliding-window layers, for architectures whose GGUF has `<arch>.attention.sliding_window` but no
+# `sliding_window_pattern`: one layer in `n` attends to everything, the rest to the window
+# (llama.cpp's load_swa_pattern calls, src/models/<arch>.cpp). An architecture not listed counts as dense.
+_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "gpt-oss": 2, "cohere2": 4, "exaone4": 4}
+# The engine's micro-batch (n_ubatch): llama.cpp gives each sliding-window cache its window plus one.
+_UBATCH = 512
+_SWA_PAD = 256  # llama.cpp pads the sliding-window cache to this many cells
 
 
 @dataclass(frozen=True)
@@ -51,16 +59,56 @@ def _int(metadata: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def kv_bytes_per_token(info: GGUFInfo) -> int:
-    """K and V cache bytes per token across all layers, as llama.cpp sizes an f16 cache."""
+def _layer_kv_bytes_per_token(info: GGUFInfo) -> int:
+    """K and V cache bytes per token of one layer (f16)."""
     meta, arch = info.metadata, info.architecture
-    n_layer = _int(meta, f"{arch}.block_count") or 0
     n_embd = _int(meta, f"{arch}.embedding_length") or 0
     n_head = _int(meta, f"{arch}.attention.head_count") or 1
     n_head_kv = _int(meta, f"{arch}.attention.head_count_kv") or n_head
     head_k = _int(meta, f"{arch}.attention.key_length") or n_embd // max(n_head, 1)
     head_v = _int(meta, f"{arch}.attention.value_length") or n_embd // max(n_head, 1)
-    return n_layer * n_head_kv * (head_k + head_v) * _KV_BYTES_PER_VALUE
+    return n_head_kv * (head_k + head_v) * _KV_BYTES_PER_VALUE
+
+
+def kv_bytes_per_token(info: GGUFInfo) -> int:
+    """K and V cache bytes per token across all layers, as llama.cpp sizes a full-size f16 cache."""
+    n_layer = _int(info.metadata, f"{info.architecture}.block_count") or 0
+    return n_layer * _layer_kv_bytes_per_token(info)
+
+
+def sliding_window(info: GGUFInfo) -> tuple[int, int]:
+    """(window, how many layers use it); (0, 0) for a model without sliding-window layers."""
+    meta, arch = info.metadata, info.architecture
+    window = _int(meta, f"{arch}.attention.sliding_window") or 0
+    n_layer = _int(meta, f"{arch}.block_count") or 0
+    declared = meta.get(f"{arch}.attention.sliding_window_pattern")
+    if window <= 0 or n_layer <= 0:
+        return 0, 0
+    if isinstance(declared, list) and len(declared) == n_layer:  # one flag per layer
+        return window, sum(1 for flag in declared if flag)
+    pattern = declared if isinstance(declared, int) and not isinstance(declared, bool) else None
+    pattern = pattern or _SWA_PATTERN.get(arch)
+    if pattern is None:
+        return 0, 0
+    return window, sum(1 for il in range(n_layer) if il % pattern < pattern - 1)
+
+
+def kv_cache_bytes(info: GGUFInfo, *, n_ctx: int, n_parallel: int) -> int:
+    """The KV cache of a context of `n_ctx` × `n_parallel` cells, with window-sized SWA layers.
+
+    A sliding-window layer holds min(n_ctx, window + one micro-batch) cells per sequence, padded to 256
+    (llama.cpp's llama_kv_cache_iswa); with one buffer for all sequences (the engine's default) it is
+    smaller still, so this bounds both layouts.
+    """
+    n_layer = _int(info.metadata, f"{info.architecture}.block_count") or 0
+    window, n_swa_layers = sliding_window(info)
+    per_layer = _layer_kv_bytes_per_token(info)
+    full = (n_layer - n_swa_layers) * per_layer * n_ctx * n_parallel
+    if not n_swa_layers:
+        return full
+    swa_cells = min(n_ctx, window + _UBATCH)
+    swa_cells = -(-swa_cells // _SWA_PAD) * _SWA_PAD
+    return full + n_swa_layers * per_layer * swa_cells * n_parallel
 
 
 def cap_num_ctx(info: GGUFInfo, num_ctx: int) -> int:
@@ -78,7 +126,7 @@ def estimate(info: GGUFInfo, model_path: Path, *, n_ctx: int, n_parallel: int) -
     n_vocab = len(info.metadata.get("tokenizer.ggml.tokens") or ()) or _LARGE_VOCAB
     # One row of float logits per sequence, plus llama.cpp's compute graph buffers.
     buffers = n_vocab * 4 * max(n_parallel, 1) + _FIXED_OVERHEAD
-    return Estimate(weights, kv_bytes_per_token(info) * n_ctx * n_parallel, buffers)
+    return Estimate(weights, kv_cache_bytes(info, n_ctx=n_ctx, n_parallel=n_parallel), buffers)
 
 
 def available_ram() -> int:

@@ -27,7 +27,7 @@ from herd.memory import Estimate, available_ram, estimate, format_gib, gpu_memor
 from herd.store import StoredModel
 from herd.templates.builtin import ChatTemplate, choose_template
 from workers.embedder import Embedder
-from workers.engine import MAX_DECODE_ROWS, BatchEngine, ContextError
+from workers.engine import BatchEngine, ContextError
 from workers.llama import LlamaModel, ModelLoadError
 from workers.metrics import EvictionReason, WorkerMetrics
 from workers.vision import Projector
@@ -145,8 +145,8 @@ def model_template(stored: StoredModel, llama_model: LlamaModel) -> ChatTemplate
 
 
 def _kv_bytes(model: LoadedModel) -> int:
-    """The KV cache the engine's context holds: every cell of every sequence slot."""
-    return model.llama.kv_bytes_per_token * model.n_ctx * model.engine.n_parallel
+    """The KV cache the engine's context holds, as herd/memory.py sizes it (window-sized SWA layers)."""
+    return model.estimate.kv_cache
 
 
 class ModelCache:
@@ -163,7 +163,7 @@ class ModelCache:
         memory_limit: int | None = None,
         gpu_index: int | None = None,
         metrics: WorkerMetrics | None = None,
-        batch_invariant: bool = True,
+        batch_invariant: bool = False,
         on_change: Callable[[], None] = lambda: None,
     ):
         self.default_keep_alive = bound_keep_alive(default_keep_alive)
@@ -310,10 +310,9 @@ class ModelCache:
     def _load(self, stored: StoredModel, n_ctx: int, n_parallel: int, need: Estimate) -> LoadedModel:
         """The model's weights, context and template, held once; on failure nothing stays allocated."""
         try:
-            # Repacked CPU weights switch kernels at 4 rows: batch-invariant decoding needs them plain.
-            llama_model = LlamaModel(
-                stored.model_path, n_gpu_layers=self._n_gpu_layers, repack=not self._batch_invariant
-            )
+            # Never repacked here: llama.cpp's repacked CPU weights crash the first decode on some CPUs
+            # (AMX Xeons), and switch kernels at 4 rows, which batch-invariant decoding cannot have.
+            llama_model = LlamaModel(stored.model_path, n_gpu_layers=self._n_gpu_layers, repack=False)
         except ModelLoadError:
             if self._metrics is not None:
                 self._metrics.record_load_failure(stored.name.display)
@@ -382,7 +381,7 @@ class ModelCache:
             n_ctx=n_ctx,
             n_parallel=n_parallel,
             n_threads=self._threads,
-            max_decode_rows=MAX_DECODE_ROWS if self._batch_invariant else n_parallel,
+            batch_invariant=self._batch_invariant,
         )
 
     # --- eviction ----------------------------------------------------------------------------------
@@ -438,8 +437,11 @@ class ModelCache:
     # --- views -------------------------------------------------------------------------------------
 
     def busy_engines(self) -> list[BatchEngine]:
-        with self.lock:
-            return [m.engine for m in self._models.values() if m.engine.busy]
+        """The engines with sequences to step, read without the lock (a load or an unload may hold it).
+
+        A busy engine's model is held by its jobs, and the cache frees idle models only.
+        """
+        return [m.engine for m in list(self._models.values()) if m.engine.busy]
 
     def states(self) -> list[LoadedModelState]:
         """What /api/ps shows, read without the lock so that a heartbeat never waits for a decode step.

@@ -1,11 +1,20 @@
-"""The decode thread: steps every busy engine, publishes its tokens and ends the sequences that finish.
+"""The decode thread steps every busy engine; a publishing thread sends what the steps produced.
 
-Models are only ever freed under the cache lock, which this thread holds around each step.
+The decode thread does nothing but `engine.step()` and a queue put, so the next llama_decode starts as
+soon as the last one ended: tool-call parsing, logging and the Redis round trip (each step's events in
+one pipeline, which also reads the running jobs' cancel flags) happen on the publishing thread,
+meanwhile. It also ends the jobs that finished, giving their model back to the cache.
+
+No lock is held across a decode step: admission (engine.submit), cancellation (engine.cancel), /api/ps
+and the heartbeat never wait for one. A model is never freed while stepped: an engine with running
+sequences belongs to a model whose jobs hold it (the cache frees idle models only), and the jobs are
+released here only after their last step; engine.close() waits for a step in progress.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Any
@@ -14,15 +23,19 @@ import redis
 
 from herd.templates.output_split import Split
 from workers.cache import ModelCache
-from workers.engine import DoneEvent, TokenEvent
+from workers.engine import DoneEvent, Event, TokenEvent
 from workers.publisher import Publisher
 from workers.running import Running, RunningJobs
 
 log = logging.getLogger(__name__)
 
+# How often the publishing thread reads the cancel flags when no step produced anything (a long prompt
+# chunk, or a model still prefilling): a client that left is noticed within this even then.
+_IDLE_POLL_S = 0.1
+
 
 class DecodeLoop:
-    """One worker's decode thread (`run`), with the events it shares with the job thread."""
+    """One worker's decode thread (`run`) and its publishing thread, with the events they share."""
 
     def __init__(
         self,
@@ -37,44 +50,79 @@ class DecodeLoop:
     ):
         self._cache = cache
         self._running = running
-        self._publisher = publisher  # this thread's own
+        self._publisher = publisher  # the publishing thread's own
         self._stop = stop
         self._wake = wake
         self._slot_freed = slot_freed
         self._state_dirty = state_dirty
+        # Each step's events, in step order; None tells the publishing thread to end.
+        self._outbox: queue.SimpleQueue[list[Event] | None] = queue.SimpleQueue()
 
     def run(self) -> None:
-        """Step busy engines until stopped; sleep on `wake` while none is busy; expire idle models."""
+        """Step busy engines until stopped; sleep on `wake` while none is busy.
+
+        Starts the publishing thread and ends (raising) if it died: both are vital to the worker.
+        """
+        publishing = threading.Thread(target=self._publish_loop, name="publish", daemon=True)
+        publishing.start()
+        try:
+            while not self._stop.is_set():
+                if not publishing.is_alive():
+                    raise RuntimeError("the publishing thread died")
+                engines = self._cache.busy_engines()
+                if not engines:
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                for engine in engines:
+                    events = engine.step()
+                    if events:
+                        self._outbox.put(events)
+        finally:
+            self._outbox.put(None)
+            publishing.join(timeout=5)
+
+    def _publish_loop(self) -> None:
+        """Send the steps' events as they come (all that waited in one round trip); end on None.
+
+        Also expires idle models, once a second: that takes the cache lock, which a load may hold.
+        """
         last_expire = 0.0
-        while not self._stop.is_set():
-            engines = self._cache.busy_engines()
-            if not engines:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-            else:
-                try:
-                    self._step(engines)
-                except redis.RedisError:
-                    # Redis is down: the API fails these requests; keep decoding what can still be sent.
-                    log.exception("could not publish events")
-                    time.sleep(0.2)
+        while True:
             now = time.monotonic()
             if now - last_expire >= 1.0:
                 last_expire = now
                 self._cache.expire()
+            try:
+                first = self._outbox.get(timeout=_IDLE_POLL_S)
+            except queue.Empty:
+                first = []
+            batches = [first]
+            while True:
+                try:
+                    batches.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            ending = any(b is None for b in batches)
+            events = [e for b in batches if b is not None for e in b]
+            try:
+                self._publish(events)
+            except redis.RedisError:
+                # Redis is down: the API fails these requests; keep decoding what can still be sent.
+                log.exception("could not publish events")
+                time.sleep(0.2)
+            if ending:
+                return
 
-    def _step(self, engines: list[Any]) -> None:
+    def _publish(self, events: list[Event]) -> None:
         publisher = self._publisher
         finished: list[Running] = []
-        with self._cache.lock:
-            for engine in engines:
-                for event in engine.step():
-                    if isinstance(event, TokenEvent):
-                        self._publish_text(event)
-                    elif isinstance(event, DoneEvent):
-                        running = self._finish(event)
-                        if running is not None:
-                            finished.append(running)
+        for event in events:
+            if isinstance(event, TokenEvent):
+                self._publish_text(event)
+            else:
+                running = self._finish(event)
+                if running is not None:
+                    finished.append(running)
         watch = self._running.ids()
         try:
             cancelled = publisher.flush(watch=watch)
@@ -86,12 +134,12 @@ class DecodeLoop:
             if finished:
                 self._slot_freed.set()
                 self._state_dirty.set()
+        for job_id in cancelled:
+            found = self._running.get(job_id)
+            if found is not None:
+                found.loaded.engine.cancel(job_id)
         if cancelled:
-            with self._cache.lock:
-                for job_id in cancelled:
-                    found = self._running.get(job_id)
-                    if found is not None:
-                        found.loaded.engine.cancel(job_id)
+            self._wake.set()
 
     def _publish_text(self, event: TokenEvent) -> None:
         """A token event, with any thinking and tool calls split off the text first."""

@@ -1,13 +1,26 @@
 """The batching engine: many sequences of one model decoded together in one llama.cpp context.
 
-One context holds `n_parallel` sequences of `n_ctx` cells each (Ollama's num_ctx × NUM_PARALLEL). A step
-is either one prompt chunk of the oldest sequence still being prefilled, or the next token of every
-generating sequence (in batches of at most `max_decode_rows`); the two alternate, so a long prompt stalls
-the running streams by one chunk at most. Each sequence is sampled with its own sampler chain. A new
-sequence joins between steps; a finished or cancelled one frees its slot and its KV cells at once.
-Single-sequence decoding is simply a batch of one.
+One context holds `n_parallel` sequences of up to `n_ctx` cells each (Ollama's num_ctx × NUM_PARALLEL).
+The decode thread calls step(); each step is one `llama_decode`:
 
-The engine does no I/O: step() returns events and the caller (the worker's decode loop) publishes them.
+- **Default (throughput) mode.** The step carries the next token of every generating sequence (no row
+  cap) and fills the rest of the batch (`n_batch` tokens) with prompt chunks, oldest prompt first: mixed
+  batches, as llama-server builds them. A long prompt is prefilled over several steps while the running
+  streams go on, each stalled by one chunk at most, and a new stream starts at the next step. The KV cache
+  is unified (one buffer for all sequences), so llama.cpp computes any mix of sequences as one micro-batch.
+  A new request reuses the KV cells of the longest prompt prefix an idle slot still holds
+  (workers/prefix_cache.py): turn N of a chat evaluates only its new tokens.
+- **Batch-invariant mode** (HERD_BATCH_INVARIANT=true). A sequence's numbers never depend on the others:
+  a step is either one prompt chunk of one sequence, alone, or the next token of the generating
+  sequences in batches of at most MAX_DECODE_ROWS; the two kinds alternate. Each sequence has its own KV
+  stream, and nothing is reused across requests, so greedy output is the same alone or beside any others.
+
+Each sequence is sampled with its own sampler (workers/sampling.py). A sequence joins at the next step; a
+finished or cancelled one frees its slot at once (its cells stay cached in the default mode).
+
+Threads: submit(), cancel() and the counters take a short bookkeeping lock and never wait for a decode;
+step() and close() own the llama.cpp context (only the decode thread steps). The engine does no I/O:
+step() returns events and the caller (workers/decode_loop.py) publishes them.
 """
 
 from __future__ import annotations
@@ -16,7 +29,6 @@ import codecs
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +36,7 @@ import llama_cpp as llama
 import numpy as np
 
 from workers.llama import LlamaModel
+from workers.prefix_cache import Slot, SlotTable
 from workers.sampling import SamplingParams, SequenceSampler
 from workers.vision import ImageError, MediaPrompt
 
@@ -31,13 +44,12 @@ log = logging.getLogger(__name__)
 
 DoneReason = Literal["stop", "length", "cancel", "error"]
 
-# The most generating sequences decoded in one batch when outputs must not depend on the batch
-# (HERD_BATCH_INVARIANT, the default). llama.cpp's CPU matrix kernels take another path, with another
-# summation order, from 8 rows on (from 4 with repacked weights, which the cache then turns off), and that
-# can flip a greedy near-tie. Kept below it, and with every prompt prefilled on its own, a sequence's
-# numbers are the same alone or beside any others. Measured on Gemma 3 270M (x86-64, AVX2), 8 prompts ×
-# 64 greedy tokens: identical alone and in every group of 2 to 8; with one batch of 8 and prompt chunks
-# mixed in, 4 or 5 of the 8 diverged.
+# The most generating sequences decoded in one batch in the batch-invariant mode. llama.cpp's CPU matrix
+# kernels take another path, with another summation order, from 8 rows on (from 4 with repacked weights),
+# and that can flip a greedy near-tie. Kept below it, and with every prompt prefilled on its own, a
+# sequence's numbers are the same alone or beside any others. Measured on Gemma 3 270M (x86-64, AVX2),
+# 8 prompts × 64 greedy tokens: identical alone and in every group of 2 to 8; with one batch of 8 and
+# prompt chunks mixed in, 4 or 5 of the 8 diverged.
 MAX_DECODE_ROWS = 7
 
 # With context shifting a generation need never fill the context, so one that sets no num_predict (or a
@@ -84,12 +96,13 @@ class TokenEvent:
 class DoneEvent:
     key: str
     reason: DoneReason
-    prompt_tokens: int
-    prompt_ns: int
+    prompt_tokens: int  # the whole prompt, cached or evaluated (Ollama's prompt_eval_count counts both)
+    prompt_ns: int  # submit to first token: only the evaluated part of the prompt costs time
     eval_tokens: int
     eval_ns: int
     tokens: list[int]  # prompt + generated: Ollama's `context` on /api/generate
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV cells came from the prefix cache, not evaluated
 
 
 Event = TokenEvent | DoneEvent
@@ -98,11 +111,15 @@ Event = TokenEvent | DoneEvent
 @dataclass
 class _Sequence:
     request: SequenceRequest
-    seq_id: int
+    slot: Slot
     sampler: SequenceSampler
     submitted_ns: int
-    prefilled: int = 0  # prompt tokens already in the KV cache
+    cached: int = 0  # prompt tokens the slot's cache can give (trimmed at admission)
+    admitted: bool = False  # its slot's cache trimmed to `cached` by the decode thread
+    inputs: list[int] = field(default_factory=list)  # what prefill evaluates: the prompt (or a re-shift)
+    prefilled: int = 0  # inputs already in the KV cache
     n_past: int = 0  # cells of the KV cache in use (lower than prompt + generated after a shift)
+    cells: list[int] = field(default_factory=list)  # the token in each cell, by position: the cache key
     keep: int = 0  # tokens at the start that a context shift keeps
     generated: list[int] = field(default_factory=list)
     pending_token: int | None = None  # sampled, not yet decoded
@@ -112,6 +129,10 @@ class _Sequence:
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
+
+    @property
+    def seq_id(self) -> int:
+        return self.slot.seq_id
 
 
 class BatchEngine:
@@ -125,19 +146,27 @@ class BatchEngine:
         n_parallel: int = 1,
         n_batch: int = 512,
         n_threads: int = 0,
-        max_decode_rows: int = MAX_DECODE_ROWS,
+        batch_invariant: bool = False,
     ):
         self.model = model
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
-        self.n_batch = n_batch
+        self.batch_invariant = batch_invariant
+        # Every generating sequence must fit in one step beside a prompt chunk.
+        self.n_batch = max(n_batch, n_parallel)
+        self.max_decode_rows = MAX_DECODE_ROWS if batch_invariant else n_parallel
+        self.reuse_prefix = not batch_invariant
         params = llama.llama_context_default_params()
         params.n_ctx = n_ctx * n_parallel
-        params.n_batch = n_batch
-        params.n_ubatch = min(n_batch, 512)
+        params.n_batch = self.n_batch
+        params.n_ubatch = min(self.n_batch, 512)
         params.n_seq_max = n_parallel
-        # One KV stream per sequence: each slot gets exactly n_ctx cells, as Ollama documents.
-        params.kv_unified = False
+        # Unified: one KV buffer, so that any mix of sequences is one micro-batch (with a stream per
+        # sequence llama.cpp splits a batch by runs of consecutive sequence ids, one graph each).
+        # Per-sequence streams in the invariant mode: a sequence's attention never sees another's cells.
+        params.kv_unified = not batch_invariant
+        # Sliding-window layers keep only their window (plus one micro-batch) per sequence, not num_ctx.
+        params.swa_full = False
         if n_threads > 0:
             params.n_threads = n_threads
             params.n_threads_batch = n_threads
@@ -149,15 +178,16 @@ class BatchEngine:
             )
         self.ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
-        # Recurrent and some sliding-window memories cannot move cells: those never shift.
+        # Recurrent and window-sized sliding-window memories cannot move cells: those never shift.
         self.can_shift = bool(llama.llama_memory_can_shift(self._memory))
-        self._batch = llama.llama_batch_init(n_batch, 0, n_parallel)
-        self._free_ids: deque[int] = deque(range(n_parallel))
+        self.n_swa = int(llama.llama_model_n_swa(model.handle))
+        self._batch = llama.llama_batch_init(self.n_batch, 0, n_parallel)
+        self._slots = SlotTable(n_parallel)
         self._running: list[_Sequence] = []
         self._cancelled: set[str] = set()
-        self._lock = threading.Lock()  # submit/cancel come from other threads than step()
+        self._lock = threading.Lock()  # bookkeeping: submit/cancel come from other threads than step()
+        self._context_lock = threading.Lock()  # the llama.cpp context: step() and close()
         self._prefill_turn = False
-        self.max_decode_rows = max_decode_rows
 
     # --- slots -------------------------------------------------------------------------------------
 
@@ -169,10 +199,13 @@ class BatchEngine:
     @property
     def free_slots(self) -> int:
         with self._lock:
-            return len(self._free_ids)
+            return self._slots.free
 
     def submit(self, request: SequenceRequest) -> None:
-        """Add a sequence; it joins the batch at the next step. Raises NoFreeSlot when full."""
+        """Add a sequence; it joins the batch at the next step. Raises NoFreeSlot when full.
+
+        Picks the slot (the longest cached prefix) now; the decode thread trims its cells at admission.
+        """
         if len(request.prompt) == 0:
             raise ValueError("a sequence needs at least one prompt token")
         if len(request.prompt) >= self.n_ctx:
@@ -181,11 +214,15 @@ class BatchEngine:
         self.model.check_tokens(request.prompt, "prompt")
         sampler = SequenceSampler(self.model, request.sampling, self.n_ctx)
         with self._lock:
-            if not self._free_ids:
+            try:
+                slot, cached = self._slots.take(request.prompt, reuse=self.reuse_prefix)
+            except LookupError:
                 sampler.free_all()
-                raise NoFreeSlot(f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy")
-            seq_id = self._free_ids.popleft()
-            seq = _Sequence(request, seq_id, sampler, time.perf_counter_ns())
+                raise NoFreeSlot(
+                    f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy"
+                ) from None
+            seq = _Sequence(request, slot, sampler, time.perf_counter_ns(), cached=cached)
+            seq.inputs = request.prompt
             seq.keep = self.shift_keep(request)
             self._running.append(seq)
 
@@ -199,7 +236,7 @@ class BatchEngine:
 
     def token_limit(self, request: SequenceRequest) -> int | None:
         """The most tokens a sequence generates: num_predict, bounded when shifting never fills the context."""
-        if not request.shift or not self.can_shift:
+        if not request.shift:
             return request.max_tokens
         bound = OPEN_ENDED_CONTEXTS * self.n_ctx
         return bound if request.max_tokens is None else min(request.max_tokens, bound)
@@ -212,66 +249,139 @@ class BatchEngine:
     # --- decoding ----------------------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """Decode one batch over every running sequence; returns the tokens and completions it produced."""
-        events: list[Event] = []
-        with self._lock:
-            running = list(self._running)
-            cancelled, self._cancelled = self._cancelled, set()
-        for seq in running:
-            if seq.request.key in cancelled:
-                events.append(self._finish(seq, "cancel"))
-        running = [s for s in running if s.request.key not in cancelled]
-        if not running:
-            return events
+        """One llama_decode over the running sequences; returns the tokens and completions it produced."""
+        with self._context_lock:
+            if not self.ctx:
+                return []
+            events: list[Event] = []
+            with self._lock:
+                running = list(self._running)
+                cancelled, self._cancelled = self._cancelled, set()
+            for seq in running:
+                if seq.request.key in cancelled:
+                    events.append(self._finish(seq, "cancel"))
+            running = [s for s in running if s.request.key not in cancelled]
+            for seq in running:
+                if not seq.admitted:
+                    self._admit(seq)
+            if not running:
+                return events
+            decoding = [s for s in running if s.pending_token is not None]
+            prefilling = self._evaluate_images([s for s in running if s.pending_token is None], events)
+            if self.batch_invariant:
+                return events + self._invariant_step(decoding, prefilling)
+            return events + self._mixed_step(decoding, prefilling)
 
-        decoding = [s for s in running if s.pending_token is not None]
-        prefilling = [s for s in running if s.pending_token is None]
-        # A step is either one prompt chunk of the oldest waiting sequence, or the next token of every
-        # generating one; they alternate, so a long prompt stalls the others by one chunk at most.
+    def _admit(self, seq: _Sequence) -> None:
+        """Trim the slot's cached cells to the prefix this prompt shares; the rest is prefilled."""
+        prompt = seq.request.prompt
+        # The last prompt token is always evaluated: its logits give the first token.
+        kept = min(seq.cached, len(prompt) - 1)
+        cached_len = len(seq.slot.cached)
+        if 0 < kept < cached_len and self.n_swa > 0:
+            # A window-sized cache has dropped the cells before its window: the kept prefix is usable
+            # only if the window before its end is still there (llama-server's check).
+            pos_min = int(llama.llama_memory_seq_pos_min(self._memory, seq.seq_id))
+            if pos_min > max(0, kept - self.n_swa):
+                kept = 0
+        if seq.request.media is not None:
+            kept = seq.request.media.image_boundary(kept)  # an image's cells are reused whole or not at all
+        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, kept, -1):
+            # Some memories (recurrent) cannot drop a tail: start the slot afresh.
+            llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            kept = 0
+        seq.cached = kept
+        seq.prefilled = seq.n_past = kept
+        seq.cells = list(prompt[:kept])
+        seq.admitted = True
+        if kept:
+            log.debug("prompt prefix reused", extra={"key": seq.request.key, "cached": kept})
+
+    def _mixed_step(self, decoding: list[_Sequence], prefilling: list[_Sequence]) -> list[Event]:
+        """Every generating sequence's next token, then prompt chunks (oldest first) up to n_batch."""
+        sample_at: list[tuple[_Sequence, int]] = []
+        rows = 0
+        for seq in decoding:
+            assert seq.pending_token is not None
+            self._put(rows, seq.pending_token, seq.n_past, seq.seq_id, True)
+            sample_at.append((seq, rows))
+            rows += 1
+        in_batch = list(decoding)
+        for seq in prefilling:
+            if rows >= self.n_batch:
+                break
+            rows += self._prefill_into(seq, rows, self.n_batch - rows, sample_at)
+            in_batch.append(seq)
+        return self._run_batch(rows, in_batch, sample_at)
+
+    def _invariant_step(self, decoding: list[_Sequence], prefilling: list[_Sequence]) -> list[Event]:
+        """One prompt chunk alone, or every generating sequence in capped batches; the two alternate."""
         if prefilling and (self._prefill_turn or not decoding):
             self._prefill_turn = False
-            return events + self._prefill(prefilling[0])
+            seq = prefilling[0]
+            sample_at: list[tuple[_Sequence, int]] = []
+            rows = self._prefill_into(seq, 0, self.n_batch, sample_at)
+            return self._run_batch(rows, [seq], sample_at)
         self._prefill_turn = True
+        events: list[Event] = []
         for group in decode_groups(decoding, self.max_decode_rows):
-            events.extend(self._decode(group))
+            sample_at = []
+            for i, seq in enumerate(group):
+                assert seq.pending_token is not None
+                self._put(i, seq.pending_token, seq.n_past, seq.seq_id, True)
+                sample_at.append((seq, i))
+            events.extend(self._run_batch(len(group), group, sample_at))
         return events
 
-    def _prefill(self, seq: _Sequence) -> list[Event]:
-        """Decode the next chunk of one sequence's prompt, alone: its numbers never depend on others."""
-        prompt = seq.request.prompt
-        take = min(len(prompt) - seq.prefilled, self.n_batch)
-        # --- vision hook: an image at this position is evaluated by mtmd; text stops at the next one ---
-        media = seq.request.media
-        if media is not None:
-            try:
-                evaluated = media.prefill_image(self.ctx, seq.seq_id, seq.prefilled, self.n_batch)
-            except ImageError as exc:
-                return [self._finish(seq, "error", str(exc))]
-            if evaluated:
-                seq.prefilled += evaluated
-                seq.n_past = seq.prefilled
-                return []
-            take = min(take, media.text_end(seq.prefilled) - seq.prefilled)
-        # --- end of the vision hook ---
-        sample_at: list[tuple[_Sequence, int]] = []
-        for i in range(take):
-            pos = seq.prefilled + i
-            last = pos == len(prompt) - 1
-            self._put(i, prompt[pos], pos, seq.seq_id, last)
-            if last:
-                sample_at.append((seq, i))
-        seq.prefilled += take
-        seq.n_past = seq.prefilled
-        return self._run_batch(take, [seq], sample_at)
+    def _evaluate_images(self, prefilling: list[_Sequence], events: list[Event]) -> list[_Sequence]:
+        """Evaluate each image that starts where a prompt's prefill stands; returns the sequences still
+        prefilling (one whose image failed is finished with an error event in `events`).
 
-    def _decode(self, group: list[_Sequence]) -> list[Event]:
-        """Decode the pending token of each sequence in the group, in one batch."""
-        sample_at = []
-        for i, seq in enumerate(group):
-            assert seq.pending_token is not None
-            self._put(i, seq.pending_token, seq.n_past, seq.seq_id, True)
-            sample_at.append((seq, i))
-        return self._run_batch(len(group), group, sample_at)
+        libmtmd decodes an image's embeddings itself, in batches of their own, so an image never shares a
+        step's batch: it is evaluated just before it, and the text after it joins the batch as usual.
+        """
+        remaining: list[_Sequence] = []
+        for seq in prefilling:
+            media = seq.request.media
+            if media is not None and seq.inputs is seq.request.prompt:
+                try:
+                    evaluated = media.prefill_image(self.ctx, seq.seq_id, seq.prefilled, self.n_batch)
+                except ImageError as exc:
+                    events.append(self._finish(seq, "error", str(exc)))
+                    continue
+                if evaluated:
+                    # The placeholders stand in the cells' key, so a later prompt with the same image
+                    # (same digest, same placeholders) reuses these cells.
+                    seq.cells.extend(seq.inputs[seq.prefilled : seq.prefilled + evaluated])
+                    seq.prefilled += evaluated
+                    seq.n_past += evaluated
+            remaining.append(seq)
+        return remaining
+
+    def _prefill_into(
+        self, seq: _Sequence, start: int, budget: int, sample_at: list[tuple[_Sequence, int]]
+    ) -> int:
+        """Put the next chunk of `seq`'s inputs (at most `budget` tokens) into the batch from row `start`.
+
+        The one place prompt input enters the KV cache: whatever else a prompt carries (an image's
+        embeddings) is evaluated here, before the chunk that follows it. Returns the rows used.
+        """
+        inputs = seq.inputs
+        take = min(len(inputs) - seq.prefilled, budget)
+        media = seq.request.media
+        if media is not None and inputs is seq.request.prompt:
+            take = min(take, media.text_end(seq.prefilled) - seq.prefilled)  # the next image comes alone
+        base = seq.n_past - seq.prefilled  # inputs start at this position (after a kept prefix)
+        for i in range(take):
+            at = seq.prefilled + i
+            last = at == len(inputs) - 1
+            self._put(start + i, inputs[at], base + at, seq.seq_id, last)
+            if last:
+                sample_at.append((seq, start + i))
+        seq.cells.extend(inputs[seq.prefilled : seq.prefilled + take])
+        seq.prefilled += take
+        seq.n_past = base + seq.prefilled
+        return take
 
     def _run_batch(
         self, n: int, seqs: list[_Sequence], sample_at: list[tuple[_Sequence, int]]
@@ -287,6 +397,7 @@ class BatchEngine:
         for seq, index in sample_at:
             if seq.pending_token is not None:
                 seq.n_past += 1  # the decoded pending token is now in the cache
+                seq.cells.append(seq.pending_token)
             token = seq.sampler.sample(self.ctx, index)
             if seq.request.logprobs is not None and not self.model.is_eog(token):
                 seq.logprobs.append(self._logprob_entry(index, token, seq.request.logprobs))
@@ -352,32 +463,44 @@ class BatchEngine:
         limit = self.token_limit(seq.request)
         if limit is not None and len(seq.generated) >= limit:
             return events + self._flush(seq) + [self._finish(seq, "length")]
-        if seq.n_past + 1 >= self.n_ctx and not (seq.request.shift and self._shift(seq)):
+        if seq.n_past + 1 >= self.n_ctx and not (seq.request.shift and self._shift(seq, token)):
             return events + self._flush(seq) + [self._finish(seq, "length")]
-        seq.pending_token = token
+        if seq.prefilled == len(seq.inputs):  # else re-evaluating after a shift, `token` last
+            seq.pending_token = token
         return events
 
-    def _shift(self, seq: _Sequence) -> bool:
+    def _shift(self, seq: _Sequence, token: int) -> bool:
         """Make room in a full context as Ollama does: keep the first `keep` cells, drop half of the
-        context after them, and move the rest down. False when the memory cannot shift.
+        context after them, and move the rest down. False when there is nothing to drop.
 
-        Only the KV cells move; the sampler's penalty window holds the last tokens sampled, not positions,
+        A memory that cannot move cells (window-sized sliding-window caches, recurrent state) is cleared
+        instead and the kept tokens, then `token`, are evaluated again as a prompt (Ollama's
+        ErrReprocessInputs). The sampler's penalty window holds the last tokens sampled, not positions,
         and goes on unchanged (as Ollama's does), and the output (prompt + generated) keeps every token.
         """
-        if not self.can_shift:
-            return False
         discard = min(max((self.n_ctx - seq.keep) // 2, 1), seq.n_past - seq.keep)
         if discard <= 0:
             return False
         start, end = seq.keep, seq.keep + discard
-        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end):
-            return False
-        llama.llama_memory_seq_add(self._memory, seq.seq_id, end, seq.n_past, -discard)
+        remaining = seq.cells[:start] + seq.cells[end:]
         log.debug(
             "context full, shifted",
             extra={"key": seq.request.key, "n_past": seq.n_past, "keep": seq.keep, "discard": discard},
         )
-        seq.n_past -= discard
+        if self.can_shift and llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end):
+            llama.llama_memory_seq_add(self._memory, seq.seq_id, end, seq.n_past, -discard)
+            seq.n_past -= discard
+            seq.cells = remaining
+            return True
+        if seq.request.media is not None:
+            # Evaluating again would need the images' embeddings, which only the prompt's positions
+            # carry: a sequence with images ends at the full context instead (done_reason "length").
+            return False
+        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        seq.inputs = [*remaining, token]
+        seq.prefilled = seq.n_past = 0
+        seq.cells = []
+        seq.pending_token = None
         return True
 
     def _flush(self, seq: _Sequence) -> list[Event]:
@@ -389,11 +512,19 @@ class BatchEngine:
     def _finish(self, seq: _Sequence, reason: DoneReason, error: str | None = None) -> DoneEvent:
         now = time.perf_counter_ns()
         first = seq.first_token_ns or now
-        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        tokens = [*seq.request.prompt, *seq.generated]
+        if not seq.admitted:
+            cached = seq.slot.cached  # never touched: the slot keeps what it held
+        elif self.reuse_prefix and reason != "error":
+            # What its cells hold, by position (shifted or not): the next request may start from them.
+            cached = list(seq.cells)
+        else:
+            llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            cached = []
         seq.sampler.free_all()
         with self._lock:
             self._running.remove(seq)
-            self._free_ids.append(seq.seq_id)
+            self._slots.give_back(seq.slot, cached)
         return DoneEvent(
             key=seq.request.key,
             reason=reason,
@@ -401,20 +532,27 @@ class BatchEngine:
             prompt_ns=max(first - seq.submitted_ns, 0),
             eval_tokens=len(seq.generated),
             eval_ns=max(now - first, 0),
-            tokens=[*seq.request.prompt, *seq.generated],
+            tokens=tokens,
             error=error,
+            cached_tokens=seq.cached if seq.admitted else 0,
         )
 
-    def close(self) -> None:
-        """Free the context; every running sequence is dropped."""
+    def cached_prefixes(self) -> list[int]:
+        """How many tokens each idle slot holds, by slot id (in use: -1); for tests and diagnostics."""
         with self._lock:
-            for seq in self._running:
-                seq.sampler.free_all()
-            self._running.clear()
-        if self.ctx:
-            llama.llama_batch_free(self._batch)
-            llama.llama_free(self.ctx)
-            self.ctx = None
+            return [-1 if s.in_use else len(s.cached) for s in self._slots.slots]
+
+    def close(self) -> None:
+        """Free the context (after any step in progress); every running sequence is dropped."""
+        with self._context_lock:
+            with self._lock:
+                for seq in self._running:
+                    seq.sampler.free_all()
+                self._running.clear()
+            if self.ctx:
+                llama.llama_batch_free(self._batch)
+                llama.llama_free(self.ctx)
+                self.ctx = None
 
 
 def decode_groups(seqs: list[_Sequence], limit: int) -> list[list[_Sequence]]:

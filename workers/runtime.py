@@ -1,9 +1,9 @@
 """A worker's runtime: what one worker process holds between jobs, its threads, and its advertised state.
 
 Threads: RQ's loop runs job functions on the main thread (prepare: resolve, load, render, tokenize,
-submit; workers/prepare.py); one decode thread steps every busy engine and publishes tokens
-(workers/decode_loop.py); one heartbeat thread keeps this worker's state key alive. Models are only ever
-freed under the cache lock, which the decode thread holds around each step. The decode and heartbeat
+submit; workers/prepare.py); one decode thread steps every busy engine and a publishing thread beside it
+sends the tokens (workers/decode_loop.py); one heartbeat thread keeps this worker's state key alive. No
+lock is held across a decode step; a model is freed only when idle, under the cache lock. The decode and heartbeat
 threads are vital (workers/watchdog.py): if either dies the process ends, and the supervisor restarts it
 as a new incarnation. SIGTERM drains the worker (workers/drain.py).
 """
@@ -318,12 +318,11 @@ class WorkerRuntime:
                 else:
                     with self.cache.lock:
                         embedder = loaded.get_embedder(self.settings.threads)
-                        result = embedder.embed(
-                            job.inputs,
-                            truncate=job.truncate,
-                            normalize=job.normalize,
-                            dimensions=job.dimensions,
-                        )
+                    # Its own context, outside the lock: generation goes on meanwhile (the job holds the
+                    # model, so it is not freed).
+                    result = embedder.embed(
+                        job.inputs, truncate=job.truncate, normalize=job.normalize, dimensions=job.dimensions
+                    )
                     result_vectors, count, duration = result.vectors, result.prompt_tokens, result.duration_ns
             finally:
                 self.cache.release(loaded)

@@ -1,4 +1,11 @@
-"""Per-sequence sampling: Ollama's options turned into a llama.cpp sampler chain."""
+"""Per-sequence sampling: Ollama's options turned into a sampler, vectorised where it can be.
+
+The common cases run in numpy on the logits llama.cpp wrote, without building llama.cpp's candidate array
+of the whole vocabulary (262k entries for Gemma) for every token: greedy is one argmax; top-k first
+selects the k best (argpartition) and only then takes a softmax, over k values, for top_p, min_p,
+temperature and the draw. Penalties are applied only when not neutral (Ollama's default repeat_penalty
+is 1.0). A grammar, active penalties, typical_p or top_k 0 use llama.cpp's native sampler chain.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 import llama_cpp as llama
+import numpy as np
 
 from workers.llama import LlamaModel
 
@@ -42,11 +50,16 @@ class SequenceSampler:
     """
 
     def __init__(self, model: LlamaModel, params: SamplingParams, n_ctx: int):
-        self.free = _build_chain(model, params, n_ctx, grammar=None)
+        self._n_vocab = model.n_vocab
+        self._params = params
+        self._vector = _vectorisable(params, n_ctx)
+        seed = params.seed if params.seed >= 0 else random.SystemRandom().randrange(1 << 32)
+        self._rng = np.random.default_rng(seed & 0xFFFFFFFF)
+        self.free = _build_chain(model, params, n_ctx, grammar=None, seed=seed)
         self.constrained: llama.llama_sampler_p | None = None
         if params.grammar is not None:
             try:
-                self.constrained = _build_chain(model, params, n_ctx, grammar=params.grammar)
+                self.constrained = _build_chain(model, params, n_ctx, grammar=params.grammar, seed=seed)
             except GrammarError:
                 llama.llama_sampler_free(self.free)
                 raise
@@ -57,6 +70,9 @@ class SequenceSampler:
 
     def sample(self, ctx: llama.llama_context_p, index: int) -> int:
         """The next token from the logits at batch index `index`."""
+        if self._vector and self.constrained is None:
+            pointer = llama.llama_get_logits_ith(ctx, index)
+            return self.pick(np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)))
         token = int(llama.llama_sampler_sample(self.free, ctx, index))
         if self.constrained is None:
             return token
@@ -72,6 +88,32 @@ class SequenceSampler:
         # Refused: sample again among the tokens the grammar allows (this also accepts the token).
         return int(llama.llama_sampler_sample(self.constrained, ctx, index))
 
+    def pick(self, logits: np.ndarray) -> int:
+        """The vectorised chain on one row of logits: greedy, or top_k → top_p → min_p → temperature → draw.
+
+        The same stages in the same order as the native chain (_build_chain), as llama.cpp defines them.
+        """
+        p = self._params
+        if p.temperature <= 0:
+            return int(np.argmax(logits))  # the first of equal maxima, as llama.cpp's greedy sampler
+        k = min(p.top_k, logits.shape[0])
+        best = np.argpartition(logits, -k)[-k:]
+        values = logits[best].astype(np.float64)
+        order = np.argsort(-values, kind="stable")
+        best, values = best[order], values[order]
+        if p.top_p < 1.0:
+            probs = _softmax(values)
+            # Keep the likeliest tokens until their mass reaches top_p (at least one).
+            cut = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
+            best, values = best[:cut], values[:cut]
+        if p.min_p > 0.0:
+            # p >= min_p × p_max, in logit space; the first (the max) always stays.
+            keep = values >= values[0] + math.log(p.min_p)
+            best, values = best[keep], values[keep]
+        probs = _softmax(values / p.temperature)
+        drawn = int(np.searchsorted(np.cumsum(probs), self._rng.random() * probs.sum(), side="right"))
+        return int(best[min(drawn, len(best) - 1)])
+
     def free_all(self) -> None:
         """Free the native samplers."""
         llama.llama_sampler_free(self.free)
@@ -79,8 +121,28 @@ class SequenceSampler:
             llama.llama_sampler_free(self.constrained)
 
 
+def _penalties_active(params: SamplingParams, n_ctx: int) -> bool:
+    last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
+    return last_n > 0 and (
+        params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+    )
+
+
+def _vectorisable(params: SamplingParams, n_ctx: int) -> bool:
+    """Whether SequenceSampler.pick implements this chain: greedy, or top_k > 0 without typical_p."""
+    if _penalties_active(params, n_ctx):
+        return False
+    return params.temperature <= 0 or (params.top_k > 0 and params.typical_p >= 1.0)
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    result: np.ndarray = shifted / shifted.sum()
+    return result
+
+
 def _build_chain(
-    model: LlamaModel, params: SamplingParams, n_ctx: int, grammar: str | None
+    model: LlamaModel, params: SamplingParams, n_ctx: int, grammar: str | None, seed: int
 ) -> llama.llama_sampler_p:
     """A native sampler chain; with a grammar, the grammar comes first."""
     chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
@@ -95,9 +157,7 @@ def _build_chain(
     if grammar is not None:
         add(llama.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root"), "grammar")
     last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
-    if last_n > 0 and (
-        params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-    ):
+    if _penalties_active(params, n_ctx):
         add(
             llama.llama_sampler_init_penalties(
                 model.n_vocab,
@@ -120,7 +180,6 @@ def _build_chain(
     if params.min_p > 0.0:
         add(llama.llama_sampler_init_min_p(params.min_p, 1), "min_p")
     add(llama.llama_sampler_init_temp(params.temperature), "temperature")
-    # Ollama's seed -1 means "random"; llama.cpp's default seed constant does the same but is opaque.
-    seed = params.seed if params.seed >= 0 else random.SystemRandom().randrange(1 << 32)
+    # Ollama's seed -1 means "random" (drawn by the caller); llama.cpp's own constant is opaque.
     add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF), "dist")
     return chain

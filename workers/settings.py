@@ -81,10 +81,12 @@ class WorkerSettings(CommonSettings):
         "in memory, decided per model at load time as Ollama does.",
     )
     batch_invariant: bool = Field(
-        default=True,
+        default=False,
         validation_alias=AliasChoices("HERD_BATCH_INVARIANT"),
-        description="Make a request's output independent of what it is batched with (greedy output "
-        "identical alone or beside others); false trades that for more tokens/s on CPU.",
+        description="The deterministic mode: a request's output does not depend on what it is batched "
+        "with (greedy output identical alone or beside others; prompts prefilled alone, at most 7 "
+        "sequences per decode batch, no prompt-prefix reuse). Default false: every generating sequence "
+        "in one decode step, prompt chunks mixed in, prefixes reused across requests.",
     )
     memory_limit: int | None = Field(
         default=None,

@@ -94,6 +94,10 @@ class MediaPrompt:
         """Where the text run at `pos` ends: the next image's start, or the end of the prompt."""
         return min((i.start for i in self.images if i.start >= pos), default=len(self.tokens))
 
+    def image_boundary(self, pos: int) -> int:
+        """`pos`, or the start of the image that `pos` falls inside: a reused prefix never splits an image."""
+        return next((i.start for i in self.images if i.start < pos < i.start + i.n_tokens), pos)
+
     def prefill_image(self, ctx: llama.llama_context_p, seq_id: int, pos: int, n_batch: int) -> int:
         """Evaluate the image that starts at `pos` into the sequence's KV cells; its positions, or 0
         when no image starts there (the engine then decodes text as usual)."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from herd.gguf_meta import read_gguf_info
+from herd.memory import MIB, kv_bytes_per_token, kv_cache_bytes
 from tests.support.prompts import OPENINGS
 from workers.engine import (
     BatchEngine,
@@ -18,7 +23,7 @@ from workers.engine import (
     stop_prefix_len,
 )
 from workers.llama import LlamaModel
-from workers.sampling import SamplingParams
+from workers.sampling import SamplingParams, SequenceSampler
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
 PROMPTS = OPENINGS
@@ -46,7 +51,7 @@ def run_all(engine: BatchEngine) -> tuple[dict[str, str], dict[str, DoneEvent]]:
 
 
 def _solo(model: LlamaModel, n_parallel: int) -> dict[str, str]:
-    engine = BatchEngine(model, n_ctx=256, n_parallel=n_parallel)
+    engine = BatchEngine(model, n_ctx=256, n_parallel=n_parallel, batch_invariant=True)
     try:
         out: dict[str, str] = {}
         for i, prompt in enumerate(PROMPTS):
@@ -71,7 +76,7 @@ def plain_model(gemma_gguf: Path) -> Iterator[LlamaModel]:
 
 
 def _generate_together(model: LlamaModel, indexes: list[int], tokens: int) -> dict[str, str]:
-    engine = BatchEngine(model, n_ctx=256, n_parallel=8)
+    engine = BatchEngine(model, n_ctx=256, n_parallel=8, batch_invariant=True)
     try:
         for i in indexes:
             engine.submit(SequenceRequest(str(i), model.tokenize(PROMPTS[i]), GREEDY, max_tokens=tokens))
@@ -185,21 +190,101 @@ def test_prompt_longer_than_context_is_refused(model: LlamaModel) -> None:
         engine.close()
 
 
-def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model: LlamaModel) -> None:
-    engine = BatchEngine(model, n_ctx=1024, n_parallel=2, n_batch=64)
+def test_long_prompt_is_prefilled_in_chunks_beside_running_streams(plain_model: LlamaModel) -> None:
+    """Mixed steps: every running stream gets its token at every step while a long prompt is prefilled
+    in the rest of each batch, so a stream waits at most one chunk; the new one starts when it is in."""
+    model = plain_model
+    engine = BatchEngine(model, n_ctx=512, n_parallel=3, n_batch=32)
     try:
-        engine.submit(SequenceRequest("short", model.tokenize(PROMPTS[0]), GREEDY, max_tokens=50))
-        engine.step()  # prefill of the short one
-        engine.submit(SequenceRequest("long", model.tokenize("word " * 400), GREEDY, max_tokens=2))
-        # While the long prompt is prefilled 64 tokens at a time, the short one still gets a token every
-        # other step: prompt chunks and decode steps alternate, so a chunk is the longest it waits.
-        produced = 0
-        for _ in range(8):
-            produced += sum(1 for e in engine.step() if isinstance(e, TokenEvent) and e.key == "short")
-        assert produced >= 3
-        run_all(engine)
+        for key in ("a", "b"):
+            engine.submit(
+                SequenceRequest(key, model.tokenize(PROMPTS[int(key == "b")]), GREEDY, max_tokens=10)
+            )
+        engine.step()  # both prompts fit one batch: prefilled together, each has its first token
+        long_prompt = model.tokenize("word " * 150)
+        engine.submit(SequenceRequest("long", long_prompt, GREEDY, max_tokens=2))
+        # Each step carries a and b (2 rows) and 30 prompt tokens: the 151 tokens take 6 steps.
+        chunks = -(-len(long_prompt) // (32 - 2))
+        for step in range(chunks):
+            events = engine.step()
+            keys = [e.key for e in events if isinstance(e, (TokenEvent, DoneEvent))]
+            assert {"a", "b"} <= set(keys), f"a running stream was stalled at step {step}"
+            assert ("long" in keys) == (step == chunks - 1)
+        _, done = run_all(engine)
     finally:
         engine.close()
+    assert done["long"].eval_tokens == 2 and done["long"].cached_tokens == 0
+
+
+def test_turn_two_evaluates_only_its_new_tokens(plain_model: LlamaModel) -> None:
+    """Prefix reuse: the follow-up keeps the first turn's cells (prompt and reply) and evaluates the rest."""
+    model = plain_model
+    history = model.tokenize("word " * 200 + PROMPTS[0])
+    engine = BatchEngine(model, n_ctx=512, n_parallel=2)
+    try:
+        engine.submit(SequenceRequest("turn1", history, GREEDY, max_tokens=4))
+        _, first = run_all(engine)
+        turn1 = first["turn1"]
+        follow_up = turn1.tokens + model.tokenize(" And then", add_special=False)
+        engine.submit(SequenceRequest("turn2", follow_up, GREEDY, max_tokens=4))
+        _, second = run_all(engine)
+    finally:
+        engine.close()
+    turn2 = second["turn2"]
+    # The reply's last token was sampled, never decoded: every cell before it is reused.
+    assert turn1.cached_tokens == 0
+    assert turn2.cached_tokens == len(turn1.tokens) - 1
+    assert turn2.prompt_tokens == len(follow_up)  # Ollama's prompt_eval_count counts cached tokens too
+    # 4 tokens evaluated instead of 200-odd: far less time before the first token.
+    assert turn2.prompt_ns < turn1.prompt_ns / 2, (turn2.prompt_ns, turn1.prompt_ns)
+
+
+def test_an_idle_cached_sequence_is_evicted_least_recently_used_first(plain_model: LlamaModel) -> None:
+    model = plain_model
+    engine = BatchEngine(model, n_ctx=256, n_parallel=2)
+
+    def run_one(key: str, prompt: str) -> DoneEvent:
+        engine.submit(SequenceRequest(key, model.tokenize(prompt), GREEDY, max_tokens=2))
+        return run_all(engine)[1][key]
+
+    try:
+        a, b = run_one("a", PROMPTS[1]), run_one("b", PROMPTS[2])
+        assert sorted(engine.cached_prefixes()) == sorted([len(a.tokens) - 1, len(b.tokens) - 1])
+        run_one("c", PROMPTS[3])  # shares no useful prefix with either: takes the least recently used
+        again_b = run_one("b2", PROMPTS[2])
+        again_a = run_one("a2", PROMPTS[1])
+    finally:
+        engine.close()
+    assert again_b.cached_tokens == len(model.tokenize(PROMPTS[2])) - 1  # b's cells stayed: all reused
+    assert again_a.cached_tokens <= 1  # a's were evicted for c (at most BOS is shared with another)
+
+
+def test_deterministic_mode_keeps_nothing_across_requests(plain_model: LlamaModel) -> None:
+    engine = BatchEngine(plain_model, n_ctx=256, batch_invariant=True)
+    try:
+        for key in ("x", "y"):
+            engine.submit(SequenceRequest(key, plain_model.tokenize(PROMPTS[0]), GREEDY, max_tokens=2))
+            _, done = run_all(engine)
+            assert done[key].cached_tokens == 0
+        assert engine.cached_prefixes() == [0]
+    finally:
+        engine.close()
+
+
+def test_vectorised_sampling_matches_the_native_chain(plain_model: LlamaModel) -> None:
+    logits = np.random.default_rng(3).normal(size=plain_model.n_vocab).astype(np.float32)
+    greedy = SequenceSampler(plain_model, GREEDY, 64)
+    top1 = SequenceSampler(plain_model, SamplingParams(temperature=0.8, top_k=1, seed=1), 64)
+    seeded = [SequenceSampler(plain_model, SamplingParams(temperature=0.8, seed=5), 64) for _ in range(2)]
+    try:
+        assert greedy.pick(logits) == int(np.argmax(logits)) == top1.pick(logits)
+        draws = [[s.pick(logits) for _ in range(20)] for s in seeded]
+        assert draws[0] == draws[1]  # the same seed, the same tokens
+        top40 = set(np.argsort(logits)[-40:].tolist())
+        assert set(draws[0]) <= top40 and len(set(draws[0])) > 1
+    finally:
+        for sampler in (greedy, top1, *seeded):
+            sampler.free_all()
 
 
 @pytest.mark.parametrize(
@@ -224,3 +309,39 @@ def test_grammar_holds_whichever_token_the_free_chain_would_pick(model: LlamaMod
         engine.close()
     assert all(d.reason == "stop" for d in done.values())
     assert {texts.get(str(s), "") for s in range(8)} <= {"yes", "no", "maybe"}
+
+
+def test_kv_cache_is_window_sized_for_sliding_window_layers(
+    plain_model: LlamaModel, gemma_gguf: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gemma 3's 15 sliding-window layers get window + one micro-batch per sequence, not num_ctx, and
+    the estimate (herd/memory.py; /api/ps's size) is what llama.cpp allocates with a stream per sequence."""
+    caplog.set_level(logging.DEBUG, logger="workers.llama")
+    engine = BatchEngine(plain_model, n_ctx=4096, n_parallel=8, batch_invariant=True)
+    engine.close()
+    allocated = sum(
+        float(mib) * MIB
+        for record in caplog.records
+        for mib in re.findall(r"CPU KV buffer size =\s*([\d.]+) MiB", record.getMessage())
+    )
+    info = read_gguf_info(gemma_gguf)
+    assert allocated == kv_cache_bytes(info, n_ctx=4096, n_parallel=8) == 216 * MIB
+    assert kv_bytes_per_token(info) * 4096 * 8 == 576 * MIB  # what a full-size cache would take
+
+
+def test_a_window_sized_cache_shifts_by_evaluating_the_kept_tokens_again(plain_model: LlamaModel) -> None:
+    """Gemma 3's window-sized cache cannot move cells: a full context is cleared and what a shift keeps
+    is evaluated again, after which the generation goes on past num_ctx."""
+    model = plain_model
+    engine = BatchEngine(model, n_ctx=1030)  # more than the window (512) + a micro-batch (512)
+    try:
+        assert not engine.can_shift
+        prompt = model.tokenize("word " * 1022)
+        engine.submit(SequenceRequest("a", prompt, GREEDY, max_tokens=12))
+        _, done = run_all(engine)
+        # The cells it held at the end are what a follow-up reuses: fewer than prompt + output.
+        cached = engine.cached_prefixes()[0]
+    finally:
+        engine.close()
+    assert done["a"].reason == "length" and done["a"].eval_tokens == 12
+    assert len(prompt) + 12 > 1030 > cached
