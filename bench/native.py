@@ -131,7 +131,7 @@ def batched_bench(
         "-m", str(gguf),
         "-t", str(threads),
         "-tb", str(threads),
-        "-c", str(max(rows) * (npp + ntg) + 64),
+        "-c", str(max(rows) * 256),  # 256 cells a sequence, as bench/steps.py gives each row
         "-npp", str(npp),
         "-ntg", str(ntg),
         "-npl", ",".join(map(str, rows)),

@@ -218,6 +218,24 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         f"- Follow-up TTFT with a 2,000-token shared history ≤ llama-server's + {FOLLOW_UP_SLACK_MS:.0f} ms.",
         "- Worker RSS growth from NUM_PARALLEL 1 to 8 ≤ llama-server's for the same num_ctx.",
         "",
+        "## Weight repacking and the crash guards",
+        "",
+        "llama.cpp can repack quantised CPU weights for the CPU's wide matrix kernels (its extra buffer "
+        "types). With the llama.cpp of llama-cpp-python 0.3.36 that segfaults at the first decode of the "
+        "bundled model on AMX CPUs (4th-generation Xeons on), in llama-server, llama-batched-bench and Herd "
+        "alike. So a worker asked to repack (`LlamaModel(repack=True)`) first runs "
+        "`python -m workers.repack_probe` in a child process: load with repacking, decode a prompt and "
+        "1- and 8-row steps, and time the same without it. The verdict (crashed, or safe and which is "
+        "faster) is recorded once per model file digest, CPU flags and llama.cpp build in "
+        "`<OLLAMA_MODELS>/repack-probe.json` (`HERD_REPACK_PROBE_FILE` to move it), and the worker "
+        "repacks only where the child survived and repacking was at least 3% faster at 8 rows. This run "
+        "gives the peers the same verdict.",
+        "",
+        "A load that crashes the worker itself is not retried in a loop: each load of a store blob leaves "
+        "a marker (`<OLLAMA_MODELS>/load-guard/`) removed when the load returns; a marker left by a dead "
+        "process counts as a crash, and the model's next loads fail at once with an error naming the "
+        "crash and when it will be tried again (30 s, doubling to an hour), then one load is tried again.",
+        "",
         "## Running it",
         "",
         "```",
