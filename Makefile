@@ -29,7 +29,7 @@ help:
 	@echo "make test       set up (with the test tools), place the default model, run the whole test suite"
 	@echo "make soak       the ten-minute soak (make test runs the same test for 90 s)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
-	@echo "make bench      set up, then run the benchmarks (python -m bench)"
+	@echo "make bench      Herd against llama-server and llama-batched-bench (docs/benchmarks.md)"
 	@echo "make clean      remove the run dir (.run) and tool caches; keeps .venv"
 	@echo "make distclean  clean, and remove .venv too (the llama-cpp-python build takes minutes)"
 
@@ -93,9 +93,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Options after BENCH_ARGS, e.g. `make bench BENCH_ARGS="--threads 1 --rounds 5"` (python -m bench --help).
+# Herd against llama-server and llama-batched-bench, built once into .cache/peers/ (docs/benchmarks.md).
+# Options after BENCH_ARGS, e.g. `make bench BENCH_ARGS="--threads 1 --rounds 5"` (python -m bench.versus
+# --help); HERD_BENCH_SHORT=1 for a quick check.
 bench: setup
-	$(PY) -m bench $(BENCH_ARGS)
+	$(HERD) setup
+	$(PY) -m bench.versus $(BENCH_ARGS)
 
 clean:
 	rm -rf .run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

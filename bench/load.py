@@ -26,6 +26,14 @@ PROMPTS = (
     "A long letter from a grandmother to her grandson, telling him everything about the family farm.\n\n",
     "The expedition left the harbour at dawn. This is the account of what the sailors saw on the voyage.\n\n",
     "In the year the comet appeared, the people of the valley began to tell a strange and long tale.\n\n",
+    "The museum's new guide describes every room of the old palace, one by one, in great detail.\n\n",
+    "Notes from a long walk along the coast path, written each evening in a small notebook.\n\n",
+    "The story of the two brothers who built the first clock tower in their town, and why it stopped.\n\n",
+    "A ship's cook remembers the long voyages of his youth and the people he sailed with.\n\n",
+    "Here is the complete account of how the forest village prepared for the longest winter.\n\n",
+    "The inventor's journal begins on the morning she decided to build a flying machine.\n\n",
+    "An old fisherman tells the children of the harbour about the great whale he once saw.\n\n",
+    "This chronicle follows a travelling theatre company through one long summer of performances.\n\n",
 )
 
 Streamer = Callable[[httpx.AsyncClient, str], Awaitable[StreamRecord]]

@@ -16,15 +16,18 @@ ROWS = (1, 2, 4, 7, 8)
 CONTEXT_TOKENS = 64
 
 
-def bench_decode_rows(gguf: Path, threads: int, num_ctx: int, repeats: int = 15) -> dict[int, float]:
-    """Median milliseconds of one llama_decode call of `rows` rows, for each entry of ROWS."""
+def bench_decode_rows(
+    gguf: Path, threads: int, num_ctx: int, repeats: int = 15, rows: tuple[int, ...] = ROWS
+) -> dict[int, float]:
+    """Median milliseconds of one llama_decode call of `rows` rows, for each entry of ``rows``."""
     import llama_cpp as llama
 
     from workers.engine import BatchEngine
     from workers.llama import LlamaModel
 
+    rows_list = tuple(rows)
     model = LlamaModel(gguf, repack=False)
-    engine = BatchEngine(model, n_ctx=num_ctx, n_parallel=max(ROWS), n_threads=threads)
+    engine = BatchEngine(model, n_ctx=num_ctx, n_parallel=max(rows_list), n_threads=threads)
     memory = llama.llama_get_memory(engine.ctx)
     # The engine's own batch, filled by its own _put, as its decode steps fill it.
     batch, put = engine._batch, engine._put
@@ -48,11 +51,11 @@ def bench_decode_rows(gguf: Path, threads: int, num_ctx: int, repeats: int = 15)
     try:
         step_ms(1)  # warm-up
         # Interleaved, so that outside load falls on every row count alike.
-        samples: dict[int, list[float]] = {rows: [] for rows in ROWS}
+        samples: dict[int, list[float]] = {n: [] for n in rows_list}
         for _ in range(repeats):
-            for rows in ROWS:
-                samples[rows].append(step_ms(rows))
-        return {rows: statistics.median(ms) for rows, ms in samples.items()}
+            for n in rows_list:
+                samples[n].append(step_ms(n))
+        return {n: statistics.median(ms) for n, ms in samples.items()}
     finally:
         engine.close()
         model.close()

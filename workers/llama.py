@@ -6,12 +6,16 @@ contexts (workers/embedder.py) are created on top of it and share them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
 from pathlib import Path
 
 import llama_cpp as llama
+
+from workers.load_guard import LoadCrashedBefore, LoadGuard
+from workers.repack_probe import repack_verdict
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,8 @@ def init_backend() -> None:
 
 
 class ModelLoadError(RuntimeError):
-    """llama.cpp refused the file (not a GGUF, unsupported architecture, out of memory)."""
+    """llama.cpp refused the file (not a GGUF, unsupported architecture, out of memory), or loading it
+    crashed a worker recently (workers/load_guard.py)."""
 
 
 class TokenOutOfRange(ValueError):
@@ -49,15 +54,31 @@ class TokenOutOfRange(ValueError):
 class LlamaModel:
     """The weights and vocabulary of one GGUF file, loaded once and shared by its contexts."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int = 0, repack: bool = True):
+    def __init__(self, path: Path, *, n_gpu_layers: int = 0, repack: bool = False):
+        """``repack=True`` asks for llama.cpp's repacked CPU weights; they are used only where a probe
+        in a child process found them safe and faster for this file and CPU (workers/repack_probe.py).
+        """
         init_backend()
+        if repack:
+            verdict = repack_verdict(path, n_gpu_layers)
+            if not verdict.use:
+                log.info("not repacking %s: %s", path.name, verdict.detail)
+            repack = verdict.use
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = repack
-        handle = llama.llama_model_load_from_file(str(path).encode(), params)
+        # Store blobs only: those are what workers load, and a test killed mid-load of some other
+        # file must not make the next run refuse it.
+        guard = LoadGuard(path.parent.parent / "load-guard") if path.parent.name == "blobs" else None
+        try:
+            with guard.loading(path) if guard else contextlib.nullcontext():
+                handle = llama.llama_model_load_from_file(str(path).encode(), params)
+        except LoadCrashedBefore as exc:
+            raise ModelLoadError(str(exc)) from exc
         if not handle:
             raise ModelLoadError(f"llama.cpp could not load {path}")
         self.path = path
+        self.repacked = repack
         self.handle = handle
         self.vocab = llama.llama_model_get_vocab(handle)
         self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))

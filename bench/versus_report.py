@@ -1,0 +1,254 @@
+"""The Herd-against-llama.cpp figures as data (every ratio and verdict computed once) and as a page.
+
+``summarize_run`` turns measurements into JSON-able data; ``render_markdown`` only formats that data,
+so docs/benchmarks.md and docs/benchmarks.json never disagree.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from bench.stats import PhaseStats, ratio, summarize
+
+# The issue's targets (issue 19), all as ratios or differences within one run.
+TPS_RATIO_TARGET = 1.0  # Herd / llama-server aggregate decode tok/s, 1..8 streams (above it at 16)
+TTFT_1_SLACK_MS = 10.0  # Herd's TTFT p50 at 1 stream ≤ llama-server's + this
+FOLLOW_UP_SLACK_MS = 20.0  # Herd's follow-up TTFT ≤ llama-server's + this
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize_run(
+    herd_rounds: Mapping[int, Sequence[PhaseStats]],
+    ls_rounds: Mapping[int, Sequence[PhaseStats]],
+    *,
+    chat: Mapping[str, Mapping[str, Any]],
+    memory: Mapping[str, Mapping[str, int]],
+    herd_steps: Mapping[int, float],
+    native_steps: Mapping[int, Mapping[str, float]],
+) -> dict[str, Any]:
+    """Every figure of the run with its ratio to llama-server and each target's verdict."""
+    levels: list[dict[str, Any]] = []
+    for c in sorted(herd_rounds):
+        h, ls = summarize(herd_rounds[c]), summarize(ls_rounds[c])
+        r = ratio(h.decode_tps, ls.decode_tps)
+        target_ok = None if r is None else (r > TPS_RATIO_TARGET if c > 8 else r >= TPS_RATIO_TARGET)
+        levels.append(
+            {"concurrency": c, "herd": asdict(h), "llama_server": asdict(ls), "ratio": r, "met": target_ok}
+        )
+    one = next((lv for lv in levels if lv["concurrency"] == 1), None)
+    ttft_1 = None
+    if one and one["herd"]["ttft_p50_ms"] is not None and one["llama_server"]["ttft_p50_ms"] is not None:
+        diff = one["herd"]["ttft_p50_ms"] - one["llama_server"]["ttft_p50_ms"]
+        ttft_1 = {"difference_ms": diff, "met": diff <= TTFT_1_SLACK_MS}
+
+    chat_out: dict[str, Any] = {}
+    for name, rec in chat.items():
+        chat_out[name] = {**rec, "follow_up_p50_ms": _median(rec.get("follow_up_ms") or [])}
+    h_f = chat_out.get("herd", {}).get("follow_up_p50_ms")
+    l_f = chat_out.get("llama-server", {}).get("follow_up_p50_ms")
+    follow = None
+    if h_f is not None and l_f is not None:
+        follow = {
+            "difference_ms": h_f - l_f,
+            "ratio": ratio(h_f, l_f),
+            "met": h_f - l_f <= FOLLOW_UP_SLACK_MS,
+        }
+
+    growth = {name: m["np8"] - m["np1"] for name, m in memory.items()}
+    mem = {
+        "servers": {name: {**m, "growth": growth[name]} for name, m in memory.items()},
+        "met": growth["herd"] <= growth["llama_server"],
+    }
+
+    steps = []
+    for rows in sorted(set(herd_steps) | set(native_steps)):
+        h_ms = herd_steps.get(rows)
+        n = native_steps.get(rows)
+        steps.append(
+            {
+                "rows": rows,
+                "herd_step_ms": h_ms,
+                "herd_tps": rows * 1000 / h_ms if h_ms else None,
+                "native_step_ms": n["step_ms"] if n else None,
+                "native_tps": n["decode_tps"] if n else None,
+                "ratio": ratio(n["step_ms"], h_ms) if n and h_ms else None,  # >1: Herd's step is faster
+            }
+        )
+    return {
+        "concurrency": {"levels": levels, "ttft_1": ttft_1},
+        "chat": {"servers": chat_out, "follow_up": follow},
+        "memory": mem,
+        "steps": steps,
+        "raw": {
+            "herd": {str(c): [asdict(s) for s in herd_rounds[c]] for c in sorted(herd_rounds)},
+            "llama_server": {str(c): [asdict(s) for s in ls_rounds[c]] for c in sorted(ls_rounds)},
+            "native_steps": {str(k): dict(v) for k, v in native_steps.items()},
+        },
+    }
+
+
+def _f(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def _met(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def render_markdown(data: Mapping[str, Any]) -> str:
+    run = data["run"]
+    out = [
+        "# Benchmarks: Herd against llama.cpp's own server",
+        "",
+        f"Measured {run['date']} by `make bench` ({run['command']}) in {run['wall_s'] / 60:.1f} minutes.",
+        "",
+        "**These figures are indicative.** The machine was shared with other work while they were taken "
+        f"(load average {run['loadavg_before']:.1f} before, {run['loadavg_after']:.1f} after); both servers ran "
+        "interleaved, level by level, so outside load falls on both alike and the ratios are fairer than "
+        "the absolute figures.",
+        "",
+        "## Machine and setup",
+        "",
+        f"- CPU: {run['cpu']['model']}, {run['cpus']} logical CPUs; {run['threads']} threads for every server.",
+        f"- CPU flags: `{run['cpu']['flags']}`",
+        f"- Model: {run['model']}; num_ctx {run['num_ctx']} per sequence; greedy; {run['tokens']} tokens per stream;"
+        f" {run['rounds']} round(s) per level.",
+        f"- Herd: the full stack as `herd up` runs it (nginx → gunicorn → Redis → worker), "
+        f"NUM_PARALLEL={run['num_parallel']}, its default settings.",
+        f"- llama-server and llama-batched-bench built from the llama.cpp vendored in llama-cpp-python "
+        f"{run['llama_cpp_python']} (the version Herd runs) with Herd's build flags"
+        + (
+            f" (CMAKE_ARGS `{run['peers_cmake_args']}`)"
+            if run["peers_cmake_args"]
+            else " (llama.cpp's defaults: GGML_NATIVE)"
+        )
+        + f"; llama-server `-np {run['num_parallel']} -c {run['num_ctx'] * run['num_parallel']}`, prompt cache on.",
+        f"- Weight repacking: {'on' if run['repack']['used'] else 'off (`--no-repack`)'} for the peers; "
+        f"probe: {run['repack']['probe']}.",
+        "",
+        "## Concurrency: aggregate decode tok/s and time to first token",
+        "",
+        "| streams | Herd tok/s | llama-server tok/s | ratio | Herd TTFT p50 / p90 ms | llama-server TTFT p50 / p90 ms "
+        "| failures (Herd / llama-server) | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for lv in data["concurrency"]["levels"]:
+        h, ls = lv["herd"], lv["llama_server"]
+        want = "> 1.0×" if lv["concurrency"] > 8 else "≥ 1.0×"
+        out.append(
+            f"| {lv['concurrency']} | {_f(h['decode_tps'])} | {_f(ls['decode_tps'])} | {_x(lv['ratio'])} "
+            f"| {_f(h['ttft_p50_ms'], '{:.0f}')} / {_f(h['ttft_p90_ms'], '{:.0f}')} "
+            f"| {_f(ls['ttft_p50_ms'], '{:.0f}')} / {_f(ls['ttft_p90_ms'], '{:.0f}')} "
+            f"| {h['failed']} / {ls['failed']} of {h['requests']} | {want}: {_met(lv['met'])} |"
+        )
+    t1 = data["concurrency"]["ttft_1"]
+    out += [
+        "",
+        "Decode tok/s: tokens after each stream's first, over the time from the earliest first token to the "
+        "latest last one (the median round). TTFT pools every stream of every round.",
+        "",
+        f"TTFT p50 at 1 stream, Herd − llama-server: {_f(t1['difference_ms'] if t1 else None)} ms "
+        f"(target ≤ +{TTFT_1_SLACK_MS:.0f} ms: {_met(t1['met'] if t1 else None)}).",
+        "",
+        "## Chat follow-ups on a ~2,000-token shared history",
+        "",
+        "| server | first turn TTFT ms (whole history) | follow-up TTFT ms, each turn | median follow-up ms |",
+        "|---|---:|---|---:|",
+    ]
+    for name, rec in data["chat"]["servers"].items():
+        turns = ", ".join(f"{v:.0f}" for v in rec.get("follow_up_ms") or []) or "–"
+        errors = f" ({len(rec['errors'])} failed)" if rec.get("errors") else ""
+        out.append(
+            f"| {name}{errors} | {_f(rec.get('cold_ms'), '{:.0f}')} | {turns} | {_f(rec['follow_up_p50_ms'], '{:.0f}')} |"
+        )
+    fu = data["chat"]["follow_up"]
+    out += [
+        "",
+        f"Herd − llama-server, median follow-up: {_f(fu['difference_ms'] if fu else None, '{:.0f}')} ms "
+        f"({_x(fu['ratio'] if fu else None)}; target ≤ +{FOLLOW_UP_SLACK_MS:.0f} ms: {_met(fu['met'] if fu else None)}).",
+        "",
+        "## Memory: resident set size",
+        "",
+        "| server | 1 slot | 8 slots (loaded) | 8 slots (after the run) | growth 1 → 8 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names = {"herd": "Herd worker (NUM_PARALLEL)", "llama_server": "llama-server (-np)"}
+    for name, m in data["memory"]["servers"].items():
+        out.append(
+            f"| {names.get(name, name)} | {_mib(m['np1'])} | {_mib(m['np8'])} | {_mib(m['np8_after'])} | {_mib(m['growth'])} |"
+        )
+    out += [
+        "",
+        f"Target: Herd's growth ≤ llama-server's, same num_ctx per sequence: {_met(data['memory']['met'])}.",
+        "",
+        "## Decode step curves",
+        "",
+        f"Herd's step table (bench/steps.py: one `llama_decode` of N rows in Herd's own context, each row a "
+        f"sequence 64 tokens in) beside llama-batched-bench's (`{run['batched_bench']}`: N sequences of 32 prompt "
+        "tokens, then decode steps).",
+        "",
+        "| rows | Herd step ms | Herd tok/s | llama-batched-bench step ms | llama-batched-bench tok/s | batched-bench ms / Herd ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in data["steps"]:
+        out.append(
+            f"| {s['rows']} | {_f(s['herd_step_ms'])} | {_f(s['herd_tps'])} | {_f(s['native_step_ms'])} "
+            f"| {_f(s['native_tps'])} | {_x(s['ratio'])} |"
+        )
+    out += [
+        "",
+        "## Targets (issue 19)",
+        "",
+        "- Herd's aggregate decode tok/s ≥ 1.0 × llama-server's at 1 to 8 streams, above it at 16.",
+        f"- TTFT p50 at 1 stream ≤ llama-server's + {TTFT_1_SLACK_MS:.0f} ms.",
+        f"- Follow-up TTFT with a 2,000-token shared history ≤ llama-server's + {FOLLOW_UP_SLACK_MS:.0f} ms.",
+        "- Worker RSS growth from NUM_PARALLEL 1 to 8 ≤ llama-server's for the same num_ctx.",
+        "",
+        "## Weight repacking and the crash guards",
+        "",
+        "llama.cpp can repack quantised CPU weights for the CPU's wide matrix kernels (its extra buffer "
+        "types). With the llama.cpp of llama-cpp-python 0.3.36 that segfaults at the first decode of the "
+        "bundled model on AMX CPUs (4th-generation Xeons on), in llama-server, llama-batched-bench and Herd "
+        "alike. So a worker asked to repack (`LlamaModel(repack=True)`) first runs "
+        "`python -m workers.repack_probe` in a child process: load with repacking, decode a prompt and "
+        "1- and 8-row steps, and time the same without it. The verdict (crashed, or safe and which is "
+        "faster) is recorded once per model file digest, CPU flags and llama.cpp build in "
+        "`<OLLAMA_MODELS>/repack-probe.json` (`HERD_REPACK_PROBE_FILE` to move it), and the worker "
+        "repacks only where the child survived and repacking was at least 3% faster at 8 rows. This run "
+        "gives the peers the same verdict.",
+        "",
+        "A load that crashes the worker itself is not retried in a loop: each load of a store blob leaves "
+        "a marker (`<OLLAMA_MODELS>/load-guard/`) removed when the load returns; a marker left by a dead "
+        "process counts as a crash, and the model's next loads fail at once with an error naming the "
+        "crash and when it will be tried again (30 s, doubling to an hour), then one load is tried again.",
+        "",
+        "## Running it",
+        "",
+        "```",
+        "make bench                      # about 10 minutes the first time: builds the peers into .cache/peers/",
+        "HERD_BENCH_SHORT=1 make bench   # one round, short generations: a quick check",
+        'make bench BENCH_ARGS="--rounds 5 --threads 2"',
+        "python -m bench.peers           # only build (or locate) llama-server and llama-batched-bench",
+        "```",
+        "",
+        "Everything runs on loopback. The peers are built once per llama-cpp-python version, CMAKE_ARGS and CPU "
+        "(a stamp in .cache/peers/<version>/stamp.json), from the llama.cpp in that version's sdist, at nice 19. "
+        "Raw rounds are in benchmarks.json. The older in-process comparison (llama-cpp-python, Herd's engine "
+        "and the stack, one stream) is `python -m bench --out <dir>`.",
+        "",
+    ]
+    return "\n".join(out)

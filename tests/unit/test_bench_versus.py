@@ -1,0 +1,97 @@
+"""`make bench`'s comparison with llama.cpp: its parsing of llama-batched-bench and the ratios and verdicts
+its report states (pure functions on given figures)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.native import parse_batched_bench
+from bench.stats import PhaseStats
+from bench.versus_report import render_markdown, summarize_run
+
+BATCHED = """
+main: n_kv_max = 1600, n_batch = 2048, n_ubatch = 512, flash_attn = -1, is_pp_shared = 0, n_gpu_layers = -1
+
+|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |
+|-------|--------|------|--------|----------|----------|----------|----------|----------|----------|
+|    32 |     64 |    1 |     96 |    0.047 |   680.85 |    1.488 |    43.01 |    1.535 |    62.54 |
+|    32 |     64 |    8 |    768 |    0.372 |   688.17 |    3.346 |   153.02 |    3.718 |   206.56 |
+"""
+
+
+def test_parse_batched_bench_gives_the_step_time_of_each_batch() -> None:
+    rows = parse_batched_bench(BATCHED)
+    assert set(rows) == {1, 8}
+    assert rows[1]["decode_tps"] == 43.01
+    assert rows[8]["step_ms"] == pytest.approx(3.346 / 64 * 1000)
+    assert rows[8]["prefill_tps"] == 688.17
+    with pytest.raises(ValueError, match="no result rows"):
+        parse_batched_bench("main: error: failed to load model\n")
+
+
+def _phase(c: int, tps: float, ttft: float) -> PhaseStats:
+    return PhaseStats(c, c, 0, 64 * c, tps, tps, tuple(ttft for _ in range(c)), 2.0)
+
+
+def _data(herd_tps: dict[int, float], ls_tps: dict[int, float]) -> dict[str, Any]:
+    data = summarize_run(
+        {c: [_phase(c, t, 80.0)] for c, t in herd_tps.items()},
+        {c: [_phase(c, t, 75.0)] for c, t in ls_tps.items()},
+        chat={
+            "herd": {"cold_ms": 4400.0, "follow_up_ms": [4300.0, 4500.0, 4400.0], "errors": []},
+            "llama-server": {"cold_ms": 4300.0, "follow_up_ms": [85.0, 95.0, 90.0], "errors": []},
+        },
+        memory={
+            "herd": {"np1": 500 << 20, "np8": 1100 << 20, "np8_after": 1100 << 20},
+            "llama_server": {"np1": 400 << 20, "np8": 600 << 20, "np8_after": 600 << 20},
+        },
+        herd_steps={1: 25.0, 8: 50.0},
+        native_steps=parse_batched_bench(BATCHED),
+    )
+    data["run"] = {
+        "date": "2026-12-07T07:00:00+00:00",
+        "command": "python -m bench.versus",
+        "wall_s": 600.0,
+        "cpu": {"model": "Test CPU", "flags": "avx2 avx512f amx_tile"},
+        "cpus": 2,
+        "threads": 2,
+        "loadavg_before": 1.0,
+        "loadavg_after": 2.0,
+        "llama_cpp_python": "0.3.36",
+        "peers_cmake_args": "",
+        "repack": {"used": False, "probe": "a decode with repacked weights crashed"},
+        "model": "Gemma 3 270M",
+        "num_ctx": 4096,
+        "num_parallel": 8,
+        "tokens": 128,
+        "rounds": 1,
+        "turns": 3,
+        "batched_bench": "llama-batched-bench -npp 32 -ntg 64 -npl 1,8",
+    }
+    return data
+
+
+def test_ratios_and_verdicts_against_llama_server() -> None:
+    data = _data({1: 40.0, 8: 160.0, 16: 150.0}, {1: 42.0, 8: 150.0, 16: 150.0})
+    levels = {lv["concurrency"]: lv for lv in data["concurrency"]["levels"]}
+    assert levels[1]["ratio"] == pytest.approx(40 / 42) and levels[1]["met"] is False
+    assert levels[8]["met"] is True
+    assert levels[16]["ratio"] == 1.0 and levels[16]["met"] is False  # at 16 it must be above
+    assert data["concurrency"]["ttft_1"] == {"difference_ms": 5.0, "met": True}
+    follow = data["chat"]["follow_up"]
+    assert follow["difference_ms"] == 4310.0 and follow["met"] is False
+    assert data["memory"]["servers"]["herd"]["growth"] == 600 << 20
+    assert data["memory"]["met"] is False
+    steps = {s["rows"]: s for s in data["steps"]}
+    assert steps[8]["ratio"] == pytest.approx(3.346 / 64 * 1000 / 50.0)
+
+
+def test_the_page_states_machine_figures_and_targets() -> None:
+    page = render_markdown(_data({1: 40.0, 8: 160.0}, {1: 42.0, 8: 150.0}))
+    assert "Test CPU" in page and "`avx2 avx512f amx_tile`" in page
+    assert "| 8 | 160.0 | 150.0 | 1.07× |" in page
+    assert "| herd | 4400 | 4300, 4500, 4400 | 4400 |" in page
+    assert "indicative" in page and "HERD_BENCH_SHORT=1" in page
+    assert "off (`--no-repack`)" in page
