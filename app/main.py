@@ -24,6 +24,7 @@ from app.relay import EventRelay
 from app.routers import embed, generate, manage, meta, models, openai
 from app.services import Services
 from app.settings import ApiSettings
+from app.sweeper import Sweeper
 from herd import __version__
 from herd.logs import configure_logging
 from herd.settings import load_settings
@@ -123,13 +124,16 @@ def build_services(settings: ApiSettings) -> Services:
     )
     client = aioredis.Redis(connection_pool=pool)
     workers = WorkerDirectory(client)
+    admission = Admission(client, settings.max_queue, settings.retry_after_s)
     return Services(
         settings=settings,
         redis=client,
         store=ModelStore(settings.models_dir),
-        admission=Admission(client, settings.max_queue, settings.retry_after_s),
+        admission=admission,
         workers=workers,
-        relay=EventRelay(client, workers, settings.worker_timeout_s),
+        relay=EventRelay(
+            client, workers, settings.worker_timeout_s, settings.queue_timeout_s, admission.withdraw
+        ),
     )
 
 
@@ -142,10 +146,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
         app.state.services = services
+        # Dead workers' queues back to the pool (app/sweeper.py).
+        sweeper = Sweeper(services.redis)
+        sweeper.start()
         log.info("api started", extra={"redis": settings.redis_url, "models": str(settings.models_dir)})
         try:
             yield
         finally:
+            await sweeper.stop()
             await services.close()
 
     app = FastAPI(

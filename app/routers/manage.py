@@ -14,10 +14,10 @@ import posixpath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 
-from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy
+from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy, error_response
 from app.model_jobs import run_model_job
 from app.openapi_bodies import NDJSON_STREAM, NO_BODY
 from app.schemas import CopyRequest, CreateRequest, DeleteRequest, Options, PullRequest
@@ -66,6 +66,19 @@ async def blob_exists(digest: str, services: Services = Depends(get_services)) -
     """200 when the blob is in the store, 404 when it is not."""
     path = _blob_path_or_400(services, digest)
     return Response(status_code=200 if path.is_file() else 404)
+
+
+@router.get("/api/blobs/{digest}", responses={200: {"content": {"application/octet-stream": {}}}})
+async def download_blob(digest: str, services: Services = Depends(get_services)) -> Response:
+    """Download a blob (Herd only): streamed from the store, resumable with a Range header (206).
+
+    Workers on another host fetch the models they lack with it (HERD_STORE_URL), and check the sha256.
+    """
+    path = _blob_path_or_400(services, digest)
+    if not path.is_file():
+        return error_response(404, f"blob {digest} not found")
+    # Read in chunks, with Range and If-Range handled, never held in memory whole.
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 @router.post("/api/blobs/{digest}")
