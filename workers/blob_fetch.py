@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Broken connections one blob's fetch resumes after before it gives up.
 RETRIES = 5
 # Only blobs at least this large are advertised (weights, projectors): the rest are small layers.
-ADVERTISED_MIN_BYTES = 1 << 20
+ADVERTISED_MIN_BYTES = 128 << 10
 _CHUNK = 1 << 20
 _TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
