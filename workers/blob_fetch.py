@@ -153,13 +153,15 @@ class BlobFetcher:
                     os.ftruncate(fd, 0)
                     parts.unlink(missing_ok=True)
                 self._download(fd, digest, size)
-                self._verify(fd, digest, size)
                 self._store.publish_verified(partial, digest)
         except OSError as exc:
             raise FetchError(f"could not write blob {digest} to {self._store.blobs_dir}: {exc}") from exc
 
     def _download(self, fd: int, digest: str, size: int) -> None:
+        """Fetch what the partial file lacks, resuming after a break; verify the whole by sha256."""
         url = f"{self._url}/api/blobs/{digest}"
+        # Hashed as it is written (one read of the bytes): a resumed file's kept prefix first.
+        h = _hash_prefix(fd)
         failures = 0
         with httpx.Client(timeout=_TIMEOUT, headers=self._headers) as http:
             while (have := os.fstat(fd).st_size) < size:
@@ -169,7 +171,7 @@ class BlobFetcher:
                     with http.stream("GET", url, headers=headers) as r:
                         if r.status_code == 200 and have:
                             os.ftruncate(fd, 0)  # the server ignored the Range: start over
-                            have = 0
+                            have, h = 0, hashlib.sha256()
                         elif r.status_code not in (200, 206):
                             r.read()
                             raise FetchError(
@@ -177,9 +179,10 @@ class BlobFetcher:
                                 status=404 if r.status_code == 404 else 502,
                             )
                         for chunk in r.iter_bytes(_CHUNK):
-                            room = size - have
-                            os.pwrite(fd, chunk[:room], have)
-                            have += min(len(chunk), room)
+                            piece = chunk[: size - have]  # never past the blob's size
+                            os.pwrite(fd, piece, have)
+                            h.update(piece)
+                            have += len(piece)
                 except httpx.TransportError as exc:
                     failures = 1 if os.fstat(fd).st_size > before else failures + 1
                     if failures > RETRIES:
@@ -187,17 +190,19 @@ class BlobFetcher:
                     log.info("blob fetch broke off; resuming", extra={"digest": digest, "at": have})
                     time.sleep(min(2.0, 0.2 * 2**failures))
         os.fsync(fd)
-
-    def _verify(self, fd: int, digest: str, size: int) -> None:
-        h = hashlib.sha256()
-        with os.fdopen(os.dup(fd), "rb") as f:
-            while chunk := f.read(8 * _CHUNK):
-                h.update(chunk)
-            got = f.tell()
-        if got != size or f"sha256:{h.hexdigest()}" != digest:
+        got = f"sha256:{h.hexdigest()}"
+        if got != digest:
             os.ftruncate(fd, 0)
             raise FetchError(
-                f"blob {digest} from {self._url} failed verification (got sha256:{h.hexdigest()}, {got} bytes); "
-                "the download was discarded",
+                f"blob {digest} from {self._url} failed verification (got {got}); the download was discarded",
                 status=502,
             )
+
+
+def _hash_prefix(fd: int) -> hashlib._Hash:
+    """The sha256 state of the bytes already in the file (a resumed fetch)."""
+    h = hashlib.sha256()
+    with os.fdopen(os.dup(fd), "rb") as f:
+        while chunk := f.read(8 * _CHUNK):
+            h.update(chunk)
+    return h

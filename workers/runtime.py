@@ -348,9 +348,9 @@ class WorkerRuntime:
         self._job_publisher.send(
             job.job_id, "started", worker=self.settings.worker_id, incarnation=self.incarnation
         )
+        log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": job.kind})
         if not self._model_here(job, JOB_FUNC_GENERATE):
             return
-        log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": job.kind})
         try:
             self._generate(job)
         except JobError as exc:
@@ -430,9 +430,9 @@ class WorkerRuntime:
         self._job_publisher.send(
             job.job_id, "started", worker=self.settings.worker_id, incarnation=self.incarnation
         )
+        log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": "embed"})
         if not self._model_here(job, JOB_FUNC_EMBED):
             return
-        log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": "embed"})
         try:
             stored = self._resolve(job.model)
             options = {**stored.params, **job.options}

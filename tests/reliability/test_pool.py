@@ -55,6 +55,7 @@ def short(i: int, tokens: int = 4) -> dict[str, Any]:
     return {
         "model": GEMMA,
         "prompt": f"Hi {i}",
+        "raw": True,  # two prompt tokens: the decode, which a second worker doubles, is most of the work
         "stream": False,
         "options": {"temperature": 0, "num_predict": tokens},
     }
@@ -254,6 +255,11 @@ def test_a_model_created_on_a_after_b_joined_is_served_by_b(pool: Pool, tmp_path
         gguf = write_tiny_llama(tmp_path / "new.gguf", seed=12)
         data = gguf.read_bytes()
         digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        # A fetch that broke off left a partial file on B, and its bytes are damaged: B resumes it with a
+        # Range request, finds the sha256 wrong, discards it, puts the job back, and fetches it whole.
+        partial = pool.b_models / "blobs" / f"{digest.replace(':', '-')}-partial"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"\0" * 100_000)
         with httpx.Client(base_url=pool.base, timeout=60) as c:
             assert c.post(f"/api/blobs/{digest}", content=data).status_code == 201
             made = c.post(
@@ -266,9 +272,14 @@ def test_a_model_created_on_a_after_b_joined_is_served_by_b(pool: Pool, tmp_path
                 json={"model": "pool-new", "prompt": "hi", "stream": False, "options": {"num_predict": 3}},
             )
         assert res.status_code == 200 and res.json()["done"] is True, res.text
-        assert pool.starts()[1] == b0 + 1  # B ran it
+        assert pool.starts()[1] == b0 + 2  # B ran it: once to find the damage, then to answer
         assert pool.holds(B, "pool-new:latest")
         assert (pool.b_models / "blobs" / digest.replace(":", "-")).is_file()
+        assert not partial.exists()
+        api_log = (logs_dir(pool.stack.settings) / "api.log").read_text()
+        assert f"path=/api/blobs/{digest} status=206" in api_log
+        b_log = pool.b_log.read_text()
+        assert "failed verification" in b_log and "job requeued for another worker" in b_log
     finally:
         long.stop()
 
