@@ -70,7 +70,17 @@ async def blob_exists(digest: str, services: Services = Depends(get_services)) -
     return Response(status_code=200 if path.is_file() else 404)
 
 
-@router.get("/api/blobs/{digest}", responses={200: {"content": {"application/octet-stream": {}}}})
+_BLOB_BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@router.get(
+    "/api/blobs/{digest}",
+    response_class=Response,
+    responses={
+        200: {"description": "The blob's bytes", **_BLOB_BYTES},
+        206: {"description": "The bytes a Range header asked for", **_BLOB_BYTES},
+    },
+)
 async def download_blob(digest: str, services: Services = Depends(get_services)) -> Response:
     """Download a blob (Herd only): streamed from the store, resumable with a Range header (206).
 
