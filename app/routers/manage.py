@@ -30,6 +30,7 @@ from herd.contracts import (
     CreateSpec,
     GenerateJob,
     ModelJob,
+    manifest_key,
 )
 from herd.names import InvalidModelName, ModelName
 from herd.store import ModelNotFound, StoreError
@@ -296,4 +297,6 @@ async def delete(
         await asyncio.to_thread(services.store.delete, name)
     except ModelNotFound as exc:
         raise ModelNotFoundError(body.model) from exc
+    # Workers on other hosts no longer fetch it: a job still queued for it is a plain "not found" there.
+    await services.redis.delete(manifest_key(name.display))
     return Response(status_code=200)
