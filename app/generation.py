@@ -7,6 +7,7 @@ stream begin. An error after that ends the stream with an `{"error": ...}` line.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -15,11 +16,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app import metrics
-from app.errors import error_response
+from app.errors import ServerBusy, error_response
 from app.job_follower import JobFollower, ndjson
-from app.services import Services
+from app.services import Services, new_job_id
 from herd.contracts import JOB_FUNC_GENERATE, GenerateJob
 from herd.store import StoredModel
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["generate", "chat"]
 _STATS = (
@@ -207,6 +210,33 @@ async def run_generation(
 ) -> Response:
     """Admit a generation job (placed by model) and answer with its output."""
     generation = Generation(services, request, job, display_model)
-    queue = await services.workers.queue_for(stored)
+    if _is_unload(job):
+        queue = await _unload_replicas(services, job, stored)
+    else:
+        queue = await services.workers.queue_for(stored)
     await generation.admit(queue)
     return await generation.respond(stream)
+
+
+def _is_unload(job: GenerateJob) -> bool:
+    empty = not job.prompt if job.kind == "generate" else not job.messages
+    return empty and job.keep_alive == 0
+
+
+async def _unload_replicas(services: Services, job: GenerateJob, stored: StoredModel) -> str:
+    """The queue of the first worker holding the model; every other holder gets its own unload job.
+
+    A model can be loaded on several workers (replicas, docs/architecture.md): `ollama stop` means all.
+    """
+    holders = await services.workers.holders(stored.name.display)
+    if not holders:
+        return await services.workers.queue_for(stored)
+    for state in holders[1:]:
+        copy = job.model_copy(update={"job_id": new_job_id()})
+        try:
+            await services.admission.admit(JOB_FUNC_GENERATE, copy, state.queue)
+        except ServerBusy:
+            log.warning(
+                "queue full; %s stays loaded on %s for its keep_alive", stored.name.display, state.worker_id
+            )
+    return holders[0].queue

@@ -25,6 +25,7 @@ from app.relay import EventRelay
 from app.routers import anthropic, embed, generate, manage, meta, models, openai, responses
 from app.services import Services
 from app.settings import ApiSettings
+from app.sweeper import Sweeper
 from herd import __version__
 from herd.logs import configure_logging
 from herd.redis_connect import async_client, redact
@@ -124,13 +125,16 @@ def build_services(settings: ApiSettings) -> Services:
         health_check_interval=30,
     )
     workers = WorkerDirectory(client)
+    admission = Admission(client, settings.max_queue, settings.retry_after_s)
     return Services(
         settings=settings,
         redis=client,
         store=ModelStore(settings.models_dir),
-        admission=Admission(client, settings.max_queue, settings.retry_after_s),
+        admission=admission,
         workers=workers,
-        relay=EventRelay(client, workers, settings.worker_timeout_s),
+        relay=EventRelay(
+            client, workers, settings.worker_timeout_s, settings.queue_timeout_s, admission.withdraw
+        ),
     )
 
 
@@ -143,12 +147,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
         app.state.services = services
+        # Dead workers' queues back to the pool (app/sweeper.py).
+        sweeper = Sweeper(services.redis)
+        sweeper.start()
         log.info(
             "api started", extra={"redis": redact(settings.redis_url), "models": str(settings.models_dir)}
         )
         try:
             yield
         finally:
+            await sweeper.stop()
             await services.close()
 
     app = FastAPI(

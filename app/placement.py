@@ -1,10 +1,14 @@
 """The worker directory: what each live worker advertises, and which queue a job should go to.
 
-Placement is only an optimisation (any worker can load any model). A job for a model some worker holds
-goes to that worker's queue (the least busy holder). A job for a cold model goes to a worker that can
-load it without evicting anything (room under OLLAMA_MAX_LOADED_MODELS and its memory budget), else to
-the worker whose evictions cost least (fewest bytes of idle models given up, in the order the worker
-itself would evict them), else to the shared queue, which every worker takes from.
+Placement is a pool (docs/architecture.md, "Placement"). Every job for a model waits in that model's
+own queue (`herd-model-<name>`), which every worker holding the model reads, so the jobs of one model
+start in the order they were admitted however many workers serve it, and OLLAMA_MAX_QUEUE counts each
+waiting job once. Who reads a model's queue: the workers that hold the model, and the workers placement
+assigned to it (`herd:assigned:<id>`): the best cold worker for a model nobody holds, and a replica when
+every reader is saturated ((running + queued) / slots ≥ 1) and another worker has room. Placement prefers
+a worker with the model's files on disk over one that would fetch them, then free room over evictions
+(fewest bytes of idle models given up), then the least busy. Correctness never depends on it: any worker
+can load any model, fetching its blobs first when its store lacks them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,28 @@ import logging
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from herd.contracts import SHARED_QUEUE, WORKERS_SET, LoadedModelState, WorkerState, worker_state_key
+from herd.contracts import (
+    SHARED_QUEUE,
+    WORKERS_SET,
+    LoadedModelState,
+    WorkerState,
+    assigned_key,
+    manifest_key,
+    model_queue_name,
+    rq_queue_key,
+    worker_state_key,
+)
 from herd.gguf_meta import GGUFError
 from herd.memory import cap_num_ctx, estimate
 from herd.store import StoredModel
 
 log = logging.getLogger(__name__)
+
+# How long a worker keeps reading a model's queue it was assigned without holding the model: long enough
+# to take the jobs it was assigned for (a load included); each new assignment renews it.
+ASSIGNMENT_TTL_S = 60
+# How long a model's published manifest lives: each placement of a job for it writes it again.
+MANIFEST_TTL_S = 3600
 
 
 class WorkerDirectory:
@@ -69,22 +89,82 @@ class WorkerDirectory:
         return [s for s in await self.states() if any(m.name == model_display for m in s.models)]
 
     async def queue_for(self, model: StoredModel) -> str:
-        """The queue a job for this model should go to."""
-        states = await self.states()
+        """The queue a job for this model should go to; assigns it a reader when it needs one."""
         display = model.name.display
-        holders = [s for s in states if any(m.name == display for m in s.models)]
-        if holders:
-            return min(holders, key=_load).queue
-        costs = [(c, s) for s in states if (c := _eviction_cost(s, _need(model, s))) is not None]
-        if not costs:
-            return SHARED_QUEUE
-        # Free room first (cost 0), then the cheapest eviction; the least busy worker breaks ties.
-        _, best = min(costs, key=lambda cs: (cs[0], _load(cs[1])))
-        return best.queue
+        mqueue = model_queue_name(display)
+        await self._publish_manifest(model)
+        states = await self.states()
+        if not states:
+            return SHARED_QUEUE  # no worker yet: the first to come takes it from the shared queue
+        pipe = self._client.pipeline(transaction=False)
+        for s in states:
+            pipe.llen(rq_queue_key(s.queue))
+            pipe.smembers(assigned_key(s.worker_id))
+        pipe.llen(rq_queue_key(mqueue))
+        replies = await pipe.execute()
+        queued = {s.worker_id: int(replies[2 * i]) for i, s in enumerate(states)}
+        assigned = {s.worker_id: {str(q) for q in replies[2 * i + 1]} for i, s in enumerate(states)}
+        waiting = int(replies[-1])
+        readers = [s for s in states if _holds(s, display) or mqueue in assigned[s.worker_id]]
+        capacity = sum(max(s.slots_total, 1) for s in readers)
+        demand = sum(s.slots_busy + queued[s.worker_id] for s in readers) + waiting
+        if readers and demand < capacity:
+            return mqueue  # a reader has room and takes it next
+        digest = _weights_digest(model)
+        extra = self._best_new_reader(model, [s for s in states if s not in readers], queued, digest)
+        if extra is None:
+            # Every reader is saturated and nobody else has room: it waits its turn with the model's
+            # other jobs. With no reader at all, any worker may take it from the shared queue.
+            return mqueue if readers else SHARED_QUEUE
+        await self._assign(extra.worker_id, mqueue)
+        log.info(
+            "model assigned to a worker",
+            extra={"model": display, "worker": extra.worker_id, "replica": bool(readers)},
+        )
+        return mqueue
+
+    def _best_new_reader(
+        self, model: StoredModel, others: list[WorkerState], queued: dict[str, int], digest: str
+    ) -> WorkerState | None:
+        """The worker that should start reading this model's queue, or None when no other has room."""
+        ranked = []
+        for s in others:
+            load = (s.slots_busy + queued[s.worker_id]) / max(s.slots_total, 1)
+            if load >= 1:
+                continue  # no free slot: it would not start the job any sooner than the readers
+            cost = _eviction_cost(s, _need(model, s))
+            if cost is None:
+                continue
+            # Free room first (evicting costs the next user of that model a load), then the files on
+            # disk (fetching costs a copy over the network), then the cheapest eviction, the least busy.
+            ranked.append(((cost > 0, digest not in s.blobs, cost, load, s.worker_id), s))
+        return min(ranked, key=lambda r: r[0])[1] if ranked else None
+
+    async def _assign(self, worker_id: str, mqueue: str) -> None:
+        key = assigned_key(worker_id)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.sadd(key, mqueue)
+        pipe.expire(key, ASSIGNMENT_TTL_S)
+        await pipe.execute()
+
+    async def _publish_manifest(self, model: StoredModel) -> None:
+        """Put the model's manifest where a worker without this store finds it (workers/blob_fetch.py)."""
+        if model.manifest_path is None:
+            return
+        try:
+            raw = model.manifest_path.read_bytes()
+        except OSError:
+            return  # deleted meanwhile: the worker will say it is not found
+        await self._client.set(manifest_key(model.name.display), raw, ex=MANIFEST_TTL_S)
 
 
-def _load(state: WorkerState) -> tuple[float, int]:
-    return (state.slots_busy / max(state.slots_total, 1), len(state.models))
+def _holds(state: WorkerState, display: str) -> bool:
+    return any(m.name == display for m in state.models)
+
+
+def _weights_digest(model: StoredModel) -> str:
+    """Hex digest of the model's weights blob, as workers advertise their blobs."""
+    return model.model_path.name.removeprefix("sha256-")
 
 
 def _need(model: StoredModel, state: WorkerState) -> int:

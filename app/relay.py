@@ -24,6 +24,8 @@ POLL_MS = 250
 # is persisted in Redis's append-only file, so after a restart a worker still takes it; once this has
 # passed, its lease (app/admission.py LEASE_S, no longer than this) has lapsed and no worker runs it.
 REDIS_OUTAGE_S = 30.0
+# After HERD_QUEUE_TIMEOUT, how long a job a worker popped (so it could not be withdrawn) gets to start.
+_START_GRACE_S = 30.0
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError)
 _LOST = "lost the connection to the queue (Redis) mid-request; the output may be incomplete, please retry"
 _UNREACHABLE = f"the queue (Redis) was unreachable for {REDIS_OUTAGE_S:g}s; please retry"
@@ -32,10 +34,20 @@ _UNREACHABLE = f"the queue (Redis) was unreachable for {REDIS_OUTAGE_S:g}s; plea
 class EventRelay:
     """Yields a job's events in order until its terminal event."""
 
-    def __init__(self, client: aioredis.Redis, workers: WorkerDirectory, worker_timeout_s: float):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        workers: WorkerDirectory,
+        worker_timeout_s: float,
+        queue_timeout_s: float = 0.0,
+        withdraw: Callable[[str], Awaitable[bool]] | None = None,
+    ):
         self._client = client
         self._workers = workers
         self._worker_timeout_s = worker_timeout_s
+        # A job no worker started within this long is withdrawn and failed (0: it waits for ever).
+        self._queue_timeout_s = queue_timeout_s
+        self._withdraw = withdraw
         # Jobs to cancel or withdraw once Redis answers again, however long it stays away.
         self._abandoned = Abandonment(client)
 
@@ -50,10 +62,13 @@ class EventRelay:
         worker: str | None = None
         incarnation: str | None = None
         outage_ms = 0
+        waited_ms = 0  # before the first event: time in the queue
+        output_seen = False
         while True:
             try:
-                if last == "0-0":
-                    # Someone still waits for this job: renew its lease (see app/admission.py).
+                if not output_seen:
+                    # Someone still waits for this job: renew its lease (see app/admission.py). Until its
+                    # output begins, as a worker without the model's files puts it back for another.
                     await self._client.pexpire(lease_key(job_id), int(LEASE_S * 1000))
                 # RESP2 reply shape, with decoded responses: [(stream, [(entry_id, fields), ...])].
                 reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self._client.xread(  # type: ignore[assignment]
@@ -93,8 +108,15 @@ class EventRelay:
                     and quiet_ms >= self._worker_timeout_s * 1000
                     and not await self._workers.alive(worker, incarnation)
                 ):
+                    # Flagged, so that the worker stops it should it come back (a network cut, not a death).
+                    await self.cancel(job_id)
                     yield {"type": "error", "status": 500, "error": "the worker running this request stopped"}
                     return
+                if last == "0-0":
+                    waited_ms += POLL_MS
+                    if await self._never_started(job_id, waited_ms):
+                        yield {"type": "error", "status": 503, "error": self._queue_timeout_message()}
+                        return
                 continue
             quiet_ms = 0
             for _stream, entries in reply:
@@ -105,12 +127,33 @@ class EventRelay:
                         worker = event.get("worker")
                         incarnation = event.get("incarnation")
                         continue
+                    output_seen = True
                     yield event
                     if event["type"] in TERMINAL:
                         # The stream expires by itself; deleting it early only saves memory.
                         with contextlib.suppress(*_REDIS_DOWN):
                             await self._client.delete(key)
                         return
+
+    async def _never_started(self, job_id: str, waited_ms: int) -> bool:
+        """True when the job waited past HERD_QUEUE_TIMEOUT and was withdrawn (no worker can start it now)."""
+        if not self._queue_timeout_s or self._withdraw is None or waited_ms < self._queue_timeout_s * 1000:
+            return False
+        if await self._withdraw(job_id):
+            log.warning("job never started: withdrawn", extra={"job": job_id, "waited_s": waited_ms / 1000})
+            return True
+        # A worker took it just now: its "started" comes within moments. One that never comes (the worker
+        # died between its pop and its first event) fails after a grace, flagged so it never starts.
+        if waited_ms >= (self._queue_timeout_s + _START_GRACE_S) * 1000:
+            await self.cancel(job_id)
+            return True
+        return False
+
+    def _queue_timeout_message(self) -> str:
+        return (
+            f"no worker started the request within HERD_QUEUE_TIMEOUT={self._queue_timeout_s:g}s; "
+            "please retry (are any workers running?)"
+        )
 
     def _cancel_when_back(self, job_id: str) -> None:
         """Cancel a job its client was told had failed, as soon as Redis answers again.

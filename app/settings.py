@@ -24,6 +24,12 @@ class ApiSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_WORKER_TIMEOUT"),
         description="Seconds without a worker heartbeat before a running job is failed.",
     )
+    queue_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        validation_alias=AliasChoices("HERD_QUEUE_TIMEOUT"),
+        description="Seconds a request may wait for a worker to start it before it fails with 503 (0: no limit).",
+    )
     retry_after_s: int = Field(
         default=2,
         ge=1,

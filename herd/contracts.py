@@ -40,6 +40,29 @@ def worker_queue_name(worker_id: str) -> str:
     return f"herd-worker-{worker_id}"
 
 
+def model_queue_name(model_display: str) -> str:
+    """The RQ queue of one model's waiting jobs, which every worker holding the model reads (FIFO per model)."""
+    return f"herd-model-{model_display}"
+
+
+MODEL_QUEUE_PREFIX = "herd-model-"
+
+
+def assigned_key(worker_id: str) -> str:
+    """A set of model queues placement asked this worker to read too: it becomes a replica of those models."""
+    return f"herd:assigned:{worker_id}"
+
+
+def worker_last_key(worker_id: str) -> str:
+    """The worker's last published state without a TTL: once the state expires, its running jobs are known."""
+    return f"herd:worker-last:{worker_id}"
+
+
+def manifest_key(model_display: str) -> str:
+    """The model's manifest as the API's store has it, for a worker on another host to fetch its blobs by."""
+    return f"herd:manifest:{model_display}"
+
+
 def worker_state_key(worker_id: str) -> str:
     """The JSON document a worker advertises (loaded models, slots), kept alive by its heartbeat."""
     return f"herd:worker:{worker_id}"
@@ -142,6 +165,8 @@ class GenerateJob(BaseModel):
     keep_alive: float | None = None
     # Monotonic-free wall clock (ns) at admission, for total_duration.
     admitted_ns: int
+    # Times a worker that could not get the model's files put the job back for another (at most 3).
+    requeues: int = 0
 
 
 class EmbedJob(BaseModel):
@@ -158,6 +183,7 @@ class EmbedJob(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     keep_alive: float | None = None
     admitted_ns: int
+    requeues: int = 0
 
 
 # --- Events -----------------------------------------------------------------------------------------
@@ -225,6 +251,11 @@ class WorkerState(BaseModel):
     context_length: int = 4096
     num_parallel: int = 0  # 0: chosen per model (4, or 1 when 4 do not fit)
     heartbeat_at: float
+    # Job ids this incarnation runs: once its state expires, they are failed and cancelled (app/sweeper.py).
+    running: list[str] = Field(default_factory=list)
+    # Hex digests of the large blobs (weights, projectors) in this worker's store: placement prefers a
+    # worker that has a model's files over one that would fetch them.
+    blobs: list[str] = Field(default_factory=list)
 
 
 # --- Model jobs (pull, push, create) ------------------------------------------------------------------

@@ -32,6 +32,9 @@ class HerdWorker(FlagStoppedWorker):
     def on_stop_requested(self) -> None:
         self.runtime.request_drain()
 
+    def queues_to_read(self) -> list[str]:
+        return self.runtime.queues_to_read()
+
     def ready_for_job(self) -> bool:
         # At least once a second, whatever the loop waits for: a worker without its decode or heartbeat
         # thread must not go on taking jobs.

@@ -105,6 +105,20 @@ class FlagStoppedWorker(SimpleWorker):
         """Whether to pop a job now; a kind that must wait (for a free slot) waits here, briefly."""
         return True
 
+    def queues_to_read(self) -> list[str] | None:
+        """The queue names to pop from now, in order; None keeps the ones the worker was started with."""
+        return None
+
+    def _refresh_queues(self) -> None:
+        """Follow the worker kind's queue list, which can change between pops (a model loaded, assigned)."""
+        names = self.queues_to_read()
+        if names is None or names == [q.name for q in self.queues]:
+            return
+        self.queues = [
+            self.queue_class(n, connection=self.connection, serializer=self.serializer) for n in names
+        ]
+        self._ordered_queues = self.queues[:]
+
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
@@ -113,6 +127,7 @@ class FlagStoppedWorker(SimpleWorker):
                 # A stop that came while it waited for a slot: it takes no job after all.
                 continue
             try:
+                self._refresh_queues()
                 # RQ returns None once a pop has been idle for max_idle_time; the loop then pops again.
                 result = super().dequeue_job_and_maintain_ttl(DEQUEUE_POLL_S, max_idle_time=DEQUEUE_POLL_S)
             except (RedisUnreachable, *_REDIS_DOWN) as exc:  # the pop, or RQ's bookkeeping around it

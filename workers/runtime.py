@@ -19,22 +19,36 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
 
 from herd.contracts import (
+    EVENT_STREAM_TTL_S,
+    JOB_FUNC_EMBED,
+    JOB_FUNC_GENERATE,
+    JOB_RESULT_TTL_S,
     QUEUE_KEYS_SET,
+    SHARED_QUEUE,
     WORKERS_SET,
     EmbedJob,
     GenerateJob,
     WorkerState,
+    assigned_key,
     cancel_key,
+    manifest_key,
+    model_queue_name,
     rq_queue_key,
+    worker_last_key,
     worker_queue_name,
     worker_state_key,
 )
 from herd.durations import parse_keep_alive
+from herd.names import InvalidModelName, ModelName
 from herd.store import ModelStore, StoredModel
 from herd.templates.chat import TemplateError
 from workers import prepare
+from workers.blob_fetch import BlobFetcher, FetchError, store_blobs
 from workers.cache import AUTO_PARALLEL, InvalidKeepAlive, LoadedModel, ModelCache, ModelTooLarge
 from workers.decode_loop import DecodeLoop
 from workers.drain import Drain
@@ -52,6 +66,11 @@ from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)
 
+# Times a job goes back to the shared queue because a worker could not get its model's files.
+MAX_REQUEUES = 3
+# Seconds between scans of the store's blobs for the advertised state (a fetch rescans at once).
+_BLOB_SCAN_S = 10.0
+
 
 class WorkerRuntime:
     """Everything one worker process holds between jobs."""
@@ -65,6 +84,10 @@ class WorkerRuntime:
         # that the worker which started a job is gone even once a new one heartbeats under that id.
         self.incarnation = uuid.uuid4().hex
         self.store = ModelStore(settings.models_dir)
+        self.fetcher = BlobFetcher(self.store, client, settings.store_url, settings.store_key)
+        # The large blobs this worker's store has, advertised for placement; rescanned now and then.
+        self._blobs: list[str] = []
+        self._blobs_scanned = 0.0
         self.queue_name = worker_queue_name(settings.worker_id)
         self.metrics = WorkerMetrics(settings.worker_id)
         self.cache = ModelCache(
@@ -111,6 +134,7 @@ class WorkerRuntime:
         """Register this worker and start the decode and heartbeat threads."""
         self.client.sadd(WORKERS_SET, self.settings.worker_id)
         self.client.sadd(QUEUE_KEYS_SET, rq_queue_key(self.queue_name))
+        self._fail_predecessor_jobs()
         self.publish_state()
         self._threads.start(self._decoder.run, "decode")
         self._threads.start(self._heartbeat_loop, "heartbeat")
@@ -129,6 +153,7 @@ class WorkerRuntime:
         try:
             pipe = self.client.pipeline()
             pipe.delete(worker_state_key(self.settings.worker_id))
+            pipe.delete(worker_last_key(self.settings.worker_id))
             pipe.srem(WORKERS_SET, self.settings.worker_id)
             pipe.execute()
         except redis.RedisError:
@@ -154,6 +179,44 @@ class WorkerRuntime:
         Returns how many failed.
         """
         return self._drain.run(timeout)
+
+    def queues_to_read(self) -> list[str]:
+        """The RQ queues to pop from, in order: this worker's own, its models' and its assigned ones, shared.
+
+        A model's queue is read by every worker that holds the model (app/placement.py), and by those
+        placement assigned to it (a cold model's first reader, or a replica of a saturated one).
+        """
+        held = [model_queue_name(m.name) for m in self.cache.states()]
+        assigned = sorted(
+            q.decode() if isinstance(q, bytes) else str(q)
+            for q in self.client.smembers(assigned_key(self.settings.worker_id))
+        )
+        return [self.queue_name, *held, *(q for q in assigned if q not in held), SHARED_QUEUE]
+
+    def _fail_predecessor_jobs(self) -> None:
+        """Fail, and flag cancelled, the jobs an earlier process under this worker id left running.
+
+        A restart under the same (stable) id can come before the API's sweeper saw the old state expire;
+        its last state, kept without a TTL, names the jobs it ran, and nobody runs them now.
+        """
+        doc = self.client.get(worker_last_key(self.settings.worker_id))
+        if doc is None:
+            return
+        try:
+            last = WorkerState.model_validate_json(doc)
+        except ValueError:
+            return
+        if last.incarnation == self.incarnation:
+            return
+        message = f"the worker running this request ({self.settings.worker_id}) stopped; please retry"
+        for job_id in last.running:
+            if self.client.set(cancel_key(job_id), "1", nx=True, ex=EVENT_STREAM_TTL_S):
+                self._job_publisher.send(job_id, "error", status=500, error=message)
+        self.client.delete(worker_last_key(self.settings.worker_id))
+        if last.running:
+            log.warning(
+                "failed the jobs a killed predecessor left running", extra={"jobs": len(last.running)}
+            )
 
     # --- slots -------------------------------------------------------------------------------------
 
@@ -185,6 +248,66 @@ class WorkerRuntime:
 
     def _resolve(self, raw: str) -> StoredModel:
         return prepare.resolve(self.store, raw)
+
+    def _model_here(self, job: GenerateJob | EmbedJob, func: str) -> bool:
+        """Whether this worker's store has the job's model, fetched from the API's store first if needed.
+
+        False when it cannot have it (no HERD_STORE_URL, or the fetch failed) while the API knows the
+        model: the job then goes back to the shared queue for another worker, at most MAX_REQUEUES times,
+        and after that fails with the reason, never with a 404 for a model the API listed.
+        """
+        reason = ""
+        try:
+            if self.fetcher.ensure(job.model):
+                self._blobs_scanned = 0.0  # advertise the new blobs
+            self._resolve(job.model)
+            return True
+        except FetchError as exc:
+            reason = str(exc)
+        except JobError as exc:
+            if exc.status != 404 or not self._api_knows(job.model):
+                return True  # the job's own error path answers it
+            reason = (
+                f"model {job.model!r} is not in this worker's store ({self.settings.models_dir}) "
+                "and HERD_STORE_URL is not set to fetch it"
+            )
+        log.warning("model not available here", extra={"request_id": job.request_id, "reason": reason})
+        if job.requeues < MAX_REQUEUES and self._requeue(job, func):
+            return False
+        self._job_publisher.send(job.job_id, "error", status=500, error=reason)
+        return False
+
+    def _api_knows(self, raw: str) -> bool:
+        try:
+            display = ModelName.parse(raw).display
+        except InvalidModelName:
+            return False
+        return bool(self.client.exists(manifest_key(display)))
+
+    def _requeue(self, job: GenerateJob | EmbedJob, func: str) -> bool:
+        """Put the job at the head of the shared queue for another worker; False if Redis refused."""
+        payload = job.model_copy(update={"requeues": job.requeues + 1}).model_dump(mode="json")
+        rq_job = Job.create(
+            func,
+            kwargs={"payload": payload},
+            connection=self.client,
+            # Its own RQ id: RQ still finishes the record of this run. A client that leaves meanwhile
+            # cannot withdraw it by the job id, so it sets the cancel flag, which every start checks.
+            id=f"{job.job_id}-requeue{job.requeues + 1}",
+            origin=SHARED_QUEUE,
+            timeout=-1,
+            result_ttl=JOB_RESULT_TTL_S,
+            failure_ttl=JOB_RESULT_TTL_S,
+            serializer=JSONSerializer,
+        )
+        try:
+            Queue(SHARED_QUEUE, connection=self.client, serializer=JSONSerializer).enqueue_job(
+                rq_job, at_front=True
+            )
+        except redis.RedisError:
+            return False
+        log.info("job requeued for another worker", extra={"request_id": job.request_id, "job": job.job_id})
+        return True
 
     def _acquire(
         self, stored: StoredModel, options: dict[str, Any], keep_alive: float | None
@@ -226,6 +349,8 @@ class WorkerRuntime:
             job.job_id, "started", worker=self.settings.worker_id, incarnation=self.incarnation
         )
         log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": job.kind})
+        if not self._model_here(job, JOB_FUNC_GENERATE):
+            return
         try:
             self._generate(job)
         except JobError as exc:
@@ -307,6 +432,8 @@ class WorkerRuntime:
             job.job_id, "started", worker=self.settings.worker_id, incarnation=self.incarnation
         )
         log.info("job started", extra={"request_id": job.request_id, "job": job.job_id, "kind": "embed"})
+        if not self._model_here(job, JOB_FUNC_EMBED):
+            return
         try:
             stored = self._resolve(job.model)
             options = {**stored.params, **job.options}
@@ -367,13 +494,30 @@ class WorkerRuntime:
             context_length=self.settings.context_length,
             num_parallel=self.settings.num_parallel,
             heartbeat_at=time.time(),
+            running=self._running.ids(),
+            blobs=self._store_blobs(),
         )
+
+    def _store_blobs(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._blobs_scanned >= _BLOB_SCAN_S:
+            self._blobs_scanned = now
+            self._blobs = store_blobs(self.store)
+        return self._blobs
 
     def publish_state(self) -> None:
         """Write this worker's state with a TTL of three heartbeats."""
         ttl_ms = int(self.settings.heartbeat_s * 3000)
         self.metrics.set_residency(self.cache.residency())
-        self.client.set(worker_state_key(self.settings.worker_id), self.state().model_dump_json(), px=ttl_ms)
+        doc = self.state().model_dump_json()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(worker_state_key(self.settings.worker_id), doc, px=ttl_ms)
+        # Without a TTL: once the state expires, the sweeper (app/sweeper.py) reads the running jobs here.
+        pipe.set(worker_last_key(self.settings.worker_id), doc)
+        if not self.draining:
+            # Back in placement after the sweeper took this worker for dead (Redis was out of reach).
+            pipe.sadd(WORKERS_SET, self.settings.worker_id)
+        pipe.execute()
 
     def _advertise(self) -> None:
         """publish_state, for the heartbeat and for a job that just loaded or unloaded a model.

@@ -37,7 +37,10 @@ def parse_size(text: str) -> int | None:
 
 
 def _default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """The host name and this worker's index on it (its GPU's, else 0): the same across restarts, so a
+    restarted worker takes back its own queue."""
+    gpu = _visible_gpu()
+    return f"{socket.gethostname()}-{gpu if gpu is not None else 0}"
 
 
 def tiered_num_ctx(total_gpu_memory: int | None) -> int:
@@ -66,6 +69,18 @@ class WorkerSettings(CommonSettings):
         default_factory=_default_worker_id,
         validation_alias=AliasChoices("HERD_WORKER_ID"),
         description="Stable name of this worker; its private queue and state key derive from it.",
+    )
+    store_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("HERD_STORE_URL"),
+        description="The Herd API this worker fetches model blobs from (GET /api/blobs/<digest>) when its "
+        "own OLLAMA_MODELS lacks them, e.g. http://gpu1:11434 for a worker on another host; empty (default): "
+        "the store is shared with the API (the same host, or NFS) and is read as it is.",
+    )
+    store_key: str = Field(
+        default="",
+        validation_alias=AliasChoices("HERD_STORE_KEY"),
+        description="The API key sent with blob fetches when the API requires keys (HERD_API_KEYS_FILE).",
     )
     keep_alive_default: str = Field(
         default="5m",

@@ -14,10 +14,10 @@ import posixpath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 
-from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy
+from app.errors import BadRequest, HerdError, ModelNotFoundError, ServerBusy, error_response
 from app.model_jobs import run_model_job
 from app.openapi_bodies import NDJSON_STREAM, NO_BODY
 from app.schemas import CopyRequest, CreateRequest, DeleteRequest, Options, PullRequest
@@ -30,6 +30,7 @@ from herd.contracts import (
     CreateSpec,
     GenerateJob,
     ModelJob,
+    manifest_key,
 )
 from herd.names import InvalidModelName, ModelName
 from herd.store import ModelNotFound, StoreError
@@ -38,6 +39,8 @@ from herd.store.create import CreateError, normalize_quantize
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["manage"])
 
+# Bytes per read of a blob download.
+BLOB_CHUNK = 1 << 20
 # How long a delete waits for the workers holding the model to unload it before deleting anyway.
 UNLOAD_WAIT_S = 10.0
 
@@ -66,6 +69,31 @@ async def blob_exists(digest: str, services: Services = Depends(get_services)) -
     """200 when the blob is in the store, 404 when it is not."""
     path = _blob_path_or_400(services, digest)
     return Response(status_code=200 if path.is_file() else 404)
+
+
+_BLOB_BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@router.get(
+    "/api/blobs/{digest}",
+    response_class=Response,
+    responses={
+        200: {"description": "The blob's bytes", **_BLOB_BYTES},
+        206: {"description": "The bytes a Range header asked for", **_BLOB_BYTES},
+    },
+)
+async def download_blob(digest: str, services: Services = Depends(get_services)) -> Response:
+    """Download a blob (Herd only): streamed from the store, resumable with a Range header (206).
+
+    Workers on another host fetch the models they lack with it (HERD_STORE_URL), and check the sha256.
+    """
+    path = _blob_path_or_400(services, digest)
+    if not path.is_file():
+        return error_response(404, f"blob {digest} not found")
+    # Read in chunks, with Range and If-Range handled, never held in memory whole.
+    response = FileResponse(path, media_type="application/octet-stream")
+    response.chunk_size = BLOB_CHUNK  # Starlette's 64 KiB costs a model fetch most of its speed
+    return response
 
 
 @router.post("/api/blobs/{digest}")
@@ -270,4 +298,6 @@ async def delete(
         await asyncio.to_thread(services.store.delete, name)
     except ModelNotFound as exc:
         raise ModelNotFoundError(body.model) from exc
+    # Workers on other hosts no longer fetch it: a job still queued for it is a plain "not found" there.
+    await services.redis.delete(manifest_key(name.display))
     return Response(status_code=200)
