@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import redis
+
+from herd.contracts import WorkerState, worker_state_key
 from stack.nginx import logs_dir
 from stack.supervisor import Stack
 from tests.e2e.conftest import models_dir  # noqa: F401  (the session fixture, shared with e2e)
@@ -47,6 +50,29 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.02)
+
+
+def wait_heartbeats(stack: Stack, count: int, worker_id: str = "w0", timeout: float = 15) -> WorkerState:
+    """Wait until the worker has heartbeated ``count`` more times; return its state then.
+
+    A worker whose heartbeat thread died fails this (its state stops changing, then expires), as fixed
+    sleeps of several heartbeats checked before, without waiting longer than the heartbeats take.
+    """
+    seen: set[float] = set()
+    state: WorkerState | None = None
+    with redis.Redis.from_url(stack.settings.stack_redis_url, decode_responses=True) as r:
+
+        def beat() -> bool:
+            nonlocal state
+            doc = r.get(worker_state_key(worker_id))
+            if doc:
+                state = WorkerState.model_validate_json(doc)
+                seen.add(state.heartbeat_at)
+            return len(seen) > count  # the first value read is the heartbeat before the wait
+
+        wait_for(beat, timeout, f"{count} more heartbeats of worker {worker_id}")
+    assert state is not None
+    return state
 
 
 _JOB_STARTED = re.compile(r'msg="job started" request_id=(\S+) job=(\S+)')

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from app.json_bodies import MAX_JSON_DEPTH, nested_deeper_than
 from stack.supervisor import Stack
 from tests.e2e.conftest import GEMMA, start_stack
+from tests.reliability.conftest import wait_heartbeats
 
 KEY = "sk-herd-hostile-bodies"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -81,15 +81,16 @@ def test_a_huge_keep_alive_keeps_the_model_for_ever_and_the_worker_healthy(
     expires = dt.datetime.fromisoformat(models[GEMMA]["expires_at"].replace("Z", "+00:00"))
     years = (expires - dt.datetime.now(dt.UTC)).days / 365
     assert years > 50, models[GEMMA]["expires_at"]  # kept for ever, shown as Herd shows a negative one
-    # Several heartbeats later (HERD_HEARTBEAT=0.5) the worker is still advertised and takes jobs.
-    time.sleep(3)
+    # Three heartbeats later (HERD_HEARTBEAT=0.5; its state expires after three missed) the worker is still
+    # advertised and takes jobs.
+    wait_heartbeats(keyed_stack, 3)
     assert_healthy(client)
     # Other spellings past Go's longest duration saturate the same way; none reaches the worker raw.
     for keep_alive in ("99999999999999h", 10**400, 9.3e9):
         raw = json.dumps({"model": GEMMA, "prompt": "", "keep_alive": keep_alive, "stream": False})
         response = client.post("/api/generate", content=raw, headers=AUTH)
         assert response.status_code == 200, (keep_alive, response.text)
-    time.sleep(2)
+    wait_heartbeats(keyed_stack, 3)
     assert_healthy(client, follow_ups=2)
     client.post("/api/generate", json={"model": GEMMA, "keep_alive": 0}, headers=AUTH)  # unloads it
 
