@@ -14,27 +14,20 @@ import json
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import Field, StrictBool
 
 from app.anthropic_errors import AnthropicError, anthropic_error_body
-from app.schemas import MAX_NUM_PREDICT, absent_nulls
+from app.schemas import MAX_NUM_PREDICT, VendorBody
 from app.shaped_generation import THINKING, Answer, sse
-from herd.contracts import ChatMessage, ToolCall, ToolCallFunction, optional_fields_take_null
+from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
 from herd.json_schema import SchemaError, check_schema
 
 # Anthropic's effort levels, as think levels (Ollama reads "xhigh" as "high").
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
 
 
-class _Body(BaseModel):
+class _Body(VendorBody):
     """Unknown fields ignored (Anthropic adds them often), JSON null read as absent."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _skip_nulls(cls, data: Any) -> Any:
-        return absent_nulls(data)
 
 
 class MessageParam(_Body):

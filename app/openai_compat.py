@@ -14,11 +14,11 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import Field, StrictBool
 
 from app.openai_errors import OpenAIError, unsupported
-from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, absent_nulls
-from herd.contracts import ChatMessage, ToolCall, ToolCallFunction, optional_fields_take_null
+from app.schemas import MAX_NUM_PREDICT, MAX_TOP_LOGPROBS, VendorBody
+from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
 from herd.json_schema import SchemaError, check_schema
 
 SYSTEM_FINGERPRINT = "fp_herd"
@@ -29,16 +29,9 @@ MAX_COMPLETION_LOGPROBS = 5
 # --- Request bodies ---------------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
+class _Body(VendorBody):
     """A request object: unknown fields ignored, JSON null the same as absent (OpenAI's optional fields
     are all nullable), and bools strict: "yes" or 1 is refused, as OpenAI refuses them."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _skip_nulls(cls, data: Any) -> Any:
-        return absent_nulls(data)
 
 
 class StreamOptions(_Body):
@@ -594,13 +587,18 @@ _EFFORT_THINK: dict[str, bool | str] = {
 def think_from_reasoning(body: ChatCompletionRequest) -> bool | str | None:
     """The job's `think` from `reasoning.effort` (else `reasoning_effort`); None leaves the model's default."""
     effort = body.reasoning.effort if body.reasoning is not None else body.reasoning_effort
+    return think_from_effort(effort, "reasoning_effort")
+
+
+def think_from_effort(effort: str | None, param: str) -> bool | str | None:
+    """An OpenAI reasoning effort as the job's `think` (None when unset); an unknown one is a 400 on `param`."""
     if not effort:
         return None
     if effort not in _EFFORT_THINK:
         raise OpenAIError(
             f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", "high", "xhigh", '
             '"ultra", "max", or "none")',
-            param="reasoning_effort",
+            param=param,
             code="invalid_value",
         )
     return _EFFORT_THINK[effort]

@@ -15,37 +15,22 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import Field, StrictBool
 
+from app.openai_compat import think_from_effort
 from app.openai_errors import OpenAIError, error_type, unsupported
-from app.schemas import MAX_NUM_PREDICT, absent_nulls
+from app.schemas import MAX_NUM_PREDICT, VendorBody
 from app.shaped_generation import THINKING, Answer, sse
-from herd.contracts import ChatMessage, ToolCall, ToolCallFunction, optional_fields_take_null
+from herd.contracts import ChatMessage, ToolCall, ToolCallFunction
 from herd.json_schema import SchemaError, check_schema
 
 # OpenAI's default temperature, which Ollama sends when a request leaves it out.
 DEFAULT_TEMPERATURE = 1.0
-# reasoning.effort as think, as Ollama maps it.
-_EFFORTS: dict[str, bool | str] = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
 _IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")))
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _skip_nulls(cls, data: Any) -> Any:
-        return absent_nulls(data)
+class _Body(VendorBody):
+    """Unknown fields ignored, JSON null read as absent."""
 
 
 class Reasoning(_Body):
@@ -109,18 +94,8 @@ def refuse_unsupported(body: ResponsesRequest) -> None:
 
 
 def think(body: ResponsesRequest) -> bool | str | None:
-    """`reasoning.effort` as the job's think (None when unset)."""
-    effort = body.reasoning.effort if body.reasoning else None
-    if not effort:
-        return None
-    if effort not in _EFFORTS:
-        raise OpenAIError(
-            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", "high", "xhigh", '
-            '"ultra", "max", or "none")',
-            param="reasoning.effort",
-            code="invalid_value",
-        )
-    return _EFFORTS[effort]
+    """`reasoning.effort` as the job's think (None when unset), mapped as on /v1/chat/completions."""
+    return think_from_effort(body.reasoning.effort if body.reasoning else None, "reasoning.effort")
 
 
 def _image(param: str, part: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from app.admission import LEASE_S, Abandonment
 from app.placement import WorkerDirectory
-from herd.contracts import EVENT_STREAM_TTL_S, cancel_key, events_key, lease_key
+from herd.contracts import EVENT_STREAM_TTL_S, QUEUE_KEYS_SET, cancel_key, events_key, lease_key
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,25 @@ REDIS_OUTAGE_S = 30.0
 # After HERD_QUEUE_TIMEOUT, how long a job a worker popped (so it could not be withdrawn) gets to start.
 _START_GRACE_S = 30.0
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError)
+# How often a job that has not started is looked for in the queues, and how many looks in a row must miss
+# it: a worker's pop and RQ marking the job started are two calls, moments apart.
+_LOST_CHECK_MS = 1000
+_LOST_LOOKS = 2
+# KEYS: the set of queue keys, the job's RQ hash. ARGV: the job id. 1 when RQ still calls the job queued
+# (or lost its hash) though no queue holds it: a worker's pop took it, and the reply never reached the
+# worker (Redis died or failed over right then), so nobody will ever run it.
+_POPPED_AND_LOST = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if status and status ~= 'queued' then return 0 end
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('LPOS', key, ARGV[1]) then return 0 end
+end
+return 1
+"""
 _LOST = "lost the connection to the queue (Redis) mid-request; the output may be incomplete, please retry"
+_VANISHED = (
+    "the queue (Redis) lost this request (a failover to a replica that never received it); please retry"
+)
 _UNREACHABLE = f"the queue (Redis) was unreachable for {REDIS_OUTAGE_S:g}s; please retry"
 
 
@@ -48,6 +66,7 @@ class EventRelay:
         # A job no worker started within this long is withdrawn and failed (0: it waits for ever).
         self._queue_timeout_s = queue_timeout_s
         self._withdraw = withdraw
+        self._popped_and_lost = client.register_script(_POPPED_AND_LOST)
         # Jobs to cancel or withdraw once Redis answers again, however long it stays away.
         self._abandoned = Abandonment(client)
 
@@ -64,12 +83,20 @@ class EventRelay:
         outage_ms = 0
         waited_ms = 0  # before the first event: time in the queue
         output_seen = False
+        missed = 0  # looks in a row that found the waiting job in no queue
         while True:
             try:
-                if not output_seen:
-                    # Someone still waits for this job: renew its lease (see app/admission.py). Until its
-                    # output begins, as a worker without the model's files puts it back for another.
-                    await self._client.pexpire(lease_key(job_id), int(LEASE_S * 1000))
+                # Someone still waits for this job: renew its lease (see app/admission.py). Until its
+                # output begins, as a worker without the model's files puts it back for another.
+                if not output_seen and not await self._client.pexpire(lease_key(job_id), int(LEASE_S * 1000)):
+                    # Only the API drops a lease, and it stops following the job when it does: a lease
+                    # that is gone was lost by Redis itself (a Sentinel failover promoted a replica
+                    # the job never reached). Nothing would ever answer, so the client is told now,
+                    # and a worker that did pop the job before the failover is told to stop.
+                    log.warning("job lost by redis: its lease is gone", extra={"job": job_id})
+                    await self.cancel(job_id)
+                    yield {"type": "error", "status": 503, "error": _VANISHED}
+                    return
                 # RESP2 reply shape, with decoded responses: [(stream, [(entry_id, fields), ...])].
                 reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self._client.xread(  # type: ignore[assignment]
                     {key: last}, block=POLL_MS, count=512
@@ -117,6 +144,15 @@ class EventRelay:
                     if await self._never_started(job_id, waited_ms):
                         yield {"type": "error", "status": 503, "error": self._queue_timeout_message()}
                         return
+                    if waited_ms % _LOST_CHECK_MS == 0:
+                        missed = missed + 1 if await self._lost_in_a_pop(job_id) else 0
+                        if missed >= _LOST_LOOKS:
+                            log.warning(
+                                "job lost in a pop: in no queue, never started", extra={"job": job_id}
+                            )
+                            await self.cancel(job_id)
+                            yield {"type": "error", "status": 503, "error": _VANISHED}
+                            return
                 continue
             quiet_ms = 0
             for _stream, entries in reply:
@@ -148,6 +184,9 @@ class EventRelay:
             await self.cancel(job_id)
             return True
         return False
+
+    async def _lost_in_a_pop(self, job_id: str) -> bool:
+        return bool(await self._popped_and_lost(keys=[QUEUE_KEYS_SET, f"rq:job:{job_id}"], args=[job_id]))
 
     def _queue_timeout_message(self) -> str:
         return (

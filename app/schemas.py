@@ -42,6 +42,18 @@ def absent_nulls(data: Any) -> Any:
     return data
 
 
+class VendorBody(BaseModel):
+    """A request object of a vendor API (OpenAI, Anthropic): unknown fields ignored, as those APIs grow
+    often, and JSON null the same as absent (their optional fields are all nullable)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_fields_take_null)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_nulls(cls, data: Any) -> Any:
+        return absent_nulls(data)
+
+
 def absent_message_nulls(messages: Any) -> Any:
     """Chat messages without their null fields, nor those of their tool calls and functions.
 

@@ -38,6 +38,7 @@ from herd.contracts import (
     worker_queue_name,
     worker_state_key,
 )
+from herd.queue_moves import MOVE_QUEUE, move_all_lua
 
 log = logging.getLogger(__name__)
 
@@ -45,49 +46,21 @@ SWEEP_INTERVAL_S = 1.0
 _LAST_PREFIX = worker_last_key("")
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError)
 
-# Moves every entry of KEYS[1] to the head of KEYS[2] keeping their order (the oldest first), with their
-# RQ origin, so no job is ever in neither list or in both. KEYS[3]: the set of queue keys. ARGV[1]: the
-# shared queue's name. Returns how many moved.
-_MOVE = """
-local moved = 0
-redis.call('SADD', KEYS[3], KEYS[2])
-while true do
-  local id = redis.call('RPOP', KEYS[1])
-  if not id then break end
-  local job = 'rq:job:' .. id
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('HSET', job, 'origin', ARGV[1])
-  end
-  redis.call('LPUSH', KEYS[2], id)
-  moved = moved + 1
-end
-return moved
-"""
-
 # A dead worker, swept once: only the caller that gets its last state back does the rest.
 # KEYS: its state, its last state, the workers set, its assignments, its queue, the shared queue, the set
 # of queue keys. ARGV: its id, the shared queue's name. Returns nil when it is alive (or swept already),
 # else {last state or false, moved}.
-_SWEEP_WORKER = """
+_SWEEP_WORKER = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
 local last = redis.call('GET', KEYS[2])
 local member = redis.call('SREM', KEYS[3], ARGV[1])
 if not last and member == 0 then return nil end
 redis.call('DEL', KEYS[2], KEYS[4])
-local moved = 0
-redis.call('SADD', KEYS[7], KEYS[6])
-while true do
-  local id = redis.call('RPOP', KEYS[5])
-  if not id then break end
-  local job = 'rq:job:' .. id
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('HSET', job, 'origin', ARGV[2])
-  end
-  redis.call('LPUSH', KEYS[6], id)
-  moved = moved + 1
-end
-return {last or false, moved}
 """
+    + move_all_lua("KEYS[5]", "KEYS[6]", "KEYS[7]", "ARGV[2]")
+    + "return {last or false, moved}\n"
+)
 
 
 class Sweeper:
@@ -97,7 +70,7 @@ class Sweeper:
         self._client = client
         self._interval_s = interval_s
         self._sweep_worker = client.register_script(_SWEEP_WORKER)
-        self._move = client.register_script(_MOVE)
+        self._move = client.register_script(MOVE_QUEUE)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

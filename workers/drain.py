@@ -13,30 +13,13 @@ import time
 import redis
 
 from herd.contracts import QUEUE_KEYS_SET, SHARED_QUEUE, WORKERS_SET, rq_queue_key
+from herd.queue_moves import MOVE_QUEUE
 from workers.cache import ModelCache
 from workers.publisher import Publisher
 from workers.running import RunningJobs
 
 log = logging.getLogger(__name__)
 
-# KEYS: this worker's queue, the shared queue, the set of queue keys. ARGV: the shared queue's name.
-# Moves every job still waiting here to the head of the shared queue, oldest first, in one atomic step,
-# so no job is ever in neither list (or in both); their RQ origin follows them.
-_REQUEUE = """
-local moved = 0
-redis.call('SADD', KEYS[3], KEYS[2])
-while true do
-  local id = redis.call('RPOP', KEYS[1])
-  if not id then break end
-  local job = 'rq:job:' .. id
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('HSET', job, 'origin', ARGV[1])
-  end
-  redis.call('LPUSH', KEYS[2], id)
-  moved = moved + 1
-end
-return moved
-"""
 # Poll interval of the drain's wait for running sequences.
 _DRAIN_POLL_S = 0.05
 # After the drain, how long the decode loop gets to end the rest (one step) before the worker does.
@@ -46,7 +29,7 @@ _SHUTDOWN_STEP_S = 10.0
 def requeue_waiting(client: redis.Redis, queue_name: str) -> int:
     """Hand the jobs still waiting in a worker's own queue to the shared queue; returns how many."""
     keys = [rq_queue_key(queue_name), rq_queue_key(SHARED_QUEUE), QUEUE_KEYS_SET]
-    return int(client.eval(_REQUEUE, len(keys), *keys, SHARED_QUEUE))
+    return int(client.eval(MOVE_QUEUE, len(keys), *keys, SHARED_QUEUE))
 
 
 class Drain:

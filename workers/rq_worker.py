@@ -157,6 +157,14 @@ class FlagStoppedWorker(SimpleWorker):
         except _REDIS_DOWN as exc:
             self._redis_down(exc)
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        except _REDIS_DOWN as exc:
+            # RQ's bookkeeping after the job function returned (its result, the started registry) met a
+            # Redis going away. The job itself ran: its answer travels on Herd's own event stream.
+            self._redis_down(exc)
+
     def check_for_suspension(self, burst: bool) -> None:
         try:
             super().check_for_suspension(burst)

@@ -91,6 +91,13 @@ def test_new_requests_succeed_after_a_failover_mid_traffic(models_dir: Path, tmp
                 assert response.status_code == 200, response.text
                 assert response.json()["done"] is True
 
+            # The traffic goes on past the recovery (a request caught in the failover may take a few
+            # seconds to be told it was lost): its requests after the recovery must all succeed.
+            wait_for(
+                lambda: len([t for t, _ in outcomes if t > killed_at + recovered_after]) >= 3,
+                30,
+                "traffic after the recovery",
+            )
             stop.set()
             thread.join(timeout=60)
             assert not thread.is_alive(), "a request in flight across the failover never ended"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,8 @@ from rq.serializers import JSONSerializer
 
 from app.admission import LEASE_S, Abandonment, Admission
 from app.errors import ServerBusy
-from app.relay import POLL_MS, REDIS_OUTAGE_S
+from app.placement import WorkerDirectory
+from app.relay import POLL_MS, REDIS_OUTAGE_S, EventRelay
 from herd.contracts import (
     EVENT_STREAM_TTL_S,
     JOB_FUNC_GENERATE,
@@ -112,6 +114,57 @@ def test_an_admitted_job_holds_a_lease_no_longer_than_the_relay_waits(redis_url:
     # lease's last renewal); by then the lease must have lapsed.
     assert LEASE_S < REDIS_OUTAGE_S - POLL_MS / 1000
     assert 0 < asyncio.run(scenario()) <= LEASE_S * 1000
+
+
+def test_a_job_redis_lost_in_a_failover_fails_at_once_and_is_flagged(redis_url: str) -> None:
+    # A Sentinel failover can promote a replica that never received a job just admitted: its hash, queue
+    # entry and lease are all gone. Its client must hear so at the next poll, not wait for a worker for ever.
+    async def scenario() -> tuple[dict[str, object], float, int]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        await Admission(client, 5, 1).admit(JOB_FUNC_GENERATE, _job(1), SHARED_QUEUE)
+        relay = EventRelay(client, WorkerDirectory(client), worker_timeout_s=3.0)
+        events = relay.events("job-1")
+        waiting = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(3 * POLL_MS / 1000)
+        assert not waiting.done()  # a job that is still there waits for its worker
+        started = time.monotonic()
+        await client.delete(lease_key("job-1"), rq_queue_key(SHARED_QUEUE), "rq:job:job-1")
+        event = await asyncio.wait_for(waiting, 5)
+        flagged = int(await client.exists(cancel_key("job-1")))
+        await client.aclose()
+        return event, time.monotonic() - started, flagged
+
+    event, took, flagged = asyncio.run(scenario())
+    assert event["type"] == "error" and event["status"] == 503
+    assert "lost this request" in str(event["error"]) and "retry" in str(event["error"])
+    assert took < 2 * POLL_MS / 1000 + 0.5 and flagged == 1
+
+
+def test_a_job_popped_by_a_worker_that_never_got_it_fails_and_one_started_waits(redis_url: str) -> None:
+    # A worker's BLPOP served by a Redis that died before the reply arrived: the job is in no queue and RQ
+    # still calls it queued. Its client hears so in seconds. A job a worker did start waits as usual.
+    async def scenario() -> tuple[dict[str, object], float, bool]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        admission = Admission(client, 5, 1)
+        relay = EventRelay(client, WorkerDirectory(client), worker_timeout_s=3.0)
+        for i in (1, 2):
+            await admission.admit(JOB_FUNC_GENERATE, _job(i), SHARED_QUEUE)
+        assert await client.hget("rq:job:job-1", "status") == "queued"
+        await client.delete(rq_queue_key(SHARED_QUEUE))  # both popped
+        await client.hset("rq:job:job-2", "status", "started")  # RQ marked this one started
+        started = time.monotonic()
+        lost = await asyncio.wait_for(anext(relay.events("job-1")), 10)
+        took = time.monotonic() - started
+        waiting = asyncio.ensure_future(anext(relay.events("job-2")))
+        await asyncio.sleep(3.5)
+        still_waiting = not waiting.done()
+        waiting.cancel()
+        await client.aclose()
+        return lost, took, still_waiting
+
+    lost, took, still_waiting = asyncio.run(scenario())
+    assert lost["type"] == "error" and lost["status"] == 503 and "lost this request" in str(lost["error"])
+    assert 1.5 <= took < 4 and still_waiting
 
 
 def test_abandonment_withdraws_and_flags_jobs_once_redis_answers(redis_url: str) -> None:
