@@ -41,6 +41,9 @@ def ndjson(obj: dict[str, Any]) -> bytes:
 class JobFollower:
     """Follows one job's event stream on behalf of one HTTP client."""
 
+    # Whether the job was admitted with a lease (app/admission.py): model jobs are not.
+    leased = True
+
     def __init__(self, services: Services, request: Request, job_id: str, request_id: str):
         self.services = services
         self.request = request
@@ -51,7 +54,9 @@ class JobFollower:
 
     def follow(self) -> None:
         """Start reading the job's events (once it is on its queue)."""
-        self._events = self.services.relay.events(self.job_id, self.request.is_disconnected)
+        self._events = self.services.relay.events(
+            self.job_id, self.request.is_disconnected, leased=self.leased
+        )
 
     def error_headers(self, status: int) -> dict[str, str] | None:
         """Headers of an error answer: a 503 ("please retry") says when, as admission's 503 does."""

@@ -45,6 +45,8 @@ async def withdraw(client: aioredis.Redis, job_id: str) -> bool:
 class ModelJobRun(JobFollower):
     """One enqueued model job and the relay of its progress to one client."""
 
+    leased = False  # on herd-models, outside admission: no lease, no OLLAMA_MAX_QUEUE
+
     def __init__(self, services: Services, request: Request, job: ModelJob):
         super().__init__(services, request, job.job_id, job.request_id)
         self.job = job

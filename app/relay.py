@@ -71,9 +71,13 @@ class EventRelay:
         self._abandoned = Abandonment(client)
 
     async def events(
-        self, job_id: str, client_gone: Callable[[], Awaitable[bool]] | None = None
+        self, job_id: str, client_gone: Callable[[], Awaitable[bool]] | None = None, *, leased: bool = True
     ) -> AsyncIterator[dict[str, Any]]:
-        """Events of one job; a synthetic error event if its worker died or the client left first."""
+        """Events of one job; a synthetic error event if its worker died or the client left first.
+
+        `leased`: the job was admitted with a lease (app/admission.py), which is renewed here and whose
+        loss, like the job's in a pop, means Redis lost the job. Model jobs have none.
+        """
         key = events_key(job_id)
         last = "0-0"
         quiet_ms = 0
@@ -88,7 +92,11 @@ class EventRelay:
             try:
                 # Someone still waits for this job: renew its lease (see app/admission.py). Until its
                 # output begins, as a worker without the model's files puts it back for another.
-                if not output_seen and not await self._client.pexpire(lease_key(job_id), int(LEASE_S * 1000)):
+                if (
+                    leased
+                    and not output_seen
+                    and not await self._client.pexpire(lease_key(job_id), int(LEASE_S * 1000))
+                ):
                     # Only the API drops a lease, and it stops following the job when it does: a lease
                     # that is gone was lost by Redis itself (a Sentinel failover promoted a replica
                     # the job never reached). Nothing would ever answer, so the client is told now,
@@ -144,7 +152,7 @@ class EventRelay:
                     if await self._never_started(job_id, waited_ms):
                         yield {"type": "error", "status": 503, "error": self._queue_timeout_message()}
                         return
-                    if waited_ms % _LOST_CHECK_MS == 0:
+                    if leased and waited_ms % _LOST_CHECK_MS == 0:
                         missed = missed + 1 if await self._lost_in_a_pop(job_id) else 0
                         if missed >= _LOST_LOOKS:
                             log.warning(
