@@ -127,29 +127,6 @@ def test_an_image_is_evaluated_and_steers_the_output(vision: LoadedModel) -> Non
     assert as_tokens != red
 
 
-def test_images_are_part_of_the_prompt_prefix_key(vision: LoadedModel) -> None:
-    # Turn two of a chat about one image reuses the image's cells; the same words about another image
-    # reuse only the text before it, so one image's embeddings never stand in for another's.
-    first = [ChatMessage(role="user", content="what is this?", images=[RED])]
-    reply, done = run(vision, _chat_of(first))
-    image = next(iter(prepare.prompt_input(_chat_of(first), vision)[1].images))  # type: ignore[union-attr]
-    follow_up = [
-        *first,
-        ChatMessage(role="assistant", content=reply),
-        ChatMessage(role="user", content="and?"),
-    ]
-    _, same = run(vision, _chat_of(follow_up))
-    assert same.cached_tokens >= image.start + image.n_tokens
-    assert same.prompt_tokens - same.cached_tokens < done.prompt_tokens - image.n_tokens
-    other = [ChatMessage(role="user", content="what is this?", images=[BLUE]), *follow_up[1:]]
-    _, switched = run(vision, _chat_of(other))
-    assert 0 < switched.cached_tokens <= image.start
-
-
-def _chat_of(messages: list[ChatMessage]) -> GenerateJob:
-    return GenerateJob(job_id="j", request_id="r", kind="chat", model="m", messages=messages, admitted_ns=0)
-
-
 def test_two_images_and_img_placement(vision: LoadedModel) -> None:
     tokens, media = prepare.prompt_input(chat("left [img] right", [RED, BLUE]), vision)
     assert media is not None and len(media.images) == 2
@@ -215,3 +192,37 @@ def test_image_tokens_count_toward_num_ctx_and_name_their_image(vision: LoadedMo
     assert media is not None and len(many) > vision.n_ctx
     with pytest.raises(JobError, match="prompt is too long"):
         prepare.check_fits(many, vision.n_ctx)
+
+
+def test_images_are_part_of_the_prompt_prefix_key(store: ModelStore) -> None:
+    # Turn two of a chat about one image reuses the image's cells; the same words about another image
+    # reuse only the text before it, so one image's embeddings never stand in for another's. A context
+    # of its own: at 256 cells, turn two would drop the image's turn (Ollama counts 768 tokens an image).
+    own = ModelCache(max_loaded=1, n_parallel=1, threads=2, n_gpu_layers=0, memory_limit=1 << 32)
+    try:
+        vision, _ = own.acquire(store.get(ModelName.parse("tiny-vision")), n_ctx=2048, keep_alive=60)
+        own.release(vision)
+        _prefix_key_checks(vision)
+    finally:
+        own.close()
+
+
+def _prefix_key_checks(vision: LoadedModel) -> None:
+    first = [ChatMessage(role="user", content="what is this?", images=[RED])]
+    reply, done = run(vision, _chat_of(first))
+    image = next(iter(prepare.prompt_input(_chat_of(first), vision)[1].images))  # type: ignore[union-attr]
+    follow_up = [
+        *first,
+        ChatMessage(role="assistant", content=reply),
+        ChatMessage(role="user", content="and?"),
+    ]
+    _, same = run(vision, _chat_of(follow_up))
+    assert same.cached_tokens >= image.start + image.n_tokens
+    assert same.prompt_tokens - same.cached_tokens < done.prompt_tokens - image.n_tokens
+    other = [ChatMessage(role="user", content="what is this?", images=[BLUE]), *follow_up[1:]]
+    _, switched = run(vision, _chat_of(other))
+    assert 0 < switched.cached_tokens <= image.start
+
+
+def _chat_of(messages: list[ChatMessage]) -> GenerateJob:
+    return GenerateJob(job_id="j", request_id="r", kind="chat", model="m", messages=messages, admitted_ns=0)
