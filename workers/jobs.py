@@ -7,10 +7,14 @@ here once at start (workers.main); nothing else in the process reads it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
+
+import redis
 
 from herd.contracts import EmbedJob, GenerateJob, lease_key
 from workers.publisher import Publisher
+from workers.rq_worker import REDIS_RETRY_S
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,7 @@ def _abandoned(runtime: WorkerRuntime, job: GenerateJob | EmbedJob) -> bool:
     nobody, and done twice when the client retries. The error reaches a client that, by a hair, still
     waits.
     """
-    if runtime.client.exists(lease_key(job.job_id)):
+    if _lease_held(runtime, job):
         return False
     log.warning(
         "job dropped: its client was told to retry while Redis was unreachable",
@@ -51,6 +55,21 @@ def _abandoned(runtime: WorkerRuntime, job: GenerateJob | EmbedJob) -> bool:
     )
     Publisher(runtime.client).send(job.job_id, "error", status=503, error=ABANDONED)
     return True
+
+
+def _lease_held(runtime: WorkerRuntime, job: GenerateJob | EmbedJob) -> bool:
+    """Whether the job's lease is still there, asked until Redis answers.
+
+    The job was popped already: it is in no queue, so giving up on a Redis that just went away (a
+    restart, a Sentinel failover) would lose it. A long outage ends in a lapsed lease, and the drop above.
+    """
+    while True:
+        try:
+            return bool(runtime.client.exists(lease_key(job.job_id)))
+        except (redis.ConnectionError, redis.TimeoutError):
+            if runtime.draining:
+                raise
+            time.sleep(REDIS_RETRY_S)
 
 
 def run_generate(payload: dict[str, Any]) -> None:

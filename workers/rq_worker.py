@@ -22,10 +22,13 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import TypeVar
 
 import redis
 from redis.client import Pipeline
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -45,6 +48,7 @@ REDIS_SOCKET_TIMEOUT_S = DEQUEUE_POLL_S + 2
 # While Redis is unreachable, how long the work loop waits before it tries again.
 REDIS_RETRY_S = 1.0
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_T = TypeVar("_T")
 
 
 class RedisUnreachable(Exception):
@@ -164,6 +168,26 @@ class FlagStoppedWorker(SimpleWorker):
             # RQ's bookkeeping after the job function returned (its result, the started registry) met a
             # Redis going away. The job itself ran: its answer travels on Herd's own event stream.
             self._redis_down(exc)
+
+    # A job popped just as Redis went away (or failed over) must still run: it is in no queue any more,
+    # and its client waits for it. RQ's bookkeeping before the run is tried again until Redis answers;
+    # the job then checks its lease (workers/jobs.py), so one whose client gave up meanwhile is dropped.
+    def prepare_execution(self, job: Job) -> Execution:
+        return self._until_redis_answers(lambda: super(FlagStoppedWorker, self).prepare_execution(job))
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        self._until_redis_answers(
+            lambda: super(FlagStoppedWorker, self).prepare_job_execution(job, remove_from_intermediate_queue)
+        )
+
+    def _until_redis_answers(self, call: Callable[[], _T]) -> _T:
+        while True:
+            try:
+                return call()
+            except _REDIS_DOWN as exc:
+                if self._stop_requested:
+                    raise
+                self._redis_down(exc)
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
