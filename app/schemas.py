@@ -13,6 +13,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -93,7 +94,13 @@ class Options(BaseModel):
     min_p: float | None = Field(default=None, ge=0, le=1)
     typical_p: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = Field(default=None, ge=-(1 << 63), le=(1 << 64) - 1)
-    stop: list[str] | None = None
+    # A bare string is taken too (see _stop_string), and the published schema says so.
+    stop: Annotated[
+        list[str] | None,
+        WithJsonSchema(
+            {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}, {"type": "null"}]}
+        ),
+    ] = None
     repeat_penalty: float | None = Field(default=None, ge=0, le=100)
     repeat_last_n: int | None = Field(default=None, ge=-1, le=MAX_NUM_CTX)
     presence_penalty: float | None = Field(default=None, ge=-100, le=100)
@@ -108,6 +115,33 @@ class Options(BaseModel):
     def _skip_nulls(cls, data: Any) -> Any:
         # Null options are skipped, as Ollama's Options.FromMap skips them.
         return absent_nulls(data)
+
+    @field_validator(
+        "num_ctx",
+        "num_predict",
+        "num_keep",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "seed",
+        "repeat_penalty",
+        "repeat_last_n",
+        "presence_penalty",
+        "frequency_penalty",
+        "num_batch",
+        "num_thread",
+        "num_parallel",
+        mode="before",
+    )
+    @classmethod
+    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON true/false is no number to Ollama (Options.FromMap: "option %q must be of type ..."),
+        # though pydantic would read it as 1/0.
+        if isinstance(value, bool):
+            raise ValueError(f"option {info.field_name!r} must be a number, not {str(value).lower()}")
+        return value
 
     @field_validator("top_k", "num_keep")
     @classmethod

@@ -82,6 +82,17 @@ def _chat_tokens(client: httpx.Client, messages: list[dict[str, Any]]) -> int:
     return int(response.json()["prompt_eval_count"])
 
 
+def test_options_take_a_bare_stop_string_and_refuse_a_boolean_number(client: httpx.Client) -> None:
+    body = {"model": "tiny-a", "prompt": "hi", "stream": False}
+    taken = client.post("/api/generate", json={**body, "options": {**QUICK, "stop": "\n"}})
+    assert taken.status_code == 200, taken.text
+    # A JSON boolean is no number to Ollama: a 400 naming the option, never read as 0 or 1.
+    for path, extra in (("/api/generate", {}), ("/api/embeddings", {})):
+        refused = client.post(path, json={**body, **extra, "options": {"seed": False}})
+        assert refused.status_code == 400, refused.text
+        assert "seed" in refused.json()["error"]
+
+
 def test_assistant_content_null_with_tool_calls_reaches_the_template(client: httpx.Client) -> None:
     question = {"role": "user", "content": "Weather in Paris?"}
     call = {

@@ -35,11 +35,15 @@ from herd.contracts import (
     worker_state_key,
 )
 from herd.names import ModelName
+from herd.redis_connect import sync_client
+from herd.settings import CommonSettings
 from herd.store import ModelStore
 from stack.nginx import logs_dir
 from stack.processes import ManagedProcess
+from stack.redis_auth import WORKER_USER
 from stack.setup import ensure_default_model
 from stack.supervisor import Stack
+from stack.tls import redis_tls_paths
 from tests.e2e.conftest import GEMMA, start_stack
 from tests.reliability.conftest import wait_for
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
@@ -77,8 +81,13 @@ class Pool:
 
     def b_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HERD_", "OLLAMA_"))}
+        # What `herd join` hands a new host: TLS with the stack's CA, and the workers' ACL user.
+        url = self.stack.settings.redis_user_url(WORKER_USER)
         env.update(
-            HERD_REDIS_URL=f"redis://127.0.0.1:{self.proxy.port}/0",
+            HERD_REDIS_URL=url.replace(
+                f"@127.0.0.1:{self.stack.settings.redis_port}/", f"@127.0.0.1:{self.proxy.port}/"
+            ),
+            HERD_REDIS_CA=str(redis_tls_paths(self.stack.settings)[0]),
             OLLAMA_MODELS=str(self.b_models),
             HERD_WORKER_ID=B,
             HERD_STORE_URL=self.base,
@@ -133,8 +142,15 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         "OLLAMA_MAX_QUEUE": "32",
     }
     run = tmp_path_factory.mktemp("host-a-run")
-    with start_stack(a_models, run, env=env) as stack, tcp_proxy(stack.settings.redis_port) as proxy:
-        r = redis.Redis.from_url(stack.settings.stack_redis_url, decode_responses=True)
+    # A's Redis serves TLS, as with a LAN HERD_REDIS_BIND (on loopback here: tests reach no LAN address).
+    with (
+        start_stack(a_models, run, env=env, HERD_REDIS_TLS=True) as stack,
+        tcp_proxy(stack.settings.redis_port) as proxy,
+    ):
+        admin = CommonSettings(
+            redis_url=stack.settings.stack_redis_url, redis_ca=redis_tls_paths(stack.settings)[0]
+        )
+        r = sync_client(admin, decode_responses=True, socket_timeout=5)
         p = Pool(stack, proxy, b_models, run / "worker-b.log", r)
         try:
             yield p
