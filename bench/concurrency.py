@@ -58,7 +58,7 @@ def bench_concurrency(
 ) -> ConcurrencyRun:
     """``rounds`` rounds of 1, 2, 4, 8 streams on each server, after one warm-up request to each."""
     with (
-        running_stack(models_dir, threads, NUM_PARALLEL) as stack,
+        running_stack(models_dir, threads, NUM_PARALLEL, batch_invariant=True) as stack,
         running_stack(models_dir, threads, NUM_PARALLEL, batch_invariant=False) as throughput_stack,
         llama_server(gguf, threads, num_ctx, log_dir / "llama_cpp_server.log") as llama_base,
     ):

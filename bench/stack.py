@@ -20,7 +20,7 @@ MODEL = "gemma3:270m"
 
 @contextmanager
 def running_stack(
-    models_dir: Path, threads: int, num_parallel: int, *, batch_invariant: bool = True
+    models_dir: Path, threads: int, num_parallel: int, *, batch_invariant: bool = False
 ) -> Iterator[Stack]:
     """redis-server, gunicorn, one worker and nginx on free loopback ports; stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="herd-bench-run-") as run_dir:
