@@ -310,9 +310,13 @@ class ModelCache:
     def _load(self, stored: StoredModel, n_ctx: int, n_parallel: int, need: Estimate) -> LoadedModel:
         """The model's weights, context and template, held once; on failure nothing stays allocated."""
         try:
-            # Never repacked here: llama.cpp's repacked CPU weights crash the first decode on some CPUs
-            # (AMX Xeons), and switch kernels at 4 rows, which batch-invariant decoding cannot have.
-            llama_model = LlamaModel(stored.model_path, n_gpu_layers=self._n_gpu_layers, repack=False)
+            # Repacked CPU weights only where a probe in a child process found them safe and faster for
+            # this file and CPU (workers/repack_probe.py: they crash the first decode on AMX Xeons), and
+            # never in the deterministic mode: their kernels switch at 4 rows, so a sequence's numbers
+            # would depend on what it is batched with.
+            llama_model = LlamaModel(
+                stored.model_path, n_gpu_layers=self._n_gpu_layers, repack=not self._batch_invariant
+            )
         except ModelLoadError:
             if self._metrics is not None:
                 self._metrics.record_load_failure(stored.name.display)

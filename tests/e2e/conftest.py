@@ -6,7 +6,9 @@ their own with `start_stack`. Every stack is stopped, and its processes killed, 
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Pa
     return root
 
 
+# Beside the session's other temporaries, named after the pytest process so two sessions never share it.
+SESSION_PROBE_FILE = Path(tempfile.gettempdir()) / f"herd-tests-{os.getpid()}" / "repack-probe.json"
+
+
 @contextmanager
 def start_stack(
     models_dir: Path, run_dir: Path, env: dict[str, str] | None = None, **overrides: object
@@ -77,7 +83,13 @@ def start_stack(
     # Test registries listen on 127.0.0.1, which the store worker refuses unless HERD_REGISTRY_ALLOW names it.
     # A short drain: a stack stop lets running generations finish for HERD_DRAIN_SECONDS (30 s by default),
     # and a stream a test left running (its client gone with the API) would hold the teardown that long.
-    base = {"HERD_HEARTBEAT": "0.5", "HERD_REGISTRY_ALLOW": "127.0.0.1", "HERD_DRAIN_SECONDS": "5"}
+    # One repack verdict file for the whole session: each model file is probed once, not once per store.
+    base = {
+        "HERD_HEARTBEAT": "0.5",
+        "HERD_REGISTRY_ALLOW": "127.0.0.1",
+        "HERD_DRAIN_SECONDS": "5",
+        "HERD_REPACK_PROBE_FILE": str(SESSION_PROBE_FILE),
+    }
     stack = Stack(settings, env={**base, **(env or {})})
     try:
         stack.start()
