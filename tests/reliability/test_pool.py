@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ from stack.redis_auth import WORKER_USER
 from stack.setup import ensure_default_model
 from stack.supervisor import Stack
 from stack.tls import redis_tls_paths
-from tests.e2e.conftest import GEMMA, start_stack
+from tests.e2e.conftest import GEMMA, SESSION_PROBE_FILE, start_stack
 from tests.reliability.conftest import wait_for
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 from tests.support.tiny_gguf import write_tiny_llama
@@ -52,6 +53,7 @@ from tests.support.tiny_gguf import write_tiny_llama
 B = "hostb-0"
 WORKER_TIMEOUT_S = 2.0
 BURST = 8
+BURSTS = 5  # per measurement
 _STARTED = re.compile(r'msg="job started" request_id=(\S+)')
 
 
@@ -90,6 +92,9 @@ class Pool:
             HERD_REDIS_CA=str(redis_tls_paths(self.stack.settings)[0]),
             OLLAMA_MODELS=str(self.b_models),
             HERD_WORKER_ID=B,
+            # A's repack verdict for Gemma, so that both hosts decode with the same kernels (a second probe
+            # on a busy machine could decide otherwise, and the two hosts' speeds would differ).
+            HERD_REPACK_PROBE_FILE=str(SESSION_PROBE_FILE),
             HERD_STORE_URL=self.base,
             OLLAMA_NUM_PARALLEL="1",
             HERD_THREADS="1",
@@ -160,6 +165,18 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
             r.close()
             if p.figures:
                 print("\npool figures: " + ", ".join(f"{k}={v:.2f}" for k, v in p.figures.items()))
+
+
+def _median_burst(base: str) -> float:
+    """The median time of five bursts of BURST requests, all answered: one burst lasts about a second,
+    and on a shared 2-core machine, where the API's relay competes with both workers for the cores, a
+    single one varies by a third."""
+    timings = []
+    for _ in range(BURSTS):
+        took, results = _burst(base, BURST, offset=100)
+        _all_done(results)
+        timings.append(took)
+    return statistics.median(timings)
 
 
 def _burst(
@@ -237,8 +254,7 @@ def endless(model: str) -> dict[str, Any]:
 def test_a_joining_worker_with_an_empty_store_shares_a_burst(pool: Pool) -> None:
     _, warm = _burst(pool.base, 1)
     _all_done(warm)  # A holds Gemma now
-    alone, results = _burst(pool.base, BURST, offset=100)
-    _all_done(results)
+    alone = _median_burst(pool.base)
 
     pool.start_b()
     # A burst saturates A: placement assigns Gemma to B too, which fetches its blobs from A and loads it.
@@ -250,13 +266,12 @@ def test_a_joining_worker_with_an_empty_store_shares_a_burst(pool: Pool) -> None
     assert "model fetched from the store" in pool.b_log.read_text()
 
     a0, b0 = pool.starts()
-    both, results = _burst(pool.base, BURST, offset=100)
-    _all_done(results)
+    both = _median_burst(pool.base)
     a1, b1 = pool.starts()
     ran_a, ran_b = a1 - a0, b1 - b0
     speedup = alone / both
     pool.figures.update(alone_s=alone, both_s=both, speedup=speedup, ran_on_a=ran_a, ran_on_b=ran_b)
-    assert ran_a + ran_b == BURST and ran_a >= 2 and ran_b >= 2, (ran_a, ran_b)
+    assert ran_a + ran_b == BURSTS * BURST and ran_a >= BURSTS * 2 and ran_b >= BURSTS * 2, (ran_a, ran_b)
     assert speedup >= 1.3, pool.figures
 
 
