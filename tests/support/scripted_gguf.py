@@ -26,7 +26,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests.support.tiny_gguf import _SPACE_PIECE, BOS_ID, EOS_ID, UNK_ID, _vocab
+from tests.support.tiny_gguf import _SPACE_PIECE, EOS_ID, _vocab, add_llama_tokenizer
 
 __all__ = ["GO_TEMPLATES", "JINJA_TEMPLATES", "TEMPLATES", "script_pieces", "write_scripted"]
 
@@ -251,16 +251,7 @@ def write_scripted(
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(n_vocab)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(False)
+    add_llama_tokenizer(writer, tokens, scores, types)
     if template is not None:
         writer.add_chat_template(JINJA_TEMPLATES[template])
 

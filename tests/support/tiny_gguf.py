@@ -151,20 +151,7 @@ def write_tiny_llama(
     if embedding_only:
         writer.add_pooling_type(gguf.PoolingType.MEAN)
 
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    # No SentencePiece dummy prefix: with it llama.cpp prepends "▁" to the text
-    # and to every fragment after a special token (so ChatML's "<|im_start|>user"
-    # would become "<|im_start|> user"), and detokenizing without BOS would
-    # yield a leading space. Without it text round-trips exactly, BOS or not.
-    writer.add_add_space_prefix(False)
+    add_llama_tokenizer(writer, tokens, scores, types)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
@@ -200,6 +187,26 @@ def write_tiny_llama(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def add_llama_tokenizer(
+    writer: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int]
+) -> None:
+    """The tokenizer metadata every tiny GGUF here carries: a SentencePiece ("llama") vocabulary, BOS added."""
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    # No SentencePiece dummy prefix: with it llama.cpp prepends "▁" to the text
+    # and to every fragment after a special token (so ChatML's "<|im_start|>user"
+    # would become "<|im_start|> user"), and detokenizing without BOS would
+    # yield a leading space. Without it text round-trips exactly, BOS or not.
+    writer.add_add_space_prefix(False)
 
 
 def write_tiny_models(directory: Path, count: int) -> list[Path]:
