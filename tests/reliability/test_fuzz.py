@@ -34,7 +34,7 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Cases per operation and phase in one cycle; schemathesis repeats its cycles until the time budget is spent.
 MAX_EXAMPLES = int(os.environ.get("HERD_FUZZ_EXAMPLES", "15"))
 # The run's wall-clock budget, so the whole test (stack start included) stays within a minute on 2 cores.
-FUZZ_SECONDS = int(os.environ.get("HERD_FUZZ_SECONDS", "30"))
+FUZZ_SECONDS = int(os.environ.get("HERD_FUZZ_SECONDS", "20"))
 # Longest any fuzzed request may take: a short generation on a tiny model takes a few seconds at worst.
 REQUEST_TIMEOUT = 30
 SEED = 20240608

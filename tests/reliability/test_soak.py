@@ -1,7 +1,7 @@
 """Soak: mixed traffic at a steady rate, with memory, errors and latency measured.
 
 Open loop: a request is sent every 1/RATE seconds whatever the previous ones are doing, so a slowdown
-shows up as latency rather than as a lower rate. HERD_SOAK_SECONDS sets the length: `make test` runs 45 s
+shows up as latency rather than as a lower rate. HERD_SOAK_SECONDS sets the length: `make test` runs 30 s
 (the default), `make soak` (which CI runs after it) the full ten minutes, with the same assertions.
 """
 
@@ -20,7 +20,7 @@ from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
 from tests.reliability.conftest import children, percentile, rss_kib
 
-SOAK_S = float(os.environ.get("HERD_SOAK_SECONDS", "45"))
+SOAK_S = float(os.environ.get("HERD_SOAK_SECONDS", "30"))
 # Memory and latency are measured after the warm-up: a quarter of a short run, at most 30 s.
 WARMUP_S = min(30.0, SOAK_S / 4)
 RATE = 4.0  # requests per second

@@ -156,7 +156,7 @@ def test_a_job_popped_by_a_worker_that_never_got_it_fails_and_one_started_waits(
         lost = await asyncio.wait_for(anext(relay.events("job-1")), 10)
         took = time.monotonic() - started
         waiting = asyncio.ensure_future(anext(relay.events("job-2")))
-        await asyncio.sleep(3.5)
+        await asyncio.sleep(2.5)
         still_waiting = not waiting.done()
         waiting.cancel()
         await client.aclose()
