@@ -7,14 +7,11 @@ here once at start (workers.main); nothing else in the process reads it.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
-
-import redis
 
 from herd.contracts import EmbedJob, GenerateJob, lease_key
 from workers.publisher import Publisher
-from workers.rq_worker import REDIS_RETRY_S
+from workers.rq_worker import until_redis_answers
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -63,13 +60,10 @@ def _lease_held(runtime: WorkerRuntime, job: GenerateJob | EmbedJob) -> bool:
     The job was popped already: it is in no queue, so giving up on a Redis that just went away (a
     restart, a Sentinel failover) would lose it. A long outage ends in a lapsed lease, and the drop above.
     """
-    while True:
-        try:
-            return bool(runtime.client.exists(lease_key(job.job_id)))
-        except (redis.ConnectionError, redis.TimeoutError):
-            if runtime.draining:
-                raise
-            time.sleep(REDIS_RETRY_S)
+    held = until_redis_answers(
+        lambda: runtime.client.exists(lease_key(job.job_id)), stopping=lambda: runtime.draining
+    )
+    return bool(held)
 
 
 def run_generate(payload: dict[str, Any]) -> None:

@@ -51,6 +51,23 @@ _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 _T = TypeVar("_T")
 
 
+def until_redis_answers(
+    call: Callable[[], _T],
+    *,
+    stopping: Callable[[], bool],
+    on_error: Callable[[Exception], None] = lambda _: time.sleep(REDIS_RETRY_S),
+) -> _T:
+    """``call()``, tried again while Redis is unreachable (``on_error`` waits between tries) until it
+    answers; raises the Redis error once ``stopping()`` says the process is stopping."""
+    while True:
+        try:
+            return call()
+        except _REDIS_DOWN as exc:
+            if stopping():
+                raise
+            on_error(exc)
+
+
 class RedisUnreachable(Exception):
     """A pop failed on Redis; raised past RQ's own retry loop, which would not look at the stop flag."""
 
@@ -181,13 +198,7 @@ class FlagStoppedWorker(SimpleWorker):
         )
 
     def _until_redis_answers(self, call: Callable[[], _T]) -> _T:
-        while True:
-            try:
-                return call()
-            except _REDIS_DOWN as exc:
-                if self._stop_requested:
-                    raise
-                self._redis_down(exc)
+        return until_redis_answers(call, stopping=lambda: self._stop_requested, on_error=self._redis_down)
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
