@@ -6,6 +6,7 @@ tests/unit/test_registry_client.py on the check itself, so no test sends a packe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -168,7 +169,9 @@ def _banner_server() -> Iterator[int]:
                 conn, _ = sock.accept()
             except TimeoutError:
                 continue
-            with conn:
+            # A client that gives up on a connection (a TLS attempt before plain HTTP, a retry) resets it;
+            # that must not end the server, or the next connection would wait on it for ever.
+            with conn, contextlib.suppress(OSError):
                 # Read the request first, so that closing does not reset a request still arriving.
                 conn.settimeout(5)
                 conn.recv(65536)
