@@ -16,6 +16,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.prompts import CALL_SCHEMA
+
 MODEL = "tiny-tools"
 WEATHER_TOOL = {
     "type": "function",
@@ -28,21 +30,6 @@ WEATHER_TOOL = {
             "required": ["city"],
         },
     },
-}
-# Forces the model's output into a call of get_weather for Paris.
-CALL_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"enum": ["get_weather"]},
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Paris"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["name", "parameters"],
-    "additionalProperties": False,
 }
 GREEDY = {"temperature": 0, "seed": 1, "num_predict": 80}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]

@@ -23,6 +23,7 @@ from herd.names import ModelName
 from herd.store import ModelStore
 from stack.supervisor import Stack
 from tests.e2e.conftest import start_stack
+from tests.support.prompts import CALL_SCHEMA
 from tests.support.tiny_gguf import CHATML_TEMPLATE, TOOLS_TEMPLATE, write_tiny_llama
 
 KEY = "sk-herd-vendor-apis"
@@ -35,21 +36,6 @@ WEATHER = {
         "properties": {"city": {"type": "string", "description": "The city's name."}},
         "required": ["city"],
     },
-}
-# Forces the model's output into a call of get_weather for Paris (the Llama 3.1 manner of tiny-tools).
-CALL_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"enum": ["get_weather"]},
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Paris"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["name", "parameters"],
-    "additionalProperties": False,
 }
 TOOL_RESULT = "18 degrees, sunny, light wind from the west"
 ASK = "What is the weather in Paris?"

@@ -30,3 +30,21 @@ def endless_stream(model: str) -> dict[str, Any]:
         "raw": True,
         "options": {"temperature": 0, "num_predict": 3000},
     }
+
+
+# A JSON schema that forces tiny-tools' output into a call of get_weather for Paris (its Llama 3.1 manner):
+# the tool-call tests of the native, OpenAI, Responses and Anthropic APIs share it.
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["get_weather"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "parameters"],
+    "additionalProperties": False,
+}
