@@ -10,6 +10,7 @@ given seed and differs between seeds, which is what tests need.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import gguf
 import numpy as np
@@ -111,8 +112,9 @@ def write_tiny_llama(
     chat_template: str | None = None,
     name: str = "tiny",
     embedding_only: bool = False,
+    architecture: Literal["llama", "qwen2vl"] = "llama",
 ) -> Path:
-    """Write a random-weight llama-architecture GGUF to `path` and return it.
+    """Write a random-weight GGUF (llama architecture unless told) to `path` and return it.
 
     The same arguments always give a byte-identical file; a different `seed`
     gives different weights and therefore different generations.
@@ -120,6 +122,10 @@ def write_tiny_llama(
     With `embedding_only`, the model declares mean pooling (so llama.cpp's
     embedding mode returns one vector per input) and ties the output layer to
     the token embeddings instead of storing a separate one.
+
+    With `architecture="qwen2vl"` it is a Qwen2-VL text model instead: the same blocks plus Qwen2's
+    q/k/v biases, and M-RoPE (`rope.dimension_sections`), so that images from a qwen2vl projector
+    (tests/support/tiny_projector.py) take their 2-D positions as in the real model.
     """
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
@@ -135,7 +141,7 @@ def write_tiny_llama(
     # the 1-D norm weights stay F32 as llama.cpp's converters write them.
     f16 = np.float16
 
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, architecture)
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_context_length(context_length)
@@ -147,6 +153,12 @@ def write_tiny_llama(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(10000.0)
+    if architecture == "qwen2vl":
+        # Temporal, height and width sections of each head's rotary pairs (head_dim / 2 of them), in
+        # Qwen2-VL's proportions (16, 24, 24 of 64); text tokens take the same position in all three.
+        pairs = head_dim // 2
+        height = width = 3 * pairs // 8
+        writer.add_rope_dimension_sections([pairs - height - width, height, width, 0])
     writer.add_vocab_size(n_vocab)
     if embedding_only:
         writer.add_pooling_type(gguf.PoolingType.MEAN)
@@ -177,6 +189,9 @@ def write_tiny_llama(
         writer.add_tensor(f"{blk}.attn_k.weight", _normal(rng, (n_embd, n_embd), attn_std, f16))
         writer.add_tensor(f"{blk}.attn_v.weight", _normal(rng, (n_embd, n_embd), attn_std, f16))
         writer.add_tensor(f"{blk}.attn_output.weight", _normal(rng, (n_embd, n_embd), attn_std, f16))
+        if architecture == "qwen2vl":
+            for proj in ("attn_q", "attn_k", "attn_v"):
+                writer.add_tensor(f"{blk}.{proj}.bias", _normal(rng, (n_embd,), 0.1, np.float32))
         writer.add_tensor(f"{blk}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"{blk}.ffn_gate.weight", _normal(rng, (n_ff, n_embd), attn_std, f16))
         writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), attn_std, f16))

@@ -6,6 +6,11 @@ libmtmd loads it next to a tiny text model from `tests.support.tiny_gguf` and tu
 image into 16 embeddings that llama.cpp decodes into the KV cache like any prompt. The
 weights are random, so different images give different embeddings (and so different
 greedy continuations), and the same image always gives the same ones.
+
+`write_tiny_qwen2vl_projector` writes a Qwen2-VL projector (`clip.projector_type =
+"qwen2vl_merger"`) for a `qwen2vl` text model (`write_tiny_llama(architecture="qwen2vl")`):
+its images take M-RoPE positions, a grid of (height, width) per embedding, so an image of
+h x w embeddings advances the text position by max(h, w), not by h * w.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ import gguf
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["IMAGE_SIZE", "PATCH_SIZE", "TOKENS_PER_IMAGE", "png", "write_tiny_projector"]
+__all__ = [
+    "IMAGE_SIZE",
+    "PATCH_SIZE",
+    "QWEN2VL_PATCH_SIZE",
+    "TOKENS_PER_IMAGE",
+    "png",
+    "write_tiny_projector",
+    "write_tiny_qwen2vl_projector",
+]
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -91,6 +104,82 @@ def write_tiny_projector(
     writer.add_tensor("mm.0.weight", _normal(rng, (hidden, n_embd), 1.0 / np.sqrt(n_embd)))
     writer.add_tensor("mm.0.bias", np.zeros(hidden, dtype=np.float32))
     writer.add_tensor("mm.2.weight", _normal(rng, (text_n_embd, hidden), 2.0 / np.sqrt(hidden)))
+    writer.add_tensor("mm.2.bias", np.zeros(text_n_embd, dtype=np.float32))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# Qwen2-VL merges 2x2 patches into one embedding, so an image becomes one embedding per 16x16 pixels
+# of its size after libmtmd's resize (to multiples of 16, at least 8 embeddings' worth of pixels).
+QWEN2VL_PATCH_SIZE = 8
+
+
+def write_tiny_qwen2vl_projector(
+    path: Path,
+    *,
+    text_n_embd: int = 64,
+    seed: int = 0,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_ff: int = 64,
+    n_layer: int = 2,
+) -> Path:
+    """Write a random-weight Qwen2-VL projector GGUF whose output width is `text_n_embd`.
+
+    The layout is what libmtmd's clip.cpp reads for PROJECTOR_TYPE_QWEN2VL: two temporal patch
+    kernels and no patch bias or position embeddings (the ViT rotates by 2-D M-RoPE instead),
+    LayerNorm blocks with biased attention, a post-LayerNorm, then the merger MLP (mm.0, GELU,
+    mm.2) over each 2x2 group of patches.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    patch = QWEN2VL_PATCH_SIZE
+    merged = 4 * n_embd  # the 2x2 patches an embedding is made of, side by side
+
+    writer = gguf.GGUFWriter(path, "clip")
+    writer.add_name("tiny-qwen2vl-projector")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_string("clip.projector_type", "qwen2vl_merger")
+    writer.add_bool("clip.use_gelu", True)
+    # Qwen2-VL sizes images dynamically; image_size only has to be there.
+    writer.add_uint32("clip.vision.image_size", 8 * 2 * patch)
+    writer.add_uint32("clip.vision.patch_size", patch)
+    writer.add_uint32("clip.vision.embedding_length", n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
+    writer.add_uint32("clip.vision.block_count", n_layer)
+    writer.add_uint32("clip.vision.projection_dim", text_n_embd)
+    writer.add_uint32("clip.vision.attention.head_count", n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    # Two kernels, one per frame of Qwen2-VL's temporal patch (a still image goes through both).
+    writer.add_tensor("v.patch_embd.weight", _normal(rng, (n_embd, 3, patch, patch), 0.2))
+    writer.add_tensor("v.patch_embd.weight.1", _normal(rng, (n_embd, 3, patch, patch), 0.2))
+    std = 1.0 / np.sqrt(n_embd)
+    for i in range(n_layer):
+        blk = f"v.blk.{i}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(f"{blk}.{norm}.bias", np.zeros(n_embd, dtype=np.float32))
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"{blk}.{proj}.weight", _normal(rng, (n_embd, n_embd), std))
+            writer.add_tensor(f"{blk}.{proj}.bias", np.zeros(n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), std))
+        writer.add_tensor(f"{blk}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
+        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
+    writer.add_tensor("mm.0.weight", _normal(rng, (merged, merged), 1.0 / np.sqrt(merged)))
+    writer.add_tensor("mm.0.bias", np.zeros(merged, dtype=np.float32))
+    writer.add_tensor("mm.2.weight", _normal(rng, (text_n_embd, merged), 2.0 / np.sqrt(merged)))
     writer.add_tensor("mm.2.bias", np.zeros(text_n_embd, dtype=np.float32))
 
     writer.write_header_to_file()
