@@ -15,6 +15,10 @@ The decode thread calls step(); each step is one `llama_decode`:
   sequences in batches of at most MAX_DECODE_ROWS; the two kinds alternate. Each sequence has its own KV
   stream, and nothing is reused across requests, so greedy output is the same alone or beside any others.
 
+A sequence counts its KV cells (what num_ctx bounds) apart from its next position: the two are equal
+but after an image with M-RoPE (the qwen2-vl family), which fills a cell per embedding and takes fewer
+positions (workers/vision.py). Text is decoded at positions, and the cache is trimmed by position.
+
 Each sequence is sampled with its own sampler (workers/sampling.py). A sequence joins at the next step; a
 finished or cancelled one frees its slot at once (its cells stay cached in the default mode).
 
@@ -36,7 +40,7 @@ import llama_cpp as llama
 import numpy as np
 
 from workers.llama import LlamaModel
-from workers.prefix_cache import Slot, SlotTable
+from workers.prefix_cache import CachedImage, Slot, SlotTable
 from workers.sampling import SamplingParams, SequenceSampler
 from workers.vision import ImageError, MediaPrompt
 
@@ -119,7 +123,9 @@ class _Sequence:
     inputs: list[int] = field(default_factory=list)  # what prefill evaluates: the prompt (or a re-shift)
     prefilled: int = 0  # inputs already in the KV cache
     n_past: int = 0  # cells of the KV cache in use (lower than prompt + generated after a shift)
-    cells: list[int] = field(default_factory=list)  # the token in each cell, by position: the cache key
+    pos: int = 0  # the position the next input takes: n_past, or less after an image with M-RoPE
+    cells: list[int] = field(default_factory=list)  # the token in each cell, in order: the cache key
+    images: list[CachedImage] = field(default_factory=list)  # where cells and positions part (M-RoPE)
     keep: int = 0  # tokens at the start that a context shift keeps
     generated: list[int] = field(default_factory=list)
     pending_token: int | None = None  # sampled, not yet decoded
@@ -275,23 +281,27 @@ class BatchEngine:
     def _admit(self, seq: _Sequence) -> None:
         """Trim the slot's cached cells to the prefix this prompt shares; the rest is prefilled."""
         prompt = seq.request.prompt
+        media = seq.request.media
         # The last prompt token is always evaluated: its logits give the first token.
         kept = min(seq.cached, len(prompt) - 1)
-        cached_len = len(seq.slot.cached)
-        if 0 < kept < cached_len and self.n_swa > 0:
+        if media is not None:
+            kept = media.image_boundary(kept)  # an image's cells are reused whole or not at all
+        # Where the first input not kept goes: the cells below that position are the kept ones.
+        kept, pos, images = seq.slot.keep(kept)
+        if 0 < kept < len(seq.slot.cached) and self.n_swa > 0:
             # A window-sized cache has dropped the cells before its window: the kept prefix is usable
             # only if the window before its end is still there (llama-server's check).
             pos_min = int(llama.llama_memory_seq_pos_min(self._memory, seq.seq_id))
-            if pos_min > max(0, kept - self.n_swa):
-                kept = 0
-        if seq.request.media is not None:
-            kept = seq.request.media.image_boundary(kept)  # an image's cells are reused whole or not at all
-        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, kept, -1):
+            if pos_min > max(0, pos - self.n_swa):
+                kept = pos = 0
+        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, pos, -1):
             # Some memories (recurrent) cannot drop a tail: start the slot afresh.
             llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-            kept = 0
+            kept = pos = 0
         seq.cached = kept
         seq.prefilled = seq.n_past = kept
+        seq.pos = pos
+        seq.images = images if kept else []
         seq.cells = list(prompt[:kept])
         seq.admitted = True
         if kept:
@@ -303,7 +313,7 @@ class BatchEngine:
         rows = 0
         for seq in decoding:
             assert seq.pending_token is not None
-            self._put(rows, seq.pending_token, seq.n_past, seq.seq_id, True)
+            self._put(rows, seq.pending_token, seq.pos, seq.seq_id, True)
             sample_at.append((seq, rows))
             rows += 1
         in_batch = list(decoding)
@@ -328,7 +338,7 @@ class BatchEngine:
             sample_at = []
             for i, seq in enumerate(group):
                 assert seq.pending_token is not None
-                self._put(i, seq.pending_token, seq.n_past, seq.seq_id, True)
+                self._put(i, seq.pending_token, seq.pos, seq.seq_id, True)
                 sample_at.append((seq, i))
             events.extend(self._run_batch(len(group), group, sample_at))
         return events
@@ -345,16 +355,20 @@ class BatchEngine:
             media = seq.request.media
             if media is not None and seq.inputs is seq.request.prompt:
                 try:
-                    evaluated = media.prefill_image(self.ctx, seq.seq_id, seq.prefilled, self.n_batch)
+                    evaluated, pos = media.prefill_image(
+                        self.ctx, seq.seq_id, seq.prefilled, seq.pos, self.n_batch
+                    )
                 except ImageError as exc:
                     events.append(self._finish(seq, "error", str(exc)))
                     continue
-                if evaluated:
-                    # The placeholders stand in the cells' key, so a later prompt with the same image
-                    # (same digest, same placeholders) reuses these cells.
-                    seq.cells.extend(seq.inputs[seq.prefilled : seq.prefilled + evaluated])
-                    seq.prefilled += evaluated
-                    seq.n_past += evaluated
+                if pos - seq.pos < evaluated:
+                    seq.images.append(CachedImage(len(seq.cells), evaluated, pos - seq.pos))
+                seq.pos = pos
+                # The placeholders stand in the cells' key, so a later prompt with the same image (same
+                # digest, same placeholders) reuses these cells.
+                seq.cells.extend(seq.inputs[seq.prefilled : seq.prefilled + evaluated])
+                seq.prefilled += evaluated
+                seq.n_past += evaluated
             remaining.append(seq)
         return remaining
 
@@ -371,16 +385,16 @@ class BatchEngine:
         media = seq.request.media
         if media is not None and inputs is seq.request.prompt:
             take = min(take, media.text_end(seq.prefilled) - seq.prefilled)  # the next image comes alone
-        base = seq.n_past - seq.prefilled  # inputs start at this position (after a kept prefix)
         for i in range(take):
             at = seq.prefilled + i
             last = at == len(inputs) - 1
-            self._put(start + i, inputs[at], base + at, seq.seq_id, last)
+            self._put(start + i, inputs[at], seq.pos + i, seq.seq_id, last)
             if last:
                 sample_at.append((seq, start + i))
         seq.cells.extend(inputs[seq.prefilled : seq.prefilled + take])
         seq.prefilled += take
-        seq.n_past = base + seq.prefilled
+        seq.n_past += take
+        seq.pos += take
         return take
 
     def _run_batch(
@@ -397,6 +411,7 @@ class BatchEngine:
         for seq, index in sample_at:
             if seq.pending_token is not None:
                 seq.n_past += 1  # the decoded pending token is now in the cache
+                seq.pos += 1
                 seq.cells.append(seq.pending_token)
             token = seq.sampler.sample(self.ctx, index)
             if seq.request.logprobs is not None and not self.model.is_eog(token):
@@ -487,18 +502,25 @@ class BatchEngine:
             "context full, shifted",
             extra={"key": seq.request.key, "n_past": seq.n_past, "keep": seq.keep, "discard": discard},
         )
-        if self.can_shift and llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end):
+        # Cells are moved by position: only where each cell has its own (no M-RoPE image, whose memory
+        # cannot shift anyway) are the cells to drop the positions to drop.
+        if (
+            self.can_shift
+            and seq.pos == seq.n_past
+            and llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, end)
+        ):
             llama.llama_memory_seq_add(self._memory, seq.seq_id, end, seq.n_past, -discard)
             seq.n_past -= discard
+            seq.pos -= discard
             seq.cells = remaining
             return True
-        if seq.request.media is not None:
+        if seq.request.media is not None or seq.images:
             # Evaluating again would need the images' embeddings, which only the prompt's positions
             # carry: a sequence with images ends at the full context instead (done_reason "length").
             return False
         llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
         seq.inputs = [*remaining, token]
-        seq.prefilled = seq.n_past = 0
+        seq.prefilled = seq.n_past = seq.pos = 0
         seq.cells = []
         seq.pending_token = None
         return True
@@ -514,17 +536,17 @@ class BatchEngine:
         first = seq.first_token_ns or now
         tokens = [*seq.request.prompt, *seq.generated]
         if not seq.admitted:
-            cached = seq.slot.cached  # never touched: the slot keeps what it held
+            cached, images = seq.slot.cached, seq.slot.images  # never touched: the slot keeps what it held
         elif self.reuse_prefix and reason != "error":
-            # What its cells hold, by position (shifted or not): the next request may start from them.
-            cached = list(seq.cells)
+            # What its cells hold, in order (shifted or not): the next request may start from them.
+            cached, images = list(seq.cells), seq.images
         else:
             llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-            cached = []
+            cached, images = [], []
         seq.sampler.free_all()
         with self._lock:
             self._running.remove(seq)
-            self._slots.give_back(seq.slot, cached)
+            self._slots.give_back(seq.slot, cached, images)
         return DoneEvent(
             key=seq.request.key,
             reason=reason,

@@ -9,9 +9,14 @@ llama-server's prompt cache. A slot counts as a match only when the prompt keeps
 caches: otherwise a prompt that shares just the template's first tokens with a long chat would take that
 chat's slot (and wipe its cache) while an empty or stale slot was free; it then goes by LRU alone.
 
-The prefix key is a sequence of prompt items compared by equality: today every item is a token id. An
-image (a multimodal chunk) joins the key as one item per KV position it fills, say `("image", digest, i)`,
-so that two prompts with different images never share the cells after the first of them.
+The prefix key is a sequence of prompt items compared by equality, one per KV cell: a token id, or one of
+an image's placeholder ids (drawn from its digest, workers/vision.py), so that two prompts with different
+images never share the cells after the first of them.
+
+Cells and positions differ after an image with M-RoPE (the qwen2-vl family): its cells all sit at one
+position and it advances the position by fewer than its cells. A slot remembers where such images lie in
+its cells, so that a kept prefix never splits one and the next input goes on at the right position, even
+for a prompt that carries those cells only as tokens (a client's `context` on /api/generate).
 """
 
 from __future__ import annotations
@@ -25,14 +30,37 @@ PromptKey = Sequence[Hashable]
 _clock = count(1)  # a use order, not wall time: ties never happen and no clock can go back
 
 
+@dataclass(frozen=True)
+class CachedImage:
+    """An image whose cells take fewer positions than cells (M-RoPE): its first cell, cells and positions."""
+
+    start: int
+    n_cells: int
+    n_pos: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.n_cells
+
+
 @dataclass
 class Slot:
     """One sequence slot of a context: its id in llama.cpp, and what its KV cells hold while idle."""
 
     seq_id: int
-    cached: list[Hashable] = field(default_factory=list)  # the items at positions 0 .. len-1
+    cached: list[Hashable] = field(default_factory=list)  # the items in cells 0 .. len-1
+    images: list[CachedImage] = field(default_factory=list)  # the M-RoPE images among them, in order
     last_used: int = 0
     in_use: bool = False
+
+    def keep(self, kept: int) -> tuple[int, int, list[CachedImage]]:
+        """Keeping `kept` cached items: as many as can be kept without splitting an image, the position
+        the next input takes after them, and the images among them."""
+        for image in self.images:
+            if image.start < kept < image.end:
+                kept = image.start
+        images = [image for image in self.images if image.end <= kept]
+        return kept, kept - sum(image.n_cells - image.n_pos for image in images), images
 
 
 def common_prefix(a: PromptKey, b: PromptKey) -> int:
@@ -79,8 +107,10 @@ class SlotTable:
         slot.last_used = next(_clock)
         return slot, kept
 
-    def give_back(self, slot: Slot, cached: list[Hashable]) -> None:
-        """The slot is idle again, its KV cells holding `cached` (empty when they were cleared)."""
+    def give_back(self, slot: Slot, cached: list[Hashable], images: list[CachedImage]) -> None:
+        """The slot is idle again, its KV cells holding `cached` (empty when they were cleared) and
+        `images` among them."""
         slot.cached = cached
+        slot.images = images
         slot.in_use = False
         slot.last_used = next(_clock)

@@ -5,6 +5,12 @@ is tokenized by mtmd into text and image chunks; the engine sees one token list 
 holds as many placeholder tokens as the embeddings it becomes, so prompt_eval_count, num_ctx and the
 context shift count image tokens as they count text. When a sequence's prefill reaches an image, the
 engine hands it back here and mtmd evaluates the image's embeddings into the sequence's KV cells.
+
+An image takes one KV cell per embedding, but not always one position per embedding: with M-RoPE (the
+qwen2-vl family) an image of h x w embeddings takes max(h, w) positions, all its cells sit at its first
+one, and the text after it goes on from there (llama-server's `n_pos`). So the engine keeps a sequence's
+next position apart from its cells in use, and a slot remembers where such images lie in its cached cells
+(workers/prefix_cache.py).
 """
 
 from __future__ import annotations
@@ -63,10 +69,11 @@ class ImageError(ValueError):
 
 @dataclass
 class ImageChunk:
-    """One image of a prompt: where its placeholders start and how many positions it takes."""
+    """One image of a prompt: where its placeholders start, its embeddings and the positions it takes."""
 
     start: int
-    n_tokens: int
+    n_tokens: int  # embeddings, so KV cells and placeholders
+    n_pos: int  # positions it advances the sequence by: n_tokens, or fewer with M-RoPE
     chunk: int  # the mtmd_input_chunk, owned by its MediaPrompt's chunk list
 
 
@@ -77,6 +84,7 @@ class MediaPrompt:
         self.projector = projector
         self.tokens = tokens
         self.images = images
+        self.chunks = chunks  # the mtmd_input_chunks: text and images in order, as libmtmd tokenized them
         # The chunk list is C memory: freed when the prompt is dropped (a finished or cancelled sequence).
         self._free = weakref.finalize(self, mtmd.mtmd_input_chunks_free, chunks)
 
@@ -98,19 +106,22 @@ class MediaPrompt:
         """`pos`, or the start of the image that `pos` falls inside: a reused prefix never splits an image."""
         return next((i.start for i in self.images if i.start < pos < i.start + i.n_tokens), pos)
 
-    def prefill_image(self, ctx: llama.llama_context_p, seq_id: int, pos: int, n_batch: int) -> int:
-        """Evaluate the image that starts at `pos` into the sequence's KV cells; its positions, or 0
-        when no image starts there (the engine then decodes text as usual)."""
-        image = next((i for i in self.images if i.start == pos), None)
+    def prefill_image(
+        self, ctx: llama.llama_context_p, seq_id: int, index: int, pos: int, n_batch: int
+    ) -> tuple[int, int]:
+        """Evaluate the image whose placeholders start at `index` into the sequence's KV cells from
+        position `pos`; returns the cells it filled and the position after it, or (0, pos) when no image
+        starts there (the engine then decodes text as usual)."""
+        image = next((i for i in self.images if i.start == index), None)
         if image is None:
-            return 0
+            return 0, pos
         new_n_past = llama.llama_pos(pos)
         rc = mtmd.mtmd_helper_eval_chunk_single(
             self.projector.handle, ctx, image.chunk, pos, seq_id, n_batch, False, ctypes.byref(new_n_past)
         )
         if rc != 0:
-            raise ImageError(f"libmtmd could not evaluate the image at position {pos} (error {rc})")
-        return image.n_tokens
+            raise ImageError(f"libmtmd could not evaluate the image at prompt index {index} (error {rc})")
+        return image.n_tokens, int(new_n_past.value)
 
 
 class Projector:
@@ -143,16 +154,9 @@ class Projector:
         self.n_vocab = model.n_vocab
         self.add_bos = model.add_bos
         self.size = path.stat().st_size
-        # M-RoPE models (the qwen2-vl family) give an image fewer positions than embeddings, while the
-        # engine keeps one position per token; refused clearly until the engine tracks them apart.
-        self.mrope = bool(mtmd.mtmd_decode_use_mrope(handle))
 
     def tokenize(self, text: str, images: list[bytes], *, add_special: bool = True) -> MediaPrompt:
         """Tokenize a prompt whose "[img-N]" tags stand for `images[N]`, each tag used once."""
-        if self.mrope:
-            raise ImageError(
-                f"images with the projector {self.path.name} need M-RoPE positions, which Herd does not support"
-            )
         order: list[int] = []
 
         def marker(match: re.Match[str]) -> str:
@@ -193,7 +197,8 @@ class Projector:
                 tokens.extend(ids[j] for j in range(n.value))
                 continue
             n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-            spans.append(ImageChunk(len(tokens), n_tokens, chunk))
+            n_pos = int(mtmd.mtmd_input_chunk_get_n_pos(chunk))
+            spans.append(ImageChunk(len(tokens), n_tokens, n_pos, chunk))
             # The chunk's id is its image's digest (set on the bitmap), and its index tells apart the
             # chunks of an image that some projectors split into several.
             seed = (mtmd.mtmd_input_chunk_get_id(chunk) or b"") + b"/%d" % len(spans)

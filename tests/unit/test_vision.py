@@ -8,21 +8,32 @@ model cache, and generated from with real llama.cpp decodes.
 from __future__ import annotations
 
 import base64
+import ctypes
 from collections.abc import Iterator
 
+import llama_cpp as llama
+import numpy as np
 import pytest
+from llama_cpp import mtmd_cpp as mtmd
 
 from herd.contracts import ChatMessage, CreateSpec, GenerateJob
 from herd.names import ModelName
 from herd.store import MEDIA_MODEL, MEDIA_PROJECTOR, ModelStore, StoredModel
 from herd.store.create import CreateError, ModelBuilder
 from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
-from tests.support.tiny_projector import TOKENS_PER_IMAGE, png, write_tiny_projector
+from tests.support.tiny_projector import (
+    TOKENS_PER_IMAGE,
+    png,
+    write_tiny_projector,
+    write_tiny_qwen2vl_projector,
+)
 from workers import prepare
 from workers.cache import LoadedModel, ModelCache
 from workers.engine import DoneEvent, SequenceRequest, TokenEvent
+from workers.prefix_cache import CachedImage, Slot
 from workers.prepare import JobError
 from workers.sampling import SamplingParams
+from workers.vision import MediaPrompt
 
 RED = base64.b64encode(png(40, 30, (255, 0, 0))).decode()
 BLUE = base64.b64encode(png(24, 24, (0, 0, 255), stripe=(255, 255, 0))).decode()
@@ -42,6 +53,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     builder = ModelBuilder(store, progress=lambda _: None)
     builder.build(ModelName.parse("tiny-vision"), CreateSpec(files=files))
     builder.build(ModelName.parse("tiny-blind"), CreateSpec(files={"model.gguf": files["model.gguf"]}))
+    # A Qwen2-VL pair: its images take M-RoPE positions, fewer than their embeddings.
+    qwen_text = write_tiny_llama(
+        root / "qwen.gguf", seed=6, chat_template=CHATML_TEMPLATE, architecture="qwen2vl"
+    )
+    qwen_projector = write_tiny_qwen2vl_projector(root / "qwen-mmproj.gguf", text_n_embd=64)
+    qwen_files = {}
+    for name, path in (("model.gguf", qwen_text), ("mmproj.gguf", qwen_projector)):
+        digest, _ = store.write_blob_from_file(path)
+        qwen_files[name] = digest
+    builder.build(ModelName.parse("tiny-qwen2vl"), CreateSpec(files=qwen_files))
     return store
 
 
@@ -226,3 +247,168 @@ def _prefix_key_checks(vision: LoadedModel) -> None:
 
 def _chat_of(messages: list[ChatMessage]) -> GenerateJob:
     return GenerateJob(job_id="j", request_id="r", kind="chat", model="m", messages=messages, admitted_ns=0)
+
+
+# --- M-RoPE (the qwen2-vl family) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen(store: ModelStore) -> Iterator[LoadedModel]:
+    # A cache of its own (the module's holds two models), and room for a chat turn with an image (Ollama
+    # counts 768 tokens an image when it truncates history).
+    own = ModelCache(max_loaded=1, n_parallel=1, threads=2, n_gpu_layers=0, memory_limit=1 << 32)
+    try:
+        loaded, _ = own.acquire(store.get(ModelName.parse("tiny-qwen2vl")), n_ctx=2048, keep_alive=60)
+        own.release(loaded)
+        yield loaded
+    finally:
+        own.close()
+
+
+def test_a_slot_keeps_mrope_images_whole_and_knows_the_position_after_them() -> None:
+    # Cells 5..16 hold an image of 12 embeddings at 4 positions; cells 20..28 one of 9 at 3.
+    images = [CachedImage(5, 12, 4), CachedImage(20, 9, 3)]
+    slot = Slot(0, cached=list(range(40)), images=images)
+    assert slot.keep(3) == (3, 3, [])
+    assert slot.keep(5) == (5, 5, [])
+    assert slot.keep(9) == (5, 5, [])  # inside the first image: none of it is kept
+    assert slot.keep(17) == (17, 9, images[:1])
+    assert slot.keep(25) == (20, 12, images[:1])
+    assert slot.keep(40) == (40, 26, images)
+
+
+def _libmtmd_greedy(loaded: LoadedModel, media: MediaPrompt, n: int) -> tuple[list[int], float]:
+    """The reference: libmtmd evaluates the whole prompt (text and images at the positions it gives
+    them, as llama-server and mtmd-cli do) in a context of its own, then `n` greedy tokens are decoded
+    from where it says the prompt ended. Returns them and the first one's log probability."""
+    params = llama.llama_context_default_params()
+    params.n_ctx = 2048
+    params.n_threads = params.n_threads_batch = 2
+    ctx = llama.llama_init_from_model(loaded.llama.handle, params)
+    assert ctx
+    batch = llama.llama_batch_init(1, 0, 1)
+    try:
+        n_past = llama.llama_pos(0)
+        assert loaded.projector is not None
+        rc = mtmd.mtmd_helper_eval_chunks(
+            loaded.projector.handle, ctx, media.chunks, 0, 0, params.n_batch, True, ctypes.byref(n_past)
+        )
+        assert rc == 0
+        tokens: list[int] = []
+        first_logprob = 0.0
+        for i in range(n):
+            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, -1), shape=(loaded.llama.n_vocab,))
+            token = int(logits.argmax())
+            if i == 0:
+                shifted = logits - logits.max()
+                first_logprob = float(shifted[token] - np.log(np.exp(shifted).sum()))
+            tokens.append(token)
+            batch.n_tokens = 1
+            batch.token[0] = token
+            batch.pos[0] = n_past.value + i
+            batch.n_seq_id[0] = 1
+            batch.seq_id[0][0] = 0
+            batch.logits[0] = True
+            assert llama.llama_decode(ctx, batch) == 0
+        return tokens, first_logprob
+    finally:
+        llama.llama_batch_free(batch)
+        llama.llama_free(ctx)
+
+
+def _run_tokens(
+    loaded: LoadedModel, job: GenerateJob, max_tokens: int = 8
+) -> tuple[list[int], DoneEvent, float]:
+    """The engine's greedy tokens for `job`, its done event and the first token's log probability."""
+    tokens, media = prepare.prompt_input(job, loaded)
+    request = SequenceRequest("k", tokens, GREEDY, max_tokens=max_tokens, media=media, logprobs=0)
+    loaded.engine.submit(request)
+    logprobs: list[float] = []
+    while True:
+        for event in loaded.engine.step():
+            if isinstance(event, TokenEvent):
+                logprobs.extend(entry["logprob"] for entry in event.logprobs or ())
+            elif isinstance(event, DoneEvent):
+                assert event.error is None, event.error
+                return event.tokens[len(tokens) :], event, logprobs[0]
+
+
+def test_mrope_text_after_an_image_goes_on_from_the_image_positions(qwen: LoadedModel) -> None:
+    plain, _ = prepare.prompt_input(chat("what is this?"), qwen)
+    tokens, media = prepare.prompt_input(chat("what is this?", [RED]), qwen)
+    assert media is not None and len(media.images) == 1
+    image = media.images[0]
+    # RED (40x30) is resized to 64x48 pixels: 4x3 embeddings, one KV cell each, but max(4, 3) positions.
+    assert (image.n_tokens, image.n_pos) == (12, 4)
+    # prompt_eval_count counts every embedding, as Ollama's does.
+    _, done = run(qwen, chat("what is this?", [RED]))
+    assert done.prompt_tokens == len(tokens) > len(plain) + image.n_tokens
+    # The engine's prefill (text in its own batches, the image through libmtmd, text again from the
+    # position after the image) gives what libmtmd's evaluation of the whole prompt gives.
+    for picture in (RED, BLUE):
+        _, media = prepare.prompt_input(chat("what is this?", [picture]), qwen)
+        assert media is not None
+        generated, _, logprob = _run_tokens(qwen, chat("what is this?", [picture]))
+        expected, expected_logprob = _libmtmd_greedy(qwen, media, len(generated))
+        assert generated == expected
+        assert logprob == pytest.approx(expected_logprob, abs=1e-3)
+
+
+def test_mrope_images_steer_the_output(qwen: LoadedModel) -> None:
+    red, _ = run(qwen, chat("what is this?", [RED]))
+    blue, _ = run(qwen, chat("what is this?", [BLUE]))
+    again, _ = run(qwen, chat("what is this?", [RED]))
+    text_only, _ = run(qwen, chat("what is this?"))
+    assert red != blue
+    assert red == again
+    assert text_only not in (red, blue)
+
+
+def test_mrope_a_reused_prefix_with_an_image_goes_on_at_its_positions(qwen: LoadedModel) -> None:
+    first = [ChatMessage(role="user", content="what is this?", images=[RED])]
+    reply, _ = run(qwen, _chat_of(first))
+    follow_up = _chat_of(
+        [*first, ChatMessage(role="assistant", content=reply), ChatMessage(role="user", content="and?")]
+    )
+    _, media = prepare.prompt_input(follow_up, qwen)
+    assert media is not None
+    image = media.images[0]
+    warm, warm_done, warm_logprob = _run_tokens(qwen, follow_up)
+    # The image's cells and the first turn's text after it came from the cache; the new text was decoded
+    # from the positions after them, which are 8 fewer than their indexes.
+    assert warm_done.cached_tokens > image.start + image.n_tokens
+    run(qwen, chat("something else entirely, to take the slot"))
+    cold, cold_done, cold_logprob = _run_tokens(qwen, follow_up)
+    assert cold_done.cached_tokens <= image.start
+    assert warm == cold
+    # Not bit for bit: the F16 KV cells were computed in other batches (about 2e-3 apart measured).
+    assert warm_logprob == pytest.approx(cold_logprob, abs=1e-2)
+    expected, _ = _libmtmd_greedy(qwen, media, len(warm))
+    assert warm == expected
+
+
+def test_mrope_a_context_with_an_image_goes_on_at_its_positions(qwen: LoadedModel) -> None:
+    # /api/generate's `context` gives back the last turn's tokens, the image's placeholders among them,
+    # with no image: the slot's cells still hold the image, and the new text must follow it at the
+    # position the image left (what a cold evaluation of the same image and tokens gives).
+    first = GenerateJob(
+        job_id="j", request_id="r", kind="generate", model="m", prompt="what?", images=[RED], admitted_ns=0
+    )
+    _, done = run(qwen, first)
+    follow_up = first.model_copy(update={"prompt": " and?", "images": None, "context": done.tokens})
+    tokens, media = prepare.prompt_input(follow_up, qwen)
+    assert media is None and tokens[: len(done.tokens)] == done.tokens
+    warm, warm_done, _ = _run_tokens(qwen, follow_up)
+    assert warm_done.cached_tokens == len(done.tokens) - 1  # all but the last token sampled
+    run(qwen, chat("something else entirely, to take the slot"))
+    _, cold_media = prepare.prompt_input(first, qwen)
+    assert cold_media is not None
+    cold_media.tokens[:] = tokens  # the same tokens, with the image's chunk where its placeholders are
+    qwen.engine.submit(SequenceRequest("c", tokens, GREEDY, max_tokens=len(warm), media=cold_media))
+    cold: list[int] = []
+    while qwen.engine.busy:
+        for event in qwen.engine.step():
+            if isinstance(event, DoneEvent):
+                assert event.error is None and event.cached_tokens <= cold_media.images[0].start
+                cold = event.tokens[len(tokens) :]
+    assert warm == cold
