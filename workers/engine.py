@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import llama_cpp as llama
-import numpy as np
 
 from workers.llama import LlamaModel
 from workers.prefix_cache import CachedImage, Slot, SlotTable
-from workers.sampling import SamplingParams, SequenceSampler
+from workers.sampling import SamplingParams, SequenceSampler, logprob_entry
 from workers.vision import ImageError, MediaPrompt
 
 log = logging.getLogger(__name__)
@@ -415,7 +414,7 @@ class BatchEngine:
                 seq.cells.append(seq.pending_token)
             token = seq.sampler.sample(self.ctx, index)
             if seq.request.logprobs is not None and not self.model.is_eog(token):
-                seq.logprobs.append(self._logprob_entry(index, token, seq.request.logprobs))
+                seq.logprobs.append(logprob_entry(self.ctx, self.model, index, token, seq.request.logprobs))
             events.extend(self._accept(seq, token))
         return events
 
@@ -426,29 +425,6 @@ class BatchEngine:
         b.n_seq_id[i] = 1
         b.seq_id[i][0] = seq_id
         b.logits[i] = logits
-
-    def _logprob_entry(self, index: int, token: int, top: int) -> dict[str, Any]:
-        """The token's log probability under the model (before sampling options), and the top alternatives."""
-        logits = np.ctypeslib.as_array(
-            llama.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,)
-        )
-        peak = float(logits.max())
-        logprobs = logits - (peak + float(np.log(np.exp(logits - peak).sum())))
-
-        def entry(tok: int) -> dict[str, Any]:
-            piece = self.model.piece(tok)
-            return {
-                "token": piece.decode("utf-8", errors="replace"),
-                "logprob": float(logprobs[tok]),
-                "bytes": list(piece),
-            }
-
-        out = entry(token)
-        if top > 0:
-            best = np.argpartition(logprobs, -top)[-top:]
-            best = best[np.argsort(logprobs[best])[::-1]]
-            out["top_logprobs"] = [entry(int(t)) for t in best]
-        return out
 
     def _text_event(self, seq: _Sequence, text: str) -> TokenEvent:
         """A text event carrying the log probabilities of the tokens it completes."""

@@ -5,6 +5,9 @@ of the whole vocabulary (262k entries for Gemma) for every token: greedy is one 
 selects the k best (argpartition) and only then takes a softmax, over k values, for top_p, min_p,
 temperature and the draw. Penalties are applied only when not neutral (Ollama's default repeat_penalty
 is 1.0). A grammar, active penalties, typical_p or top_k 0 use llama.cpp's native sampler chain.
+
+A sampled token's log probability, with the likeliest alternatives (`logprobs`), is read from the same
+logits (logprob_entry).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import ctypes
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp as llama
 import numpy as np
@@ -183,3 +187,27 @@ def _build_chain(
     # Ollama's seed -1 means "random" (drawn by the caller); llama.cpp's own constant is opaque.
     add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF), "dist")
     return chain
+
+
+def logprob_entry(
+    ctx: llama.llama_context_p, model: LlamaModel, index: int, token: int, top: int
+) -> dict[str, Any]:
+    """The token's log probability under the model (before sampling options), and the top alternatives."""
+    logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, index), shape=(model.n_vocab,))
+    peak = float(logits.max())
+    logprobs = logits - (peak + float(np.log(np.exp(logits - peak).sum())))
+
+    def entry(tok: int) -> dict[str, Any]:
+        piece = model.piece(tok)
+        return {
+            "token": piece.decode("utf-8", errors="replace"),
+            "logprob": float(logprobs[tok]),
+            "bytes": list(piece),
+        }
+
+    out = entry(token)
+    if top > 0:
+        best = np.argpartition(logprobs, -top)[-top:]
+        best = best[np.argsort(logprobs[best])[::-1]]
+        out["top_logprobs"] = [entry(int(t)) for t in best]
+    return out
