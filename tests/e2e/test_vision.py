@@ -17,9 +17,15 @@ import httpx
 import pytest
 
 from tests.support.tiny_gguf import CHATML_TEMPLATE, write_tiny_llama
-from tests.support.tiny_projector import TOKENS_PER_IMAGE, png, write_tiny_projector
+from tests.support.tiny_projector import (
+    TOKENS_PER_IMAGE,
+    png,
+    write_tiny_projector,
+    write_tiny_qwen2vl_projector,
+)
 
 MODEL = "vision-tiny:latest"
+QWEN = "vision-qwen2vl:latest"  # M-RoPE: its images take fewer positions than KV cells
 BLIND = "tiny-chat:latest"  # the session store's ChatML model, which has no projector
 RED = base64.b64encode(png(40, 30, (255, 0, 0))).decode()
 BLUE = base64.b64encode(png(24, 24, (0, 0, 255), stripe=(255, 255, 0))).decode()
@@ -47,15 +53,42 @@ def vision_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         client.request("DELETE", "/api/delete", json={"model": MODEL})
 
 
+@pytest.fixture(scope="module")
+def qwen_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root: Path = tmp_path_factory.mktemp("qwen2vl")
+    # A trained context above Ollama's 768 tokens an image, so a second turn keeps the first one's image.
+    text = write_tiny_llama(
+        root / "text.gguf", seed=8, chat_template=CHATML_TEMPLATE, architecture="qwen2vl", context_length=4096
+    )
+    projector = write_tiny_qwen2vl_projector(root / "mmproj.gguf", text_n_embd=64)
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        files = {
+            "model.gguf": _upload(client, text.read_bytes()),
+            "mmproj.gguf": _upload(client, projector.read_bytes()),
+        }
+        response = client.post("/api/create", json={"model": QWEN, "files": files, "stream": False})
+        assert response.status_code == 200, response.text
+        yield QWEN
+        client.request("DELETE", "/api/delete", json={"model": QWEN})
+
+
 def _chat(
-    client: httpx.Client, model: str, images: list[str] | None, content: str = "what is it?"
+    client: httpx.Client,
+    model: str,
+    images: list[str] | None,
+    content: str = "what is it?",
+    history: list[dict[str, Any]] | None = None,
 ) -> httpx.Response:
     message: dict[str, Any] = {"role": "user", "content": content}
     if images is not None:
         message["images"] = images
-    return client.post(
-        "/api/chat", json={"model": model, "messages": [message], "stream": False, "options": OPTIONS}
-    )
+    body: dict[str, Any] = {"model": model, "messages": [*(history or []), message], "stream": False}
+    if history is None:
+        body["options"] = OPTIONS
+    else:
+        # Room for a chat with an image, and each token's log probability to compare turns by.
+        body |= {"options": {**OPTIONS, "num_ctx": 2048}, "logprobs": True}
+    return client.post("/api/chat", json=body)
 
 
 def test_show_lists_vision_only_with_a_projector(client: httpx.Client, vision_model: str) -> None:
@@ -150,3 +183,41 @@ def test_image_errors(client: httpx.Client, vision_model: str) -> None:
     assert (
         web.status_code == 400 and "image URLs are not currently supported" in web.json()["error"]["message"]
     )
+
+
+def test_mrope_images_are_evaluated_and_steer_the_output(client: httpx.Client, qwen_model: str) -> None:
+    shown = client.post("/api/show", json={"model": qwen_model}).json()
+    assert shown["projector_info"]["clip.projector_type"] == "qwen2vl_merger"
+    plain = _chat(client, qwen_model, None).json()
+    red = _chat(client, qwen_model, [RED]).json()
+    blue = _chat(client, qwen_model, [BLUE]).json()
+    red_again = _chat(client, qwen_model, [RED]).json()
+    # RED (40x30) becomes 4x3 embeddings, BLUE (24x24) 3x3; libmtmd puts each between <|vision_start|>
+    # and <|vision_end|>, 30 one-character tokens of the tiny vocabulary. Every embedding counts.
+    assert red["prompt_eval_count"] == plain["prompt_eval_count"] + 12 + 30
+    assert blue["prompt_eval_count"] == plain["prompt_eval_count"] + 9 + 30
+    assert red["message"]["content"] != blue["message"]["content"]
+    assert red["message"]["content"] == red_again["message"]["content"]
+    assert plain["message"]["content"] not in (red["message"]["content"], blue["message"]["content"])
+
+
+def test_mrope_a_turn_after_an_image_reused_from_the_cache_matches_a_cold_one(
+    client: httpx.Client, qwen_model: str
+) -> None:
+    first = _chat(client, qwen_model, [RED], history=[]).json()
+    history = [
+        {"role": "user", "content": "what is it?", "images": [RED]},
+        {"role": "assistant", "content": first["message"]["content"]},
+    ]
+    # The worker's one slot still holds turn one, image and reply: turn two evaluates only its new
+    # text, at the positions after the image's (fewer than its cells).
+    warm = _chat(client, qwen_model, None, "and then?", history).json()
+    # Another prompt takes the slot, so the same turn two is evaluated afresh, image and all.
+    _chat(client, qwen_model, None, "something else entirely", [])
+    cold = _chat(client, qwen_model, None, "and then?", history).json()
+    assert warm["prompt_eval_count"] == cold["prompt_eval_count"] > first["prompt_eval_count"]
+    assert warm["message"]["content"] == cold["message"]["content"]
+    # Greedy tokens can agree at wrong positions; their log probabilities cannot (they moved by 0.06 to
+    # 0.4 with the new text eight positions late; the KV cells' F16 rounding moves them by 2e-3).
+    warm_logprobs = [entry["logprob"] for entry in warm["logprobs"]]
+    assert warm_logprobs == pytest.approx([entry["logprob"] for entry in cold["logprobs"]], abs=1e-2)
