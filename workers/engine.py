@@ -360,7 +360,7 @@ class BatchEngine:
                 except ImageError as exc:
                     events.append(self._finish(seq, "error", str(exc)))
                     continue
-                if pos - seq.pos < evaluated:
+                if pos - seq.pos < evaluated:  # M-RoPE: the slot must know where cells and positions part
                     seq.images.append(CachedImage(len(seq.cells), evaluated, pos - seq.pos))
                 seq.pos = pos
                 # The placeholders stand in the cells' key, so a later prompt with the same image (same
