@@ -1,0 +1,55 @@
+"""The worker's event publisher on a real redis-server: events reach their streams, every stream expires
+on its own, and its expiry is not rewritten on every token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from herd.contracts import EVENT_STREAM_TTL_S, cancel_key, events_key
+from tests.support.redis_server import running_redis
+from workers.publisher import Publisher
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    with running_redis() as url:
+        connection = redis.Redis.from_url(url, decode_responses=True)
+        yield connection
+        connection.close()
+
+
+def _kinds(client: redis.Redis, job_id: str) -> list[str]:
+    entries = client.xrange(events_key(job_id))
+    return [json.loads(fields["e"])["type"] for _id, fields in entries]  # type: ignore[union-attr]
+
+
+def test_a_stream_expires_from_its_first_event_and_again_at_its_last(client: redis.Redis) -> None:
+    publisher = Publisher(client)
+    key = events_key("job-1")
+    publisher.add("job-1", "token", text="Hel")
+    publisher.flush()
+    assert 0 < client.ttl(key) <= EVENT_STREAM_TTL_S  # a worker that dies now leaves nothing for ever
+
+    # Later tokens leave the expiry alone (one command fewer per token): seen on a stream made persistent.
+    client.persist(key)
+    publisher.add("job-1", "token", text="lo")
+    publisher.flush()
+    assert client.ttl(key) == -1
+
+    # The last event sets it again, so the stream outlives the job by the whole TTL.
+    publisher.add("job-1", "done", done_reason="stop")
+    publisher.flush()
+    assert 0 < client.ttl(key) <= EVENT_STREAM_TTL_S
+    assert _kinds(client, "job-1") == ["token", "token", "done"]
+
+
+def test_flush_reports_the_watched_jobs_whose_clients_cancelled(client: redis.Redis) -> None:
+    publisher = Publisher(client)
+    client.set(cancel_key("job-2"), "1")
+    publisher.add("job-1", "token", text="a")
+    assert publisher.flush(watch=["job-1", "job-2"]) == {"job-2"}
+    assert _kinds(client, "job-1") == ["token"]
