@@ -12,10 +12,9 @@ from fastapi.responses import Response
 from app import anthropic_compat as compat
 from app.anthropic_errors import AnthropicError
 from app.errors import BadRequest
-from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.shaped_generation import NAMED_SSE_STREAM, run_shaped
+from app.services import Services, get_services
+from app.shaped_generation import NAMED_SSE_STREAM, chat_job, run_shaped
 from app.thinking import resolve_think
-from herd.contracts import GenerateJob
 from herd.templates.capabilities import supports_tools
 
 router = APIRouter(prefix="/v1", tags=["anthropic"])
@@ -38,17 +37,7 @@ async def messages(
         think = resolve_think(compat.think(body), stored, body.model, relax=True)
     except BadRequest as exc:
         raise AnthropicError(exc.message) from exc
-    job = GenerateJob(
-        job_id=new_job_id(),
-        request_id=request_id(request),
-        kind="chat",
-        model=stored.name.canonical,
-        messages=compat.chat_messages(body),
-        tools=offered,
-        think=think,
-        format=compat.output_format(body),
-        options=compat.options(body),
-        admitted_ns=now_ns(),
-    )
+    messages, options = compat.chat_messages(body), compat.options(body)
+    job = chat_job(request, stored, messages, offered, think, compat.output_format(body), options)
     shape = compat.MessagesShape(body.model, compat.estimate_input_tokens(body))
     return await run_shaped(services, request, job, stored, body.model, shape, body.stream)

@@ -13,10 +13,9 @@ from app import openai_responses as compat
 from app.errors import BadRequest
 from app.openai_errors import OpenAIError
 from app.routers.openai import _resolve
-from app.services import Services, get_services, new_job_id, now_ns, request_id
-from app.shaped_generation import NAMED_SSE_STREAM, run_shaped
+from app.services import Services, get_services
+from app.shaped_generation import NAMED_SSE_STREAM, chat_job, run_shaped
 from app.thinking import resolve_think
-from herd.contracts import GenerateJob
 from herd.templates.capabilities import supports_tools
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -41,17 +40,7 @@ async def create_response(
     except BadRequest as exc:
         # Ollama's refusal on this API (only its Anthropic API answers without thinking instead).
         raise OpenAIError(exc.message, param="reasoning.effort", code="unsupported_parameter") from exc
-    job = GenerateJob(
-        job_id=new_job_id(),
-        request_id=request_id(request),
-        kind="chat",
-        model=stored.name.canonical,
-        messages=compat.chat_messages(body),
-        tools=offered,
-        think=think,
-        format=compat.text_format(body),
-        options=compat.options(body),
-        admitted_ns=now_ns(),
-    )
+    messages, options = compat.chat_messages(body), compat.options(body)
+    job = chat_job(request, stored, messages, offered, think, compat.text_format(body), options)
     shape = compat.ResponsesShape(body)
     return await run_shaped(services, request, job, stored, body.model, shape, body.stream)
