@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from bench.ports import free_port
-
-
-class LlamaServerError(RuntimeError):
-    """The server did not come up; the message carries its log's tail."""
+from bench.server_process import server_process
 
 
 @contextmanager
@@ -48,41 +39,5 @@ def llama_server(
         str(port),
     ]
     base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        # Its own process group, so stopping it stops any child it starts too.
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise LlamaServerError(
-                    f"python -m llama_cpp.server exited with {proc.returncode}:\n{_tail(log_path)}"
-                )
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise LlamaServerError(
-                    f"llama_cpp.server not ready on {base} in {timeout:.0f}s:\n{_tail(log_path)}"
-                )
-            time.sleep(0.2)
+    with server_process(argv, "python -m llama_cpp.server", f"{base}/v1/models", log_path, timeout):
         yield base
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

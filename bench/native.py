@@ -4,33 +4,25 @@ of `llama-batched-bench`, both from bench/peers.py (the llama.cpp that Herd runs
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from bench.ports import free_port
+from bench.server_process import ServerError, server_process
 
 
-class NativeError(RuntimeError):
-    """A peer did not start or did not finish; the message carries its log's tail."""
+class NativeError(ServerError):
+    """llama-batched-bench did not finish; the message carries its output's tail."""
 
 
 @dataclass(frozen=True)
 class NativeServer:
     url: str
     pid: int
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @contextmanager
@@ -61,30 +53,8 @@ def native_server(
         *([] if repack else ["--no-repack"]),
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise NativeError(f"llama-server exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise NativeError(f"llama-server not ready on {url} in {timeout:.0f}s:\n{_tail(log_path)}")
-            time.sleep(0.2)
+    with server_process(argv, "llama-server", f"{url}/health", log_path, timeout) as proc:
         yield NativeServer(url, proc.pid)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
