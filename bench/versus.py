@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.chat import follow_ups as chat_follow_ups
 from bench.chat import herd_chat, openai_chat
+from bench.cpu_use import cpu_by_role, spent
 from bench.load import herd_streamer, openai_streamer, run_phase
 from bench.memory import rss_bytes
 from bench.native import batched_bench, native_server
@@ -121,6 +122,9 @@ def main() -> None:
 
         herd_rounds: dict[int, list[PhaseStats]] = {c: [] for c in LEVELS}
         ls_rounds: dict[int, list[PhaseStats]] = {c: [] for c in LEVELS}
+        # CPU seconds by role (bench/cpu_use.py) for each phase, beside its PhaseStats.
+        herd_cpu: dict[int, list[dict[str, float]]] = {c: [] for c in LEVELS}
+        ls_cpu: dict[int, list[dict[str, float]]] = {c: [] for c in LEVELS}
         with (
             running_stack(Path(models), args.threads, NUM_PARALLEL) as stack,
             server(NUM_PARALLEL, "llama-server") as ls,
@@ -133,11 +137,13 @@ def main() -> None:
             for i in range(args.rounds):
                 logger.info("concurrency round %d/%d", i + 1, args.rounds)
                 for c in LEVELS:  # level by level, one server then the other: load falls on both alike
-                    for name, streamer, into in (
-                        ("herd", herd, herd_rounds),
-                        ("llama-server", llama, ls_rounds),
+                    for name, streamer, into, cpu in (
+                        ("herd", herd, herd_rounds, herd_cpu),
+                        ("llama-server", llama, ls_rounds, ls_cpu),
                     ):
+                        before = cpu_by_role()
                         stats = run_phase(streamer, c)
+                        cpu[c].append(spent(before, cpu_by_role()))
                         into[c].append(stats)
                         logger.info(
                             "  %s c=%d: %.1f tok/s decode, %d failed, ttft max %.0f ms",
@@ -173,6 +179,7 @@ def main() -> None:
         },
         herd_steps=herd_steps,
         native_steps=native_steps,
+        cpu={"herd": herd_cpu, "llama_server": ls_cpu},
     )
     data["run"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -31,6 +31,7 @@ def summarize_run(
     memory: Mapping[str, Mapping[str, int]],
     herd_steps: Mapping[int, float],
     native_steps: Mapping[int, Mapping[str, float]],
+    cpu: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the run with its ratio to llama-server and each target's verdict."""
     levels: list[dict[str, Any]] = []
@@ -80,8 +81,17 @@ def summarize_run(
                 "ratio": ratio(n["step_ms"], h_ms) if n and h_ms else None,  # >1: Herd's step is faster
             }
         )
+    cpu_out: list[dict[str, Any]] = []
+    for c in sorted(herd_rounds):
+        row: dict[str, Any] = {"concurrency": c}
+        for server, rounds in (("herd", herd_rounds), ("llama_server", ls_rounds)):
+            phases = (cpu or {}).get(server, {}).get(c, [])
+            tokens = sum(s.tokens for s in rounds[c])
+            row[server] = cpu_ms_per_token(phases, tokens)
+        cpu_out.append(row)
     return {
         "concurrency": {"levels": levels, "ttft_1": ttft_1},
+        "cpu": cpu_out,
         "chat": {"servers": chat_out, "follow_up": follow},
         "memory": mem,
         "steps": steps,
@@ -91,6 +101,15 @@ def summarize_run(
             "native_steps": {str(k): dict(v) for k, v in native_steps.items()},
         },
     }
+
+
+def cpu_ms_per_token(phases: Sequence[Mapping[str, float]], tokens: int) -> dict[str, float]:
+    """CPU milliseconds per generated token by role, over every round of a level."""
+    totals: dict[str, float] = {}
+    for phase in phases:
+        for role, seconds in phase.items():
+            totals[role] = totals.get(role, 0.0) + seconds
+    return {role: seconds * 1000 / tokens for role, seconds in sorted(totals.items())} if tokens else {}
 
 
 def _f(v: float | None, fmt: str = "{:.1f}") -> str:
@@ -107,6 +126,44 @@ def _met(ok: bool | None) -> str:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+# The roles of bench/cpu_use.py that relay Herd's tokens, beside its worker.
+_RELAY = ("herd api", "redis", "nginx")
+
+
+def _cpu_section(rows: Sequence[Mapping[str, Any]], threads: int, cpus: int) -> list[str]:
+    if not rows:
+        return []
+    out = [
+        "## Where the CPU went: milliseconds of CPU per generated token",
+        "",
+        "| streams | Herd worker | Herd API | Redis | nginx | relay (API + Redis + nginx) | llama-server | load client (Herd / llama-server) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        h, ls = row["herd"], row["llama_server"]
+        relay = sum(h.get(role, 0.0) for role in _RELAY)
+        out.append(
+            f"| {row['concurrency']} | {_f(h.get('herd worker'), '{:.2f}')} | {_f(h.get('herd api'), '{:.2f}')} "
+            f"| {_f(h.get('redis'), '{:.2f}')} | {_f(h.get('nginx'), '{:.2f}')} | {relay:.2f} "
+            f"| {_f(ls.get('llama-server'), '{:.2f}')} "
+            f"| {_f(h.get('load client'), '{:.2f}')} / {_f(ls.get('load client'), '{:.2f}')} |"
+        )
+    out += [
+        "",
+        f"Measured from /proc over each phase (bench/cpu_use.py). The decode threads of both servers spin "
+        f"while they wait for each other, so a server's own figure is about its threads × the phase's time. "
+        f"With {threads} decode threads on {cpus} CPUs"
+        + (
+            ", every millisecond the relay spends is taken from the decode: Herd's API, Redis and nginx share "
+            "the cores with its worker, while llama-server answers from its own process."
+            if threads >= cpus
+            else ", the relay has CPUs of its own."
+        ),
+        "",
+    ]
+    return out
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
@@ -164,6 +221,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         f"TTFT p50 at 1 stream, Herd − llama-server: {_f(t1['difference_ms'] if t1 else None)} ms "
         f"(target ≤ +{TTFT_1_SLACK_MS:.0f} ms: {_met(t1['met'] if t1 else None)}).",
         "",
+        *_cpu_section(data.get("cpu") or [], run["threads"], run["cpus"]),
         "## Chat follow-ups on a ~2,000-token shared history",
         "",
         "| server | first turn TTFT ms (whole history) | follow-up TTFT ms, each turn | median follow-up ms |",

@@ -3,10 +3,14 @@ its report states (pure functions on given figures)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 
+from bench.cpu_use import cpu_by_role, spent
 from bench.native import parse_batched_bench
 from bench.stats import PhaseStats
 from bench.versus_report import render_markdown, summarize_run
@@ -95,3 +99,48 @@ def test_the_page_states_machine_figures_and_targets() -> None:
     assert "| herd | 4400 | 4300, 4500, 4400 | 4400 |" in page
     assert "indicative" in page and "HERD_BENCH_SHORT=1" in page
     assert "off (`--no-repack`)" in page
+
+
+def test_cpu_per_token_by_role_and_the_relay_it_adds_up() -> None:
+    data = summarize_run(
+        {1: [_phase(1, 40.0, 80.0)], 8: [_phase(8, 160.0, 80.0)]},
+        {1: [_phase(1, 42.0, 75.0)], 8: [_phase(8, 150.0, 75.0)]},
+        chat={},
+        memory={
+            "herd": {"np1": 1, "np8": 2, "np8_after": 2},
+            "llama_server": {"np1": 1, "np8": 2, "np8_after": 2},
+        },
+        herd_steps={},
+        native_steps={},
+        # One round each: 64 tokens at 1 stream, 512 at 8 (_phase's 64 per stream).
+        cpu={
+            "herd": {
+                1: [{"herd worker": 1.28, "herd api": 0.032, "redis": 0.0128}],
+                8: [{"herd api": 0.256}],
+            },
+            "llama_server": {1: [{"llama-server": 1.28}], 8: [{"llama-server": 5.12}]},
+        },
+    )
+    rows = {row["concurrency"]: row for row in data["cpu"]}
+    assert rows[1]["herd"] == pytest.approx({"herd api": 0.5, "herd worker": 20.0, "redis": 0.2})
+    assert rows[8]["llama_server"] == pytest.approx({"llama-server": 10.0})
+    data["run"] = _data({1: 40.0}, {1: 42.0})["run"]
+    page = render_markdown(data)
+    assert "| 1 | 20.00 | 0.50 | 0.20 | – | 0.70 | 20.00 |" in page
+    assert "every millisecond the relay spends is taken from the decode" in page
+
+
+def test_cpu_by_role_counts_a_child_process_under_its_role() -> None:
+    before = cpu_by_role()
+    # A child that burns 0.3 s of CPU, then idles; "gunicorn" in its command line makes it the API.
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy, "gunicorn"])
+    try:
+        deadline = time.monotonic() + 10
+        while (used := spent(before, cpu_by_role()).get("herd api", 0.0)) < 0.25:
+            assert time.monotonic() < deadline, "the child's CPU time was not counted"
+            time.sleep(0.1)
+        assert used < 5
+    finally:
+        child.kill()
+        child.wait()
