@@ -22,10 +22,12 @@ from tests.support.tiny_projector import (
     png,
     write_tiny_projector,
     write_tiny_qwen2vl_projector,
+    write_tiny_qwen25vl_projector,
 )
 
 MODEL = "vision-tiny:latest"
 QWEN = "vision-qwen2vl:latest"  # M-RoPE: its images take fewer positions than KV cells
+QWEN25 = "vision-qwen25vl:latest"  # the same, with Qwen2.5-VL's window-attention projector
 BLIND = "tiny-chat:latest"  # the session store's ChatML model, which has no projector
 RED = base64.b64encode(png(40, 30, (255, 0, 0))).decode()
 BLUE = base64.b64encode(png(24, 24, (0, 0, 255), stripe=(255, 255, 0))).decode()
@@ -70,6 +72,22 @@ def qwen_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert response.status_code == 200, response.text
         yield QWEN
         client.request("DELETE", "/api/delete", json={"model": QWEN})
+
+
+@pytest.fixture(scope="module")
+def qwen25_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root: Path = tmp_path_factory.mktemp("qwen25vl")
+    text = write_tiny_llama(root / "text.gguf", seed=9, chat_template=CHATML_TEMPLATE, architecture="qwen2vl")
+    projector = write_tiny_qwen25vl_projector(root / "mmproj.gguf", text_n_embd=64)
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        files = {
+            "model.gguf": _upload(client, text.read_bytes()),
+            "mmproj.gguf": _upload(client, projector.read_bytes()),
+        }
+        response = client.post("/api/create", json={"model": QWEN25, "files": files, "stream": False})
+        assert response.status_code == 200, response.text
+        yield QWEN25
+        client.request("DELETE", "/api/delete", json={"model": QWEN25})
 
 
 def _chat(
@@ -185,9 +203,15 @@ def test_image_errors(client: httpx.Client, vision_model: str) -> None:
     )
 
 
-def test_mrope_images_are_evaluated_and_steer_the_output(client: httpx.Client, qwen_model: str) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "projector_type"), [("qwen_model", "qwen2vl_merger"), ("qwen25_model", "qwen2.5vl_merger")]
+)
+def test_mrope_images_are_evaluated_and_steer_the_output(
+    client: httpx.Client, request: pytest.FixtureRequest, fixture: str, projector_type: str
+) -> None:
+    qwen_model: str = request.getfixturevalue(fixture)
     shown = client.post("/api/show", json={"model": qwen_model}).json()
-    assert shown["projector_info"]["clip.projector_type"] == "qwen2vl_merger"
+    assert shown["projector_info"]["clip.projector_type"] == projector_type
     plain = _chat(client, qwen_model, None).json()
     red = _chat(client, qwen_model, [RED]).json()
     blue = _chat(client, qwen_model, [BLUE]).json()
