@@ -29,11 +29,13 @@ __all__ = [
     "IMAGE_SIZE",
     "PATCH_SIZE",
     "QWEN2VL_PATCH_SIZE",
+    "QWEN3VL_PATCH_SIZE",
     "QWEN25VL_PATCH_SIZE",
     "TOKENS_PER_IMAGE",
     "png",
     "write_tiny_projector",
     "write_tiny_qwen2vl_projector",
+    "write_tiny_qwen3vl_projector",
     "write_tiny_qwen25vl_projector",
 ]
 
@@ -228,6 +230,77 @@ def write_tiny_qwen25vl_projector(
         writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
         writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
     writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    _add_merger(writer, rng, n_embd, text_n_embd)
+    _finish(writer)
+    return path
+
+
+# Qwen3-VL's patches are 16 pixels, as in the real model: an embedding is 32x32 pixels.
+QWEN3VL_PATCH_SIZE = 16
+
+
+def write_tiny_qwen3vl_projector(
+    path: Path,
+    *,
+    text_n_embd: int = 64,
+    seed: int = 0,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_ff: int = 64,
+    n_layer: int = 2,
+) -> Path:
+    """Write a random-weight Qwen3-VL projector GGUF for a `qwen3vl` text model of width `text_n_embd`.
+
+    The layout is what libmtmd's clip.cpp reads for PROJECTOR_TYPE_QWEN3VL: the temporal patch kernels
+    with a patch bias, learned position embeddings (a 4x4 grid, interpolated to the image's), LayerNorm
+    blocks with fused biased QKV and a GELU feed-forward, and block 0 a deepstack layer, whose merged
+    features (norm, fc1, GELU, fc2) go out beside the merger's: each embedding is 2 * `text_n_embd` wide,
+    what a text model with one deepstack layer takes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    patch = QWEN3VL_PATCH_SIZE
+    writer = _qwen_vl_writer(
+        path,
+        "qwen3vl_merger",
+        name="tiny-qwen3vl-projector",
+        activation="clip.use_gelu",
+        patch=patch,
+        text_n_embd=text_n_embd,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_ff=n_ff,
+        n_layer=n_layer,
+    )
+    writer.add_array("clip.vision.is_deepstack_layers", [i == 0 for i in range(n_layer)])
+    _add_patch_kernels(writer, rng, n_embd, patch)
+    writer.add_tensor("v.patch_embd.bias", np.zeros(n_embd, dtype=np.float32))
+    writer.add_tensor("v.position_embd.weight", _normal(rng, (16, n_embd), 0.1))
+    std = 1.0 / np.sqrt(n_embd)
+    merged = 4 * n_embd
+    for i in range(n_layer):
+        blk = f"v.blk.{i}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(f"{blk}.{norm}.bias", np.zeros(n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.attn_qkv.weight", _normal(rng, (3 * n_embd, n_embd), std))
+        writer.add_tensor(f"{blk}.attn_qkv.bias", np.zeros(3 * n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.attn_out.weight", _normal(rng, (n_embd, n_embd), std))
+        writer.add_tensor(f"{blk}.attn_out.bias", np.zeros(n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), std))
+        writer.add_tensor(f"{blk}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
+        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
+    ds = "v.deepstack.0"
+    writer.add_tensor(f"{ds}.norm.weight", np.ones(merged, dtype=np.float32))
+    writer.add_tensor(f"{ds}.norm.bias", np.zeros(merged, dtype=np.float32))
+    writer.add_tensor(f"{ds}.fc1.weight", _normal(rng, (merged, merged), 1.0 / np.sqrt(merged)))
+    writer.add_tensor(f"{ds}.fc1.bias", np.zeros(merged, dtype=np.float32))
+    writer.add_tensor(f"{ds}.fc2.weight", _normal(rng, (text_n_embd, merged), 2.0 / np.sqrt(merged)))
+    writer.add_tensor(f"{ds}.fc2.bias", np.zeros(text_n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
     _add_merger(writer, rng, n_embd, text_n_embd)
     _finish(writer)
     return path
