@@ -26,6 +26,7 @@ from tests.support.tiny_projector import (
     png,
     write_tiny_projector,
     write_tiny_qwen2vl_projector,
+    write_tiny_qwen3vl_projector,
     write_tiny_qwen25vl_projector,
 )
 from workers import prepare
@@ -72,6 +73,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         ModelName.parse("tiny-qwen25vl"),
         CreateSpec(files={"model.gguf": qwen_files["model.gguf"], "mmproj.gguf": digest}),
     )
+    # A Qwen3-VL pair: interleaved M-RoPE, and embeddings that carry deepstack features for the text model.
+    qwen3_text = write_tiny_llama(
+        root / "qwen3.gguf", seed=6, chat_template=CHATML_TEMPLATE, architecture="qwen3vl"
+    )
+    qwen3_projector = write_tiny_qwen3vl_projector(root / "qwen3-mmproj.gguf", text_n_embd=64)
+    qwen3_files = {}
+    for name, path in (("model.gguf", qwen3_text), ("mmproj.gguf", qwen3_projector)):
+        digest, _ = store.write_blob_from_file(path)
+        qwen3_files[name] = digest
+    builder.build(ModelName.parse("tiny-qwen3vl"), CreateSpec(files=qwen3_files))
     return store
 
 
@@ -258,10 +269,10 @@ def _chat_of(messages: list[ChatMessage]) -> GenerateJob:
     return GenerateJob(job_id="j", request_id="r", kind="chat", model="m", messages=messages, admitted_ns=0)
 
 
-# --- M-RoPE (the qwen2-vl and qwen2.5-vl families) --------------------------------------------------
+# --- M-RoPE (the qwen2-vl, qwen2.5-vl and qwen3-vl families) ----------------------------------------
 
 
-@pytest.fixture(scope="module", params=["tiny-qwen2vl", "tiny-qwen25vl"])
+@pytest.fixture(scope="module", params=["tiny-qwen2vl", "tiny-qwen25vl", "tiny-qwen3vl"])
 def qwen(store: ModelStore, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
     # A cache of its own (the module's holds two models), and room for a chat turn with an image (Ollama
     # counts 768 tokens an image when it truncates history).
