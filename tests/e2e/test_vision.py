@@ -22,10 +22,14 @@ from tests.support.tiny_projector import (
     png,
     write_tiny_projector,
     write_tiny_qwen2vl_projector,
+    write_tiny_qwen3vl_projector,
+    write_tiny_qwen25vl_projector,
 )
 
 MODEL = "vision-tiny:latest"
 QWEN = "vision-qwen2vl:latest"  # M-RoPE: its images take fewer positions than KV cells
+QWEN25 = "vision-qwen25vl:latest"  # the same, with Qwen2.5-VL's window-attention projector
+QWEN3 = "vision-qwen3vl:latest"  # interleaved M-RoPE, deepstack features in each image embedding
 BLIND = "tiny-chat:latest"  # the session store's ChatML model, which has no projector
 RED = base64.b64encode(png(40, 30, (255, 0, 0))).decode()
 BLUE = base64.b64encode(png(24, 24, (0, 0, 255), stripe=(255, 255, 0))).decode()
@@ -61,15 +65,36 @@ def qwen_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         root / "text.gguf", seed=8, chat_template=CHATML_TEMPLATE, architecture="qwen2vl", context_length=4096
     )
     projector = write_tiny_qwen2vl_projector(root / "mmproj.gguf", text_n_embd=64)
+    yield from _created(base_url, QWEN, text, projector)
+
+
+@pytest.fixture(scope="module")
+def qwen25_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root: Path = tmp_path_factory.mktemp("qwen25vl")
+    text = write_tiny_llama(root / "text.gguf", seed=9, chat_template=CHATML_TEMPLATE, architecture="qwen2vl")
+    projector = write_tiny_qwen25vl_projector(root / "mmproj.gguf", text_n_embd=64)
+    yield from _created(base_url, QWEN25, text, projector)
+
+
+@pytest.fixture(scope="module")
+def qwen3_model(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root: Path = tmp_path_factory.mktemp("qwen3vl")
+    text = write_tiny_llama(root / "text.gguf", seed=9, chat_template=CHATML_TEMPLATE, architecture="qwen3vl")
+    projector = write_tiny_qwen3vl_projector(root / "mmproj.gguf", text_n_embd=64)
+    yield from _created(base_url, QWEN3, text, projector)
+
+
+def _created(base_url: str, model: str, text: Path, projector: Path) -> Iterator[str]:
+    """Upload a text model and its projector, create `model` of them, yield it, then delete it."""
     with httpx.Client(base_url=base_url, timeout=120) as client:
         files = {
             "model.gguf": _upload(client, text.read_bytes()),
             "mmproj.gguf": _upload(client, projector.read_bytes()),
         }
-        response = client.post("/api/create", json={"model": QWEN, "files": files, "stream": False})
+        response = client.post("/api/create", json={"model": model, "files": files, "stream": False})
         assert response.status_code == 200, response.text
-        yield QWEN
-        client.request("DELETE", "/api/delete", json={"model": QWEN})
+        yield model
+        client.request("DELETE", "/api/delete", json={"model": model})
 
 
 def _chat(
@@ -185,9 +210,20 @@ def test_image_errors(client: httpx.Client, vision_model: str) -> None:
     )
 
 
-def test_mrope_images_are_evaluated_and_steer_the_output(client: httpx.Client, qwen_model: str) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "projector_type"),
+    [
+        ("qwen_model", "qwen2vl_merger"),
+        ("qwen25_model", "qwen2.5vl_merger"),
+        ("qwen3_model", "qwen3vl_merger"),
+    ],
+)
+def test_mrope_images_are_evaluated_and_steer_the_output(
+    client: httpx.Client, request: pytest.FixtureRequest, fixture: str, projector_type: str
+) -> None:
+    qwen_model: str = request.getfixturevalue(fixture)
     shown = client.post("/api/show", json={"model": qwen_model}).json()
-    assert shown["projector_info"]["clip.projector_type"] == "qwen2vl_merger"
+    assert shown["projector_info"]["clip.projector_type"] == projector_type
     plain = _chat(client, qwen_model, None).json()
     red = _chat(client, qwen_model, [RED]).json()
     blue = _chat(client, qwen_model, [BLUE]).json()

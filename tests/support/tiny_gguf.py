@@ -112,7 +112,7 @@ def write_tiny_llama(
     chat_template: str | None = None,
     name: str = "tiny",
     embedding_only: bool = False,
-    architecture: Literal["llama", "qwen2vl"] = "llama",
+    architecture: Literal["llama", "qwen2vl", "qwen3vl"] = "llama",
 ) -> Path:
     """Write a random-weight GGUF (llama architecture unless told) to `path` and return it.
 
@@ -126,6 +126,10 @@ def write_tiny_llama(
     With `architecture="qwen2vl"` it is a Qwen2-VL text model instead: the same blocks plus Qwen2's
     q/k/v biases, and M-RoPE (`rope.dimension_sections`), so that images from a qwen2vl projector
     (tests/support/tiny_projector.py) take their 2-D positions as in the real model.
+
+    With `architecture="qwen3vl"` it is a Qwen3-VL text model: Qwen3's q/k norms instead of the biases,
+    interleaved M-RoPE, and one deepstack layer, so that it takes image embeddings twice its width (the
+    second half is added to the first block's output, as Qwen3-VL's deepstack features are).
     """
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
@@ -153,12 +157,14 @@ def write_tiny_llama(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(10000.0)
-    if architecture == "qwen2vl":
+    if architecture in ("qwen2vl", "qwen3vl"):
         # Temporal, height and width sections of each head's rotary pairs (head_dim / 2 of them), in
         # Qwen2-VL's proportions (16, 24, 24 of 64); text tokens take the same position in all three.
         pairs = head_dim // 2
         height = width = 3 * pairs // 8
         writer.add_rope_dimension_sections([pairs - height - width, height, width, 0])
+    if architecture == "qwen3vl":
+        writer.add_num_deepstack_layers(1)
     writer.add_vocab_size(n_vocab)
     if embedding_only:
         writer.add_pooling_type(gguf.PoolingType.MEAN)
@@ -192,6 +198,9 @@ def write_tiny_llama(
         if architecture == "qwen2vl":
             for proj in ("attn_q", "attn_k", "attn_v"):
                 writer.add_tensor(f"{blk}.{proj}.bias", _normal(rng, (n_embd,), 0.1, np.float32))
+        if architecture == "qwen3vl":
+            writer.add_tensor(f"{blk}.attn_q_norm.weight", np.ones(head_dim, dtype=np.float32))
+            writer.add_tensor(f"{blk}.attn_k_norm.weight", np.ones(head_dim, dtype=np.float32))
         writer.add_tensor(f"{blk}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"{blk}.ffn_gate.weight", _normal(rng, (n_ff, n_embd), attn_std, f16))
         writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), attn_std, f16))

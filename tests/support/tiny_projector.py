@@ -11,6 +11,8 @@ greedy continuations), and the same image always gives the same ones.
 "qwen2vl_merger"`) for a `qwen2vl` text model (`write_tiny_llama(architecture="qwen2vl")`):
 its images take M-RoPE positions, a grid of (height, width) per embedding, so an image of
 h x w embeddings advances the text position by max(h, w), not by h * w.
+`write_tiny_qwen25vl_projector` writes a Qwen2.5-VL one (`"qwen2.5vl_merger"`) for the same
+text model: Qwen2-VL's layout plus window attention, RMSNorm and a gated feed-forward.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ __all__ = [
     "IMAGE_SIZE",
     "PATCH_SIZE",
     "QWEN2VL_PATCH_SIZE",
+    "QWEN3VL_PATCH_SIZE",
+    "QWEN25VL_PATCH_SIZE",
     "TOKENS_PER_IMAGE",
     "png",
     "write_tiny_projector",
     "write_tiny_qwen2vl_projector",
+    "write_tiny_qwen3vl_projector",
+    "write_tiny_qwen25vl_projector",
 ]
 
 IMAGE_SIZE = 32
@@ -116,6 +122,11 @@ def write_tiny_projector(
 # Qwen2-VL merges 2x2 patches into one embedding, so an image becomes one embedding per 16x16 pixels
 # of its size after libmtmd's resize (to multiples of 16, at least 8 embeddings' worth of pixels).
 QWEN2VL_PATCH_SIZE = 8
+# Qwen2.5-VL's window attention takes windows of 112x112 pixels (libmtmd's fixed default; this version
+# reads no window size for it), so a patch of 28 makes a window 2x2 embeddings: a tiny image then spans
+# several windows, and the windowed layers really attend within each. libmtmd's resize keeps the
+# embedding grid of an image (4x3 for 40x30 pixels) whatever the patch size.
+QWEN25VL_PATCH_SIZE = 28
 
 
 def write_tiny_qwen2vl_projector(
@@ -138,16 +149,185 @@ def write_tiny_qwen2vl_projector(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    patch = QWEN2VL_PATCH_SIZE
-    merged = 4 * n_embd  # the 2x2 patches an embedding is made of, side by side
+    writer = _qwen_vl_writer(
+        path,
+        "qwen2vl_merger",
+        name="tiny-qwen2vl-projector",
+        activation="clip.use_gelu",
+        patch=QWEN2VL_PATCH_SIZE,
+        text_n_embd=text_n_embd,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_ff=n_ff,
+        n_layer=n_layer,
+    )
+    _add_patch_kernels(writer, rng, n_embd, QWEN2VL_PATCH_SIZE)
+    std = 1.0 / np.sqrt(n_embd)
+    for i in range(n_layer):
+        blk = f"v.blk.{i}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(f"{blk}.{norm}.bias", np.zeros(n_embd, dtype=np.float32))
+        _add_attention(writer, rng, blk, n_embd)
+        writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), std))
+        writer.add_tensor(f"{blk}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
+        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
+    _add_merger(writer, rng, n_embd, text_n_embd)
+    _finish(writer)
+    return path
 
+
+def write_tiny_qwen25vl_projector(
+    path: Path,
+    *,
+    text_n_embd: int = 64,
+    seed: int = 0,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_ff: int = 64,
+    n_layer: int = 2,
+    n_wa_pattern: int = 2,
+) -> Path:
+    """Write a random-weight Qwen2.5-VL projector GGUF whose output width is `text_n_embd`.
+
+    The layout is what libmtmd's clip.cpp reads for PROJECTOR_TYPE_QWEN25VL (what llama.cpp's converter
+    writes for Qwen2_5_VLForConditionalGeneration): Qwen2-VL's temporal patch kernels and merger, but
+    RMSNorm (weights only) and a gated SiLU feed-forward (ffn_gate, ffn_up, ffn_down, all biased) in
+    the blocks, and window attention: every block but each `n_wa_pattern`-th attends only within its
+    window of 2x2 embeddings, and libmtmd reorders the patches window by window around the blocks.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writer = _qwen_vl_writer(
+        path,
+        "qwen2.5vl_merger",
+        name="tiny-qwen25vl-projector",
+        activation="clip.use_silu",
+        patch=QWEN25VL_PATCH_SIZE,
+        text_n_embd=text_n_embd,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_ff=n_ff,
+        n_layer=n_layer,
+    )
+    # libmtmd refuses a qwen2.5vl_merger without it; the converter writes fullatt_block_indexes[0] + 1.
+    writer.add_uint32("clip.vision.n_wa_pattern", n_wa_pattern)
+    _add_patch_kernels(writer, rng, n_embd, QWEN25VL_PATCH_SIZE)
+    std = 1.0 / np.sqrt(n_embd)
+    for i in range(n_layer):
+        blk = f"v.blk.{i}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
+        _add_attention(writer, rng, blk, n_embd)
+        # n_ff differs from n_embd, or clip.cpp would take these for an old file's swapped up and down.
+        for proj in ("ffn_gate", "ffn_up"):
+            writer.add_tensor(f"{blk}.{proj}.weight", _normal(rng, (n_ff, n_embd), std))
+            writer.add_tensor(f"{blk}.{proj}.bias", _normal(rng, (n_ff,), 0.1))
+        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
+        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    _add_merger(writer, rng, n_embd, text_n_embd)
+    _finish(writer)
+    return path
+
+
+# Qwen3-VL's patches are 16 pixels, as in the real model: an embedding is 32x32 pixels.
+QWEN3VL_PATCH_SIZE = 16
+
+
+def write_tiny_qwen3vl_projector(
+    path: Path,
+    *,
+    text_n_embd: int = 64,
+    seed: int = 0,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_ff: int = 64,
+    n_layer: int = 2,
+) -> Path:
+    """Write a random-weight Qwen3-VL projector GGUF for a `qwen3vl` text model of width `text_n_embd`.
+
+    The layout is what libmtmd's clip.cpp reads for PROJECTOR_TYPE_QWEN3VL: the temporal patch kernels
+    with a patch bias, learned position embeddings (a 4x4 grid, interpolated to the image's), LayerNorm
+    blocks with fused biased QKV and a GELU feed-forward, and block 0 a deepstack layer, whose merged
+    features (norm, fc1, GELU, fc2) go out beside the merger's: each embedding is 2 * `text_n_embd` wide,
+    what a text model with one deepstack layer takes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    patch = QWEN3VL_PATCH_SIZE
+    writer = _qwen_vl_writer(
+        path,
+        "qwen3vl_merger",
+        name="tiny-qwen3vl-projector",
+        activation="clip.use_gelu",
+        patch=patch,
+        text_n_embd=text_n_embd,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_ff=n_ff,
+        n_layer=n_layer,
+    )
+    writer.add_array("clip.vision.is_deepstack_layers", [i == 0 for i in range(n_layer)])
+    _add_patch_kernels(writer, rng, n_embd, patch)
+    writer.add_tensor("v.patch_embd.bias", np.zeros(n_embd, dtype=np.float32))
+    writer.add_tensor("v.position_embd.weight", _normal(rng, (16, n_embd), 0.1))
+    std = 1.0 / np.sqrt(n_embd)
+    merged = 4 * n_embd
+    for i in range(n_layer):
+        blk = f"v.blk.{i}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(f"{blk}.{norm}.bias", np.zeros(n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.attn_qkv.weight", _normal(rng, (3 * n_embd, n_embd), std))
+        writer.add_tensor(f"{blk}.attn_qkv.bias", np.zeros(3 * n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.attn_out.weight", _normal(rng, (n_embd, n_embd), std))
+        writer.add_tensor(f"{blk}.attn_out.bias", np.zeros(n_embd, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), std))
+        writer.add_tensor(f"{blk}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
+        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
+        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
+    ds = "v.deepstack.0"
+    writer.add_tensor(f"{ds}.norm.weight", np.ones(merged, dtype=np.float32))
+    writer.add_tensor(f"{ds}.norm.bias", np.zeros(merged, dtype=np.float32))
+    writer.add_tensor(f"{ds}.fc1.weight", _normal(rng, (merged, merged), 1.0 / np.sqrt(merged)))
+    writer.add_tensor(f"{ds}.fc1.bias", np.zeros(merged, dtype=np.float32))
+    writer.add_tensor(f"{ds}.fc2.weight", _normal(rng, (text_n_embd, merged), 2.0 / np.sqrt(merged)))
+    writer.add_tensor(f"{ds}.fc2.bias", np.zeros(text_n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
+    _add_merger(writer, rng, n_embd, text_n_embd)
+    _finish(writer)
+    return path
+
+
+def _qwen_vl_writer(
+    path: Path,
+    projector_type: str,
+    *,
+    name: str,
+    activation: str,
+    patch: int,
+    text_n_embd: int,
+    n_embd: int,
+    n_head: int,
+    n_ff: int,
+    n_layer: int,
+) -> gguf.GGUFWriter:
+    """A projector GGUF writer with the keys every Qwen-VL merger has; `activation` names the blocks'
+    feed-forward activation key (clip.use_gelu or clip.use_silu)."""
     writer = gguf.GGUFWriter(path, "clip")
-    writer.add_name("tiny-qwen2vl-projector")
+    writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", "qwen2vl_merger")
-    writer.add_bool("clip.use_gelu", True)
-    # Qwen2-VL sizes images dynamically; image_size only has to be there.
+    writer.add_string("clip.projector_type", projector_type)
+    writer.add_bool(activation, True)
+    # Qwen-VL sizes images dynamically; image_size only has to be there.
     writer.add_uint32("clip.vision.image_size", 8 * 2 * patch)
     writer.add_uint32("clip.vision.patch_size", patch)
     writer.add_uint32("clip.vision.embedding_length", n_embd)
@@ -158,35 +338,37 @@ def write_tiny_qwen2vl_projector(
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    return writer
 
-    # Two kernels, one per frame of Qwen2-VL's temporal patch (a still image goes through both).
-    writer.add_tensor("v.patch_embd.weight", _normal(rng, (n_embd, 3, patch, patch), 0.2))
-    writer.add_tensor("v.patch_embd.weight.1", _normal(rng, (n_embd, 3, patch, patch), 0.2))
+
+def _add_patch_kernels(writer: gguf.GGUFWriter, rng: np.random.Generator, n_embd: int, patch: int) -> None:
+    # Two kernels, one per frame of Qwen-VL's temporal patch (a still image goes through both).
+    std = 0.2 * QWEN2VL_PATCH_SIZE / patch  # the same activation scale whatever the patch's pixel count
+    writer.add_tensor("v.patch_embd.weight", _normal(rng, (n_embd, 3, patch, patch), std))
+    writer.add_tensor("v.patch_embd.weight.1", _normal(rng, (n_embd, 3, patch, patch), std))
+
+
+def _add_attention(writer: gguf.GGUFWriter, rng: np.random.Generator, blk: str, n_embd: int) -> None:
     std = 1.0 / np.sqrt(n_embd)
-    for i in range(n_layer):
-        blk = f"v.blk.{i}"
-        for norm in ("ln1", "ln2"):
-            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(n_embd, dtype=np.float32))
-            writer.add_tensor(f"{blk}.{norm}.bias", np.zeros(n_embd, dtype=np.float32))
-        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"{blk}.{proj}.weight", _normal(rng, (n_embd, n_embd), std))
-            writer.add_tensor(f"{blk}.{proj}.bias", np.zeros(n_embd, dtype=np.float32))
-        writer.add_tensor(f"{blk}.ffn_up.weight", _normal(rng, (n_ff, n_embd), std))
-        writer.add_tensor(f"{blk}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
-        writer.add_tensor(f"{blk}.ffn_down.weight", _normal(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)))
-        writer.add_tensor(f"{blk}.ffn_down.bias", np.zeros(n_embd, dtype=np.float32))
-    writer.add_tensor("v.post_ln.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("v.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
+    for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        writer.add_tensor(f"{blk}.{proj}.weight", _normal(rng, (n_embd, n_embd), std))
+        writer.add_tensor(f"{blk}.{proj}.bias", np.zeros(n_embd, dtype=np.float32))
+
+
+def _add_merger(writer: gguf.GGUFWriter, rng: np.random.Generator, n_embd: int, text_n_embd: int) -> None:
+    # The merger MLP (mm.0, GELU, mm.2) over each 2x2 group of patches, side by side.
+    merged = 4 * n_embd
     writer.add_tensor("mm.0.weight", _normal(rng, (merged, merged), 1.0 / np.sqrt(merged)))
     writer.add_tensor("mm.0.bias", np.zeros(merged, dtype=np.float32))
     writer.add_tensor("mm.2.weight", _normal(rng, (text_n_embd, merged), 2.0 / np.sqrt(merged)))
     writer.add_tensor("mm.2.bias", np.zeros(text_n_embd, dtype=np.float32))
 
+
+def _finish(writer: gguf.GGUFWriter) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def png(

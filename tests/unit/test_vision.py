@@ -26,6 +26,8 @@ from tests.support.tiny_projector import (
     png,
     write_tiny_projector,
     write_tiny_qwen2vl_projector,
+    write_tiny_qwen3vl_projector,
+    write_tiny_qwen25vl_projector,
 )
 from workers import prepare
 from workers.cache import LoadedModel, ModelCache
@@ -63,6 +65,24 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         digest, _ = store.write_blob_from_file(path)
         qwen_files[name] = digest
     builder.build(ModelName.parse("tiny-qwen2vl"), CreateSpec(files=qwen_files))
+    # A Qwen2.5-VL projector (window attention, gated feed-forward, RMSNorm) on the same text model, as
+    # Ollama's qwen2.5vl pairs a qwen2vl text model with a qwen2.5vl_merger.
+    qwen25_projector = write_tiny_qwen25vl_projector(root / "qwen25-mmproj.gguf", text_n_embd=64)
+    digest, _ = store.write_blob_from_file(qwen25_projector)
+    builder.build(
+        ModelName.parse("tiny-qwen25vl"),
+        CreateSpec(files={"model.gguf": qwen_files["model.gguf"], "mmproj.gguf": digest}),
+    )
+    # A Qwen3-VL pair: interleaved M-RoPE, and embeddings that carry deepstack features for the text model.
+    qwen3_text = write_tiny_llama(
+        root / "qwen3.gguf", seed=6, chat_template=CHATML_TEMPLATE, architecture="qwen3vl"
+    )
+    qwen3_projector = write_tiny_qwen3vl_projector(root / "qwen3-mmproj.gguf", text_n_embd=64)
+    qwen3_files = {}
+    for name, path in (("model.gguf", qwen3_text), ("mmproj.gguf", qwen3_projector)):
+        digest, _ = store.write_blob_from_file(path)
+        qwen3_files[name] = digest
+    builder.build(ModelName.parse("tiny-qwen3vl"), CreateSpec(files=qwen3_files))
     return store
 
 
@@ -249,16 +269,17 @@ def _chat_of(messages: list[ChatMessage]) -> GenerateJob:
     return GenerateJob(job_id="j", request_id="r", kind="chat", model="m", messages=messages, admitted_ns=0)
 
 
-# --- M-RoPE (the qwen2-vl family) ---------------------------------------------------------------------
+# --- M-RoPE (the qwen2-vl, qwen2.5-vl and qwen3-vl families) ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def qwen(store: ModelStore) -> Iterator[LoadedModel]:
+@pytest.fixture(scope="module", params=["tiny-qwen2vl", "tiny-qwen25vl", "tiny-qwen3vl"])
+def qwen(store: ModelStore, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
     # A cache of its own (the module's holds two models), and room for a chat turn with an image (Ollama
     # counts 768 tokens an image when it truncates history).
     own = ModelCache(max_loaded=1, n_parallel=1, threads=2, n_gpu_layers=0, memory_limit=1 << 32)
     try:
-        loaded, _ = own.acquire(store.get(ModelName.parse("tiny-qwen2vl")), n_ctx=2048, keep_alive=60)
+        stored = store.get(ModelName.parse(request.param))
+        loaded, _ = own.acquire(stored, n_ctx=2048, keep_alive=60)
         own.release(loaded)
         yield loaded
     finally:
