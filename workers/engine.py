@@ -16,7 +16,7 @@ The decode thread calls step(); each step is one `llama_decode`:
   stream, and nothing is reused across requests, so greedy output is the same alone or beside any others.
 
 A sequence counts its KV cells (what num_ctx bounds) apart from its next position: the two are equal
-but after an image with M-RoPE (the qwen2-vl family), which fills a cell per embedding and takes fewer
+but after an image with M-RoPE (the Qwen-VL families), which fills a cell per embedding and takes fewer
 positions (workers/vision.py). Text is decoded at positions, and the cache is trimmed by position.
 
 Each sequence is sampled with its own sampler (workers/sampling.py). A sequence joins at the next step; a

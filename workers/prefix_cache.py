@@ -13,7 +13,7 @@ The prefix key is a sequence of prompt items compared by equality, one per KV ce
 an image's placeholder ids (drawn from its digest, workers/vision.py), so that two prompts with different
 images never share the cells after the first of them.
 
-Cells and positions differ after an image with M-RoPE (the qwen2-vl family): its cells all sit at one
+Cells and positions differ after an image with M-RoPE (the Qwen-VL families): its cells all sit at one
 position and it advances the position by fewer than its cells. A slot remembers where such images lie in
 its cells, so that a kept prefix never splits one and the next input goes on at the right position, even
 for a prompt that carries those cells only as tokens (a client's `context` on /api/generate).

@@ -7,7 +7,7 @@ context shift count image tokens as they count text. When a sequence's prefill r
 engine hands it back here and mtmd evaluates the image's embeddings into the sequence's KV cells.
 
 An image takes one KV cell per embedding, but not always one position per embedding: with M-RoPE (the
-qwen2-vl family) an image of h x w embeddings takes max(h, w) positions, all its cells sit at its first
+Qwen-VL families) an image of h x w embeddings takes max(h, w) positions, all its cells sit at its first
 one, and the text after it goes on from there (llama-server's `n_pos`). So the engine keeps a sequence's
 next position apart from its cells in use, and a slot remembers where such images lie in its cached cells
 (workers/prefix_cache.py).
