@@ -173,7 +173,14 @@ def _need(model: StoredModel, state: WorkerState) -> int:
         info = model.gguf_info()
         # Capped at the trained context, as the worker caps it before it loads.
         n_ctx = cap_num_ctx(info, state.context_length)
-        return estimate(info, model.model_path, n_ctx=n_ctx, n_parallel=state.num_parallel or 1).total
+        return estimate(
+            info,
+            model.model_path,
+            n_ctx=n_ctx,
+            n_parallel=state.num_parallel or 1,
+            projectors=model.projectors,
+            on_gpu=state.device != "cpu",
+        ).total
     except (OSError, GGUFError):
         return 0  # unreadable here: the worker will say why; place it as if it were small
 

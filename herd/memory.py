@@ -14,6 +14,7 @@ the free VRAM NVML reports.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,10 @@ _SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "gpt-oss": 2, "cohere2":
 # The engine's micro-batch (n_ubatch): llama.cpp gives each sliding-window cache its window plus one.
 _UBATCH = 512
 _SWA_PAD = 256  # llama.cpp pads the sliding-window cache to this many cells
+# What Ollama leaves on a GPU beside a vision projector's weights (llm/llama_server.go,
+# mmprojOffloadHeadroom): libmtmd allocates the image encoder's compute buffers when it loads, sized for
+# its largest image (486 MiB for a tiny qwen2.5-vl projector's attention mask alone, on the CPU).
+PROJECTOR_GPU_HEADROOM = GIB
 
 
 @dataclass(frozen=True)
@@ -119,13 +124,27 @@ def cap_num_ctx(info: GGUFInfo, num_ctx: int) -> int:
     return min(num_ctx, trained) if trained is not None and trained > 0 else num_ctx
 
 
-def estimate(info: GGUFInfo, model_path: Path, *, n_ctx: int, n_parallel: int) -> Estimate:
-    """What loading this model with `n_ctx` × `n_parallel` cells takes."""
+def estimate(
+    info: GGUFInfo,
+    model_path: Path,
+    *,
+    n_ctx: int,
+    n_parallel: int,
+    projectors: Sequence[Path] = (),
+    on_gpu: bool = False,
+) -> Estimate:
+    """What loading this model with `n_ctx` × `n_parallel` cells takes, with its vision projector.
+
+    Ollama's manifests carry one projector at most, and it loads the first; so does Herd.
+    """
     weights = int(model_path.stat().st_size * _WEIGHTS_FACTOR)
     # The header reader elides long arrays, so a large vocabulary's size is unknown: assume a large one.
     n_vocab = len(info.metadata.get("tokenizer.ggml.tokens") or ()) or _LARGE_VOCAB
     # One row of float logits per sequence, plus llama.cpp's compute graph buffers.
     buffers = n_vocab * 4 * max(n_parallel, 1) + _FIXED_OVERHEAD
+    if projectors:
+        weights += projectors[0].stat().st_size
+        buffers += PROJECTOR_GPU_HEADROOM if on_gpu else 0
     return Estimate(weights, kv_cache_bytes(info, n_ctx=n_ctx, n_parallel=n_parallel), buffers)
 
 

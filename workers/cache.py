@@ -200,10 +200,14 @@ class ModelCache:
 
     def _estimate(self, stored: StoredModel, n_ctx: int, n_parallel: int) -> Estimate:
         try:
-            need = estimate(stored.gguf_info(), stored.model_path, n_ctx=n_ctx, n_parallel=n_parallel)
-            # A vision model's projector weights are loaded beside the model's.
-            projectors = sum(path.stat().st_size for path in stored.projectors[:1])
-            return Estimate(need.weights + projectors, need.kv_cache, need.buffers)
+            return estimate(
+                stored.gguf_info(),
+                stored.model_path,
+                n_ctx=n_ctx,
+                n_parallel=n_parallel,
+                projectors=stored.projectors,
+                on_gpu=self._gpu_index is not None,
+            )
         except (OSError, GGUFError) as exc:
             raise ModelLoadError(f"cannot read {stored.name.display}: {exc}") from exc
 
