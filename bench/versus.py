@@ -30,6 +30,7 @@ from typing import Any
 from bench.chat import follow_ups as chat_follow_ups
 from bench.chat import herd_chat, openai_chat
 from bench.cpu_use import cpu_by_role, spent
+from bench.engine_alone import engine_phases
 from bench.load import herd_streamer, openai_streamer, run_phase
 from bench.memory import rss_bytes
 from bench.native import batched_bench, native_server
@@ -46,6 +47,7 @@ from workers.repack_probe import repack_verdict
 
 LEVELS = (1, 2, 4, 8, 16)
 STEP_ROWS = (1, 2, 4, 8, 16)
+ENGINE_LEVELS = (1, 8)
 NUM_PARALLEL = 8
 NUM_CTX = 4096
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,6 +163,33 @@ def main() -> None:
             logger.info("chat: %s", json.dumps(chat))
             herd_rss_8_after, ls_rss_8_after = worker_rss(stack), rss_bytes(ls.pid)
 
+        logger.info("engine alone")
+        engine_rounds: dict[int, list[PhaseStats]] = {c: [] for c in ENGINE_LEVELS}
+        ls_alone: dict[int, list[PhaseStats]] = {c: [] for c in ENGINE_LEVELS}
+        phase, unload = engine_phases(
+            gguf,
+            threads=args.threads,
+            num_ctx=NUM_CTX,
+            parallel=NUM_PARALLEL,
+            repack=repack,
+            n_tokens=args.tokens,
+        )
+        try:
+            with server(NUM_PARALLEL, "llama-server-alone") as ls:
+                llama = openai_streamer(f"{ls.url}/v1/completions", args.tokens)
+                phase(1)
+                run_phase(llama, 1)
+                for _ in range(args.rounds):
+                    for c in ENGINE_LEVELS:
+                        engine_rounds[c].append(phase(c))
+                        ls_alone[c].append(run_phase(llama, c))
+                        logger.info(
+                            "  engine alone c=%d: %.1f tok/s; llama-server %.1f tok/s",
+                            c, engine_rounds[c][-1].decode_tps, ls_alone[c][-1].decode_tps,
+                        )  # fmt: skip
+        finally:
+            unload()
+
         logger.info("step curves")
         herd_steps = bench_decode_rows(gguf, args.threads, 256, rows=STEP_ROWS, repeats=5 if short else 15)
         ntg = 16 if short else 64
@@ -180,6 +209,7 @@ def main() -> None:
         herd_steps=herd_steps,
         native_steps=native_steps,
         cpu={"herd": herd_cpu, "llama_server": ls_cpu},
+        engine_alone=(engine_rounds, ls_alone),
     )
     data["run"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

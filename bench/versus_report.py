@@ -32,6 +32,7 @@ def summarize_run(
     herd_steps: Mapping[int, float],
     native_steps: Mapping[int, Mapping[str, float]],
     cpu: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]] | None = None,
+    engine_alone: tuple[Mapping[int, Sequence[PhaseStats]], Mapping[int, Sequence[PhaseStats]]] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the run with its ratio to llama-server and each target's verdict."""
     levels: list[dict[str, Any]] = []
@@ -89,9 +90,16 @@ def summarize_run(
             tokens = sum(s.tokens for s in rounds[c])
             row[server] = cpu_ms_per_token(phases, tokens)
         cpu_out.append(row)
+    alone: list[dict[str, Any]] = []
+    if engine_alone is not None:
+        engine_rounds, ls_alone = engine_alone
+        for c in sorted(engine_rounds):
+            e, ls = summarize(engine_rounds[c]).decode_tps, summarize(ls_alone[c]).decode_tps
+            alone.append({"concurrency": c, "engine_tps": e, "llama_server_tps": ls, "ratio": ratio(e, ls)})
     return {
         "concurrency": {"levels": levels, "ttft_1": ttft_1},
         "cpu": cpu_out,
+        "engine_alone": alone,
         "chat": {"servers": chat_out, "follow_up": follow},
         "memory": mem,
         "steps": steps,
@@ -166,6 +174,29 @@ def _cpu_section(rows: Sequence[Mapping[str, Any]], threads: int, cpus: int) -> 
     return out
 
 
+def _engine_alone_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    out = [
+        "## Herd's engine alone against llama-server",
+        "",
+        "| streams | Herd engine, in-process tok/s | llama-server tok/s | ratio |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        out.append(
+            f"| {row['concurrency']} | {_f(row['engine_tps'])} | {_f(row['llama_server_tps'])} | {_x(row['ratio'])} |"
+        )
+    out += [
+        "",
+        "The same prompts and greedy decoding through Herd's BatchEngine step loop in the benchmark's own "
+        "process (bench/engine_alone.py), interleaved with llama-server over HTTP, after the stack has stopped: "
+        "what the engine decodes without the relay in front of it.",
+        "",
+    ]
+    return out
+
+
 def render_markdown(data: Mapping[str, Any]) -> str:
     run = data["run"]
     out = [
@@ -222,6 +253,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         f"(target ≤ +{TTFT_1_SLACK_MS:.0f} ms: {_met(t1['met'] if t1 else None)}).",
         "",
         *_cpu_section(data.get("cpu") or [], run["threads"], run["cpus"]),
+        *_engine_alone_section(data.get("engine_alone") or []),
         "## Chat follow-ups on a ~2,000-token shared history",
         "",
         "| server | first turn TTFT ms (whole history) | follow-up TTFT ms, each turn | median follow-up ms |",

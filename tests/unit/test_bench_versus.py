@@ -144,3 +144,25 @@ def test_cpu_by_role_counts_a_child_process_under_its_role() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_engine_alone_against_llama_server() -> None:
+    data = summarize_run(
+        {1: [_phase(1, 40.0, 80.0)]},
+        {1: [_phase(1, 42.0, 75.0)]},
+        chat={},
+        memory={
+            "herd": {"np1": 1, "np8": 2, "np8_after": 2},
+            "llama_server": {"np1": 1, "np8": 2, "np8_after": 2},
+        },
+        herd_steps={},
+        native_steps={},
+        engine_alone=(
+            {1: [_phase(1, 44.0, 0.0)], 8: [_phase(8, 160.0, 0.0)]},
+            {1: [_phase(1, 42.0, 75.0)], 8: [_phase(8, 150.0, 75.0)]},
+        ),
+    )
+    rows = {row["concurrency"]: row for row in data["engine_alone"]}
+    assert rows[1]["ratio"] == pytest.approx(44 / 42) and rows[8]["engine_tps"] == 160.0
+    data["run"] = _data({1: 40.0}, {1: 42.0})["run"]
+    assert "| 8 | 160.0 | 150.0 | 1.07× |" in render_markdown(data).split("engine alone")[1]
