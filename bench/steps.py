@@ -3,7 +3,8 @@
 This is the ceiling under the concurrency figures: if a step of 8 rows costs nearly 8 steps of one,
 no scheduling can make 8 streams much faster than one. Each row is a distinct sequence 64 tokens into
 its text, every row asks for logits (as every generating sequence does), and the weights are loaded as
-the batch-invariant cache loads them (not repacked).
+the worker loads them: repacked only when asked (the default mode, where workers/repack_probe.py allows it),
+never in the batch-invariant mode.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ CONTEXT_TOKENS = 64
 
 
 def bench_decode_rows(
-    gguf: Path, threads: int, num_ctx: int, repeats: int = 15, rows: tuple[int, ...] = ROWS
+    gguf: Path,
+    threads: int,
+    num_ctx: int,
+    repeats: int = 15,
+    rows: tuple[int, ...] = ROWS,
+    *,
+    repack: bool = False,
 ) -> dict[int, float]:
     """Median milliseconds of one llama_decode call of `rows` rows, for each entry of ``rows``."""
     import llama_cpp as llama
@@ -26,7 +33,7 @@ def bench_decode_rows(
     from workers.llama import LlamaModel
 
     rows_list = tuple(rows)
-    model = LlamaModel(gguf, repack=False)
+    model = LlamaModel(gguf, repack=repack)
     engine = BatchEngine(model, n_ctx=num_ctx, n_parallel=max(rows_list), n_threads=threads)
     memory = llama.llama_get_memory(engine.ctx)
     # The engine's own batch, filled by its own _put, as its decode steps fill it.

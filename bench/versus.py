@@ -191,7 +191,9 @@ def main() -> None:
             unload()
 
         logger.info("step curves")
-        herd_steps = bench_decode_rows(gguf, args.threads, 256, rows=STEP_ROWS, repeats=5 if short else 15)
+        herd_steps = bench_decode_rows(
+            gguf, args.threads, 256, rows=STEP_ROWS, repeats=5 if short else 15, repack=repack
+        )
         ntg = 16 if short else 64
         native_steps, batched_cmd = batched_bench(
             peers.batched_bench, gguf, threads=args.threads, rows=STEP_ROWS, npp=32, ntg=ntg, repack=repack

@@ -288,7 +288,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "## Decode step curves",
         "",
         f"Herd's step table (bench/steps.py: one `llama_decode` of N rows in Herd's own context, each row a "
-        f"sequence 64 tokens in) beside llama-batched-bench's (`{run['batched_bench']}`: N sequences of 32 prompt "
+        f"sequence 64 tokens in, weights repacked as the peers' are) beside llama-batched-bench's (`{run['batched_bench']}`: N sequences of 32 prompt "
         "tokens, then decode steps).",
         "",
         "| rows | Herd step ms | Herd tok/s | llama-batched-bench step ms | llama-batched-bench tok/s | batched-bench ms / Herd ms |",
