@@ -332,6 +332,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "make bench                      # about 10 minutes the first time: builds the peers into .cache/peers/",
         "HERD_BENCH_SHORT=1 make bench   # one round, short generations: a quick check",
         'make bench BENCH_ARGS="--rounds 5 --threads 2"',
+        "# One decode thread per server, a core left for the relay: docs/bench-threads-1/benchmarks.md",
+        'make bench BENCH_ARGS="--threads 1 --out docs/bench-threads-1"',
         "python -m bench.peers           # only build (or locate) llama-server and llama-batched-bench",
         "```",
         "",
