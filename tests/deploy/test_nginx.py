@@ -247,6 +247,7 @@ def test_the_compose_edge_refuses_plain_http_and_answers_its_own_errors_in_json(
         for request, expected in (
             (b"GET /api/tags HTTP/1.1\r\n" + close, 400),
             (b"TRACE /api/tags HTTP/1.1\r\nHost: a\r\n" + close, 405),
+            (b"FOO /api/tags HTTP/1.1\r\nHost: a\r\n" + close, 405),
             (b"GET /api/t\xffgs HTTP/1.1\r\nHost: a\r\n" + close, 400),
             (b"GET /?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: a\r\n" + close, 414),
         ):
