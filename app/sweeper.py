@@ -2,7 +2,9 @@
 
 It runs in every API process (a task of the app's lifespan), because the API is the one part every
 deployment has (a worker-only host has no supervisor), and each of its steps is one atomic script, so
-several API processes sweeping at once never move a job twice. Every SWEEP_INTERVAL_S:
+several API processes sweeping at once never move a job twice. Still, one round per interval is enough:
+the API process that takes the round's lease (SWEEP_LEASE_KEY) sweeps and the others skip it, as its
+Redis commands share the cores with the decode on a small server. Every SWEEP_INTERVAL_S:
 
 - a worker whose state expired (its heartbeat stopped: killed, or cut off from Redis) loses its place in
   placement; the jobs waiting in its private queue go to the head of the shared queue in their order;
@@ -17,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from herd.contracts import (
     EVENT_STREAM_TTL_S,
+    KEY_PREFIX,
     MODEL_QUEUE_PREFIX,
     QUEUE_KEYS_SET,
     SHARED_QUEUE,
@@ -43,6 +47,11 @@ from herd.queue_moves import MOVE_QUEUE, move_all_lua
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
+# Held for most of an interval by the API process that sweeps this round.
+SWEEP_LEASE_KEY = f"{KEY_PREFIX}sweep-lease"
+# A worker known only by its last state (gone from the workers set) is found by scanning the keyspace,
+# which grows with every request's keys: that look is taken every this many rounds, not every second.
+SCAN_EVERY = 10
 _LAST_PREFIX = worker_last_key("")
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError)
 
@@ -83,20 +92,27 @@ class Sweeper:
                 await self._task
 
     async def _run(self) -> None:
+        token = secrets.token_hex(8)
+        rounds = 0
         while True:
             try:
-                await self.sweep()
+                lease_ms = max(int(self._interval_s * 900), 1)
+                if await self._client.set(SWEEP_LEASE_KEY, token, nx=True, px=lease_ms):
+                    await self.sweep(scan=rounds % SCAN_EVERY == 0)
+                    rounds += 1
             except _REDIS_DOWN:
                 pass  # the next round tries again; requests report the outage themselves
             except Exception:  # a sweep must never end the loop: log it, try again next round
                 log.exception("sweep failed")
             await asyncio.sleep(self._interval_s)
 
-    async def sweep(self) -> tuple[int, int]:
-        """One round; returns (workers swept, model queues moved)."""
+    async def sweep(self, *, scan: bool = True) -> tuple[int, int]:
+        """One round; returns (workers swept, model queues moved). `scan`: also look for workers known
+        only by their last state."""
         ids = {str(i) for i in await self._client.smembers(WORKERS_SET)}
-        async for key in self._client.scan_iter(match=_LAST_PREFIX + "*", count=100):
-            ids.add(str(key).removeprefix(_LAST_PREFIX))
+        if scan:
+            async for key in self._client.scan_iter(match=_LAST_PREFIX + "*", count=100):
+                ids.add(str(key).removeprefix(_LAST_PREFIX))
         swept = 0
         for worker_id in sorted(ids):
             if await self._sweep_one(worker_id):

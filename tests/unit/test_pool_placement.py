@@ -243,3 +243,28 @@ def test_a_job_no_worker_starts_fails_after_the_queue_timeout_and_is_withdrawn(r
     assert event["type"] == "error" and event["status"] == 503
     assert "HERD_QUEUE_TIMEOUT=0.5s" in str(event["error"])
     assert 0.5 <= took < 2.0 and waiting == 0
+
+
+def test_api_processes_sweeping_the_same_redis_take_turns(redis_url: str) -> None:
+    """Three sweepers (as three API processes run them) over 1.5 s of 0.2 s rounds: about one sweep a
+    round between them, not one each; the keyspace scan only every SCAN_EVERY rounds of each."""
+    calls: list[bool] = []
+
+    class Counting(Sweeper):
+        async def sweep(self, *, scan: bool = True) -> tuple[int, int]:
+            calls.append(scan)
+            return await super().sweep(scan=scan)
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        sweepers = [Counting(client, interval_s=0.2) for _ in range(3)]
+        for sweeper in sweepers:
+            sweeper.start()
+        await asyncio.sleep(1.5)
+        for sweeper in sweepers:
+            await sweeper.stop()
+        await client.aclose()
+
+    asyncio.run(run())
+    assert 5 <= len(calls) <= 10, calls  # ~8 rounds; three sweepers each sweeping would make ~24
+    assert sum(calls) <= 3 and calls[0]  # each sweeper's first round scans, then every SCAN_EVERY-th
