@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
+from app.disconnect import DisconnectWatch
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,11 @@ class JobFollower:
         self.request_id = request_id
         self._events: AsyncIterator[Event] | None = None
         self._done = False
+        self.client_gone = DisconnectWatch(request)
 
     def follow(self) -> None:
         """Start reading the job's events (once it is on its queue)."""
-        self._events = self.services.relay.events(
-            self.job_id, self.request.is_disconnected, leased=self.leased
-        )
+        self._events = self.services.relay.events(self.job_id, self.client_gone, leased=self.leased)
 
     def error_headers(self, status: int) -> dict[str, str] | None:
         """Headers of an error answer: a 503 ("please retry") says when, as admission's 503 does."""
@@ -78,6 +78,7 @@ class JobFollower:
             event = {"type": "error", "status": 500, "error": "the event stream ended early"}
         if event["type"] not in OUTPUT and event["type"] != "gone":
             self._done = True
+            self.client_gone.close()
         self.observe(event)
         return event
 
@@ -116,7 +117,7 @@ class JobFollower:
                 take(event)
                 if time.monotonic() - checked >= DISCONNECT_POLL_S:
                     checked = time.monotonic()
-                    if await self.request.is_disconnected():
+                    if await self.client_gone():
                         event = {"type": "gone"}
                         break
                 event = await self.next_event()
@@ -129,6 +130,7 @@ class JobFollower:
 
     def abandon(self) -> None:
         """The client went away: withdraw the job if it still waits, else cancel it at its worker."""
+        self.client_gone.close()
         if self._done:
             return
         self._done = True
