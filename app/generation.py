@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app import metrics
 from app.errors import ServerBusy, error_response
 from app.job_follower import JobFollower, ndjson
-from app.services import Services, new_job_id
-from herd.contracts import JOB_FUNC_GENERATE, GenerateJob
+from app.services import Services, new_job_id, now_ns, request_id
+from herd.contracts import JOB_FUNC_GENERATE, ChatMessage, GenerateJob
 from herd.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,32 @@ def final_chunk(
     for key in _STATS:
         body[key] = int(stats.get(key) or 0)
     return body
+
+
+def chat_job(
+    request: Request,
+    stored: StoredModel,
+    messages: list[ChatMessage],
+    tools: list[dict[str, Any]] | None,
+    think: bool | str | None,
+    format: str | dict[str, Any] | None,
+    options: dict[str, Any],
+    logprobs: int | None = None,
+) -> GenerateJob:
+    """The /api/chat job that an OpenAI or Anthropic request becomes, admitted now."""
+    return GenerateJob(
+        job_id=new_job_id(),
+        request_id=request_id(request),
+        kind="chat",
+        model=stored.name.canonical,
+        messages=messages,
+        tools=tools,
+        think=think,
+        format=format,
+        options=options,
+        logprobs=logprobs,
+        admitted_ns=now_ns(),
+    )
 
 
 class Generation(JobFollower):

@@ -16,8 +16,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.generation import Generation
-from app.services import Services, new_job_id, now_ns, request_id
-from herd.contracts import ChatMessage, GenerateJob
+from app.services import Services
+from herd.contracts import GenerateJob
 from herd.store import StoredModel
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -28,30 +28,6 @@ NAMED_SSE_STREAM: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {}, "application/json": {}},
     }
 }
-
-
-def chat_job(
-    request: Request,
-    stored: StoredModel,
-    messages: list[ChatMessage],
-    tools: list[dict[str, Any]] | None,
-    think: bool | str | None,
-    format: str | dict[str, Any] | None,
-    options: dict[str, Any],
-) -> GenerateJob:
-    """The /api/chat job that a vendor API's request becomes, admitted now."""
-    return GenerateJob(
-        job_id=new_job_id(),
-        request_id=request_id(request),
-        kind="chat",
-        model=stored.name.canonical,
-        messages=messages,
-        tools=tools,
-        think=think,
-        format=format,
-        options=options,
-        admitted_ns=now_ns(),
-    )
 
 
 # The worker's events that carry output, besides the ones every follower knows: thinking text arrives as

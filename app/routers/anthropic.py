@@ -12,8 +12,9 @@ from fastapi.responses import Response
 from app import anthropic_compat as compat
 from app.anthropic_errors import AnthropicError
 from app.errors import BadRequest
+from app.generation import chat_job
 from app.services import Services, get_services
-from app.shaped_generation import NAMED_SSE_STREAM, chat_job, run_shaped
+from app.shaped_generation import NAMED_SSE_STREAM, run_shaped
 from app.thinking import resolve_think
 from herd.templates.capabilities import supports_tools
 

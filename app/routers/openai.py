@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app import metrics
 from app.errors import BadRequest, ModelNotFoundError
-from app.generation import Generation
+from app.generation import Generation, chat_job
 from app.openai_compat import (
     ChatCompletionRequest,
     ChatShape,
@@ -159,19 +159,8 @@ async def chat_completions(
     messages = chat_messages(body)
     if any(m.images for m in messages) and not stored.projectors:
         raise OpenAIError(f"{stored.name.display} does not support vision", param="messages")
-    job = GenerateJob(
-        job_id=new_job_id(),
-        request_id=request_id(request),
-        kind="chat",
-        model=stored.name.canonical,
-        messages=messages,
-        tools=offered,
-        think=_think(body, stored),
-        format=response_format(body),
-        options=options(body),
-        logprobs=logprobs_top(body),
-        admitted_ns=now_ns(),
-    )
+    think, fmt = _think(body, stored), response_format(body)
+    job = chat_job(request, stored, messages, offered, think, fmt, options(body), logprobs_top(body))
     shape = ChatShape(body.model, _include_usage(body), logprobs=job.logprobs is not None)
     return await _generate(services, request, job, stored, shape, body.stream)
 

@@ -11,10 +11,11 @@ from fastapi.responses import Response
 
 from app import openai_responses as compat
 from app.errors import BadRequest
+from app.generation import chat_job
 from app.openai_errors import OpenAIError
 from app.routers.openai import _resolve
 from app.services import Services, get_services
-from app.shaped_generation import NAMED_SSE_STREAM, chat_job, run_shaped
+from app.shaped_generation import NAMED_SSE_STREAM, run_shaped
 from app.thinking import resolve_think
 from herd.templates.capabilities import supports_tools
 
