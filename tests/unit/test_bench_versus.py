@@ -101,17 +101,23 @@ def test_the_page_states_machine_figures_and_targets() -> None:
     assert "off (`--no-repack`)" in page
 
 
+# summarize_run's other figures, empty: for tests of one section.
+_ONLY_CONCURRENCY: dict[str, Any] = {
+    "chat": {},
+    "memory": {
+        "herd": {"np1": 1, "np8": 2, "np8_after": 2},
+        "llama_server": {"np1": 1, "np8": 2, "np8_after": 2},
+    },
+    "herd_steps": {},
+    "native_steps": {},
+}
+
+
 def test_cpu_per_token_by_role_and_the_relay_it_adds_up() -> None:
     data = summarize_run(
         {1: [_phase(1, 40.0, 80.0)], 8: [_phase(8, 160.0, 80.0)]},
         {1: [_phase(1, 42.0, 75.0)], 8: [_phase(8, 150.0, 75.0)]},
-        chat={},
-        memory={
-            "herd": {"np1": 1, "np8": 2, "np8_after": 2},
-            "llama_server": {"np1": 1, "np8": 2, "np8_after": 2},
-        },
-        herd_steps={},
-        native_steps={},
+        **_ONLY_CONCURRENCY,
         # One round each: 64 tokens at 1 stream, 512 at 8 (_phase's 64 per stream).
         cpu={
             "herd": {
@@ -150,13 +156,7 @@ def test_the_engine_alone_against_llama_server() -> None:
     data = summarize_run(
         {1: [_phase(1, 40.0, 80.0)]},
         {1: [_phase(1, 42.0, 75.0)]},
-        chat={},
-        memory={
-            "herd": {"np1": 1, "np8": 2, "np8_after": 2},
-            "llama_server": {"np1": 1, "np8": 2, "np8_after": 2},
-        },
-        herd_steps={},
-        native_steps={},
+        **_ONLY_CONCURRENCY,
         engine_alone=(
             {1: [_phase(1, 44.0, 0.0)], 8: [_phase(8, 160.0, 0.0)]},
             {1: [_phase(1, 42.0, 75.0)], 8: [_phase(8, 150.0, 75.0)]},
