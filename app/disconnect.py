@@ -1,8 +1,8 @@
 """Whether a request's client has gone away, asked as often as a relay likes.
 
 Starlette's Request.is_disconnected peeks at `receive` in an anyio cancel scope that it cancels at once,
-and the cancellation formats the running task's repr for its message: about a millisecond of CPU per
-call, on the cores the decode needs. A watch instead keeps one `receive()` pending in a task and reads
+and the cancellation formats the running task's repr for its message: a few milliseconds of CPU a call
+(measured), on the cores the decode needs. A watch instead keeps one `receive()` pending in a task and reads
 its outcome; the server completes it with `http.disconnect` when the client leaves or the response
 ends, so no task outlives the request.
 """

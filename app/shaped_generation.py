@@ -28,8 +28,6 @@ NAMED_SSE_STREAM: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {}, "application/json": {}},
     }
 }
-
-
 # The worker's events that carry output, besides the ones every follower knows: thinking text arrives as
 # its own event beside the content tokens.
 THINKING = "thinking"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
@@ -92,12 +91,11 @@ class Sweeper:
                 await self._task
 
     async def _run(self) -> None:
-        token = secrets.token_hex(8)
         rounds = 0
         while True:
             try:
                 lease_ms = max(int(self._interval_s * 900), 1)
-                if await self._client.set(SWEEP_LEASE_KEY, token, nx=True, px=lease_ms):
+                if await self._client.set(SWEEP_LEASE_KEY, 1, nx=True, px=lease_ms):
                     await self.sweep(scan=rounds % SCAN_EVERY == 0)
                     rounds += 1
             except _REDIS_DOWN:
