@@ -114,8 +114,9 @@ class UnhandledErrorMiddleware:
 
 def build_services(settings: ApiSettings) -> Services:
     """The process's runtime resources; nothing connects until first used."""
-    # Each streaming request blocks one connection in XREAD; the pool holds a full queue of them, and a
-    # request beyond that waits for a connection (a burst) instead of failing with "too many connections".
+    # The event reader holds one connection (app/event_streams.py); the rest serve short commands, a full
+    # queue's worth of them at once in a burst, and a request beyond that waits for a connection instead
+    # of failing with "too many connections".
     client = async_client(
         settings,
         decode_responses=True,

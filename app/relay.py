@@ -12,13 +12,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.admission import LEASE_S, Abandonment
+from app.event_streams import EventStreams, Subscription
 from app.placement import WorkerDirectory
 from herd.contracts import EVENT_STREAM_TTL_S, QUEUE_KEYS_SET, cancel_key, events_key, lease_key
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"done", "error", "embedding"})
-# How long one XREAD blocks before the relay checks on the client and the worker.
+# How long a follower waits for its next entry before it checks on the client and the worker.
 POLL_MS = 250
 # How long a request that has seen no event yet waits for Redis to come back before it fails. Its job
 # is persisted in Redis's append-only file, so after a restart a worker still takes it; once this has
@@ -66,6 +67,7 @@ class EventRelay:
         # A job no worker started within this long is withdrawn and failed (0: it waits for ever).
         self._queue_timeout_s = queue_timeout_s
         self._withdraw = withdraw
+        self._streams = EventStreams(client)
         self._popped_and_lost = client.register_script(_POPPED_AND_LOST)
         # Jobs to cancel or withdraw once Redis answers again, however long it stays away.
         self._abandoned = Abandonment(client)
@@ -79,6 +81,21 @@ class EventRelay:
         loss, like the job's in a pop, means Redis lost the job. Model jobs have none.
         """
         key = events_key(job_id)
+        subscription = self._streams.follow(key)
+        try:
+            async for event in self._events(job_id, key, subscription, client_gone, leased):
+                yield event
+        finally:
+            self._streams.leave(subscription)
+
+    async def _events(
+        self,
+        job_id: str,
+        key: str,
+        subscription: Subscription,
+        client_gone: Callable[[], Awaitable[bool]] | None,
+        leased: bool,
+    ) -> AsyncIterator[dict[str, Any]]:
         last = "0-0"
         quiet_ms = 0
         # The worker that started the job, and which start of that worker process (its incarnation).
@@ -105,10 +122,7 @@ class EventRelay:
                     await self.cancel(job_id)
                     yield {"type": "error", "status": 503, "error": _VANISHED}
                     return
-                # RESP2 reply shape, with decoded responses: [(stream, [(entry_id, fields), ...])].
-                reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self._client.xread(  # type: ignore[assignment]
-                    {key: last}, block=POLL_MS, count=512
-                )
+                entries = await subscription.read(POLL_MS / 1000)
             except _REDIS_DOWN as exc:
                 if last != "0-0":
                     # The worker's events sent while Redis was away are gone: resuming would hand the
@@ -133,7 +147,7 @@ class EventRelay:
                 await asyncio.sleep(POLL_MS / 1000)
                 continue
             outage_ms = 0
-            if not reply:
+            if not entries:
                 quiet_ms += POLL_MS
                 if client_gone is not None and await client_gone():
                     yield {"type": "gone"}
@@ -163,21 +177,24 @@ class EventRelay:
                             return
                 continue
             quiet_ms = 0
-            for _stream, entries in reply:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event: dict[str, Any] = json.loads(fields["e"])
-                    if event["type"] == "started":
-                        worker = event.get("worker")
-                        incarnation = event.get("incarnation")
-                        continue
-                    output_seen = True
-                    yield event
-                    if event["type"] in TERMINAL:
-                        # The stream expires by itself; deleting it early only saves memory.
-                        with contextlib.suppress(*_REDIS_DOWN):
-                            await self._client.delete(key)
-                        return
+            for entry_id, fields in entries:
+                last = entry_id
+                event: dict[str, Any] = json.loads(fields["e"])
+                if event["type"] == "started":
+                    worker = event.get("worker")
+                    incarnation = event.get("incarnation")
+                    continue
+                output_seen = True
+                yield event
+                if event["type"] in TERMINAL:
+                    # The stream expires by itself; deleting it early only saves memory.
+                    with contextlib.suppress(*_REDIS_DOWN):
+                        await self._client.delete(key)
+                    return
+
+    async def close(self) -> None:
+        """Stop the process's event reader (the app's shutdown)."""
+        await self._streams.close()
 
     async def _never_started(self, job_id: str, waited_ms: int) -> bool:
         """True when the job waited past HERD_QUEUE_TIMEOUT and was withdrawn (no worker can start it now)."""

@@ -41,6 +41,7 @@ class Services:
             raise ModelNotFoundError(raw) from exc
 
     async def close(self) -> None:
+        await self.relay.close()
         await self.redis.aclose()
 
 
