@@ -1,9 +1,21 @@
-"""The decode thread steps every busy engine; a publishing thread sends what the steps produced.
+"""The decode thread steps every busy engine; what the steps produced is published to Redis after each.
 
-The decode thread does nothing but `engine.step()` and a queue put, so the next llama_decode starts as
-soon as the last one ended: tool-call parsing, logging and the Redis round trip (each step's events in
-one pipeline, which also reads the running jobs' cancel flags) happen on the publishing thread,
-meanwhile. It also ends the jobs that finished, giving their model back to the cache.
+Publishing (tool-call and thinking parsing, logging, and the Redis round trip: each step's events in one
+pipeline, which also reads the running jobs' cancel flags) runs in one of two places:
+
+- **A publishing thread** (the default): the decode thread does nothing but `engine.step()` and a queue
+  put, so the next llama_decode starts as soon as the last one ended and the publishing runs meanwhile,
+  on a core the decode threads leave free (a GPU worker's, or a CPU worker with cores to spare).
+- **On the decode thread, between steps** (`inline`), when llama.cpp's threads take every core the
+  process may use (a CPU worker with HERD_THREADS at the core count). There a publishing thread has no
+  core of its own: each wake-up preempts a decode thread mid-step, and ggml's other threads wait for it
+  at their next barrier. Between steps only the decode thread works while ggml's others spin, and it
+  sends the step's commands without waiting for Redis's answer (Publisher.post): the answers, with the
+  cancel flags, are read after the next step.
+
+Either way it also ends the jobs that finished, giving their model back to the cache; the idle models'
+expiry runs on a housekeeping thread of its own once a second (it takes the cache lock, which a load may
+hold, so never on the decode thread).
 
 No lock is held across a decode step: admission (engine.submit), cancellation (engine.cancel), /api/ps
 and the heartbeat never wait for one. A model is never freed while stepped: an engine with running
@@ -14,6 +26,7 @@ released here only after their last step; engine.close() waits for a step in pro
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -29,9 +42,22 @@ from workers.running import Running, RunningJobs
 
 log = logging.getLogger(__name__)
 
-# How often the publishing thread reads the cancel flags when no step produced anything (a long prompt
-# chunk, or a model still prefilling): a client that left is noticed within this even then.
+# How often the publishing reads the cancel flags when no step produced anything (a long prompt chunk,
+# or a model still prefilling): a client that left is noticed within this even then.
 _IDLE_POLL_S = 0.1
+# How often idle models are expired (their keep_alive ran out).
+_EXPIRE_EVERY_S = 1.0
+
+
+def decode_threads_take_every_core(threads: int, gpu_offload: bool) -> bool:
+    """Whether llama.cpp's decode threads leave no core of this process's for a publishing thread."""
+    if gpu_offload:
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return threads >= cores
 
 
 class DecodeLoop:
@@ -47,10 +73,12 @@ class DecodeLoop:
         wake: threading.Event,
         slot_freed: threading.Event,
         state_dirty: threading.Event,
+        inline: bool = False,
     ):
         self._cache = cache
         self._running = running
-        self._publisher = publisher  # the publishing thread's own
+        self._publisher = publisher  # the publishing's own (one thread uses it)
+        self._inline = inline
         self._stop = stop
         self._wake = wake
         self._slot_freed = slot_freed
@@ -61,25 +89,62 @@ class DecodeLoop:
     def run(self) -> None:
         """Step busy engines until stopped; sleep on `wake` while none is busy.
 
-        Starts the publishing thread and ends (raising) if it died: both are vital to the worker.
+        Starts the publishing (or housekeeping) thread and ends (raising) if it died: both are vital.
         """
-        publishing = threading.Thread(target=self._publish_loop, name="publish", daemon=True)
-        publishing.start()
+        helper = threading.Thread(
+            target=self._housekeeping_loop if self._inline else self._publish_loop,
+            name="housekeeping" if self._inline else "publish",
+            daemon=True,
+        )
+        helper.start()
+        log.info(
+            "decode loop started",
+            extra={"publishing": "on the decode thread" if self._inline else "on its own thread"},
+        )
         try:
-            while not self._stop.is_set():
-                if not publishing.is_alive():
-                    raise RuntimeError("the publishing thread died")
-                engines = self._cache.busy_engines()
-                if not engines:
-                    self._wake.wait(timeout=0.5)
-                    self._wake.clear()
-                for engine in engines:
-                    events = engine.step()
-                    if events:
-                        self._outbox.put(events)
+            if self._inline:
+                self._run_inline(helper)
+            else:
+                self._run_threaded(helper)
         finally:
             self._outbox.put(None)
-            publishing.join(timeout=5)
+            helper.join(timeout=5)
+
+    def _run_threaded(self, publishing: threading.Thread) -> None:
+        while not self._stop.is_set():
+            if not publishing.is_alive():
+                raise RuntimeError("the publishing thread died")
+            engines = self._cache.busy_engines()
+            if not engines:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+            for engine in engines:
+                events = engine.step()
+                if events:
+                    self._outbox.put(events)
+
+    def _run_inline(self, housekeeping: threading.Thread) -> None:
+        polled = 0.0
+        while not self._stop.is_set():
+            if not housekeeping.is_alive():
+                raise RuntimeError("the housekeeping thread died")
+            engines = self._cache.busy_engines()
+            if not engines:
+                # Nothing is stepped: a job still preparing (rendering, loading) may be cancelled.
+                self._wake.wait(timeout=_IDLE_POLL_S)
+                self._wake.clear()
+            events: list[Event] = []
+            for engine in engines:
+                events += engine.step()
+            now = time.monotonic()
+            if events or now - polled >= _IDLE_POLL_S:
+                polled = now
+                self._send(events)
+
+    def _housekeeping_loop(self) -> None:
+        """Expire idle models once a second until the decode loop ends (inline publishing)."""
+        while not self._stop.wait(_EXPIRE_EVERY_S):
+            self._cache.expire()
 
     def _publish_loop(self) -> None:
         """Send the steps' events as they come (all that waited in one round trip); end on None.
@@ -89,7 +154,7 @@ class DecodeLoop:
         last_expire = 0.0
         while True:
             now = time.monotonic()
-            if now - last_expire >= 1.0:
+            if now - last_expire >= _EXPIRE_EVERY_S:
                 last_expire = now
                 self._cache.expire()
             try:
@@ -103,15 +168,17 @@ class DecodeLoop:
                 except queue.Empty:
                     break
             ending = any(b is None for b in batches)
-            events = [e for b in batches if b is not None for e in b]
-            try:
-                self._publish(events)
-            except redis.RedisError:
-                # Redis is down: the API fails these requests; keep decoding what can still be sent.
-                log.exception("could not publish events")
-                time.sleep(0.2)
+            self._send([e for b in batches if b is not None for e in b])
             if ending:
                 return
+
+    def _send(self, events: list[Event]) -> None:
+        try:
+            self._publish(events)
+        except redis.RedisError:
+            # Redis is down: the API fails these requests; keep decoding what can still be sent.
+            log.exception("could not publish events")
+            time.sleep(0.2)
 
     def _publish(self, events: list[Event]) -> None:
         publisher = self._publisher
@@ -125,7 +192,8 @@ class DecodeLoop:
                     finished.append(running)
         watch = self._running.ids()
         try:
-            cancelled = publisher.flush(watch=watch)
+            # Inline, the decode thread does not wait for Redis: cancel flags come from an earlier step's answer.
+            cancelled = publisher.post(watch) if self._inline else publisher.flush(watch=watch)
         finally:
             # Finished sequences give their slots back even when Redis just failed the flush: a slot
             # kept busy here would never be freed.

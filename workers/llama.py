@@ -42,6 +42,11 @@ def init_backend() -> None:
         _backend_ready = True
 
 
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (a CUDA, Metal... build)."""
+    return bool(llama.llama_supports_gpu_offload())
+
+
 class ModelLoadError(RuntimeError):
     """llama.cpp refused the file (not a GGUF, unsupported architecture, out of memory), or loading it
     crashed a worker recently (workers/load_guard.py)."""

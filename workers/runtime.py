@@ -50,12 +50,12 @@ from herd.templates.chat import TemplateError
 from workers import prepare
 from workers.blob_fetch import BlobFetcher, FetchError, store_blobs
 from workers.cache import AUTO_PARALLEL, InvalidKeepAlive, LoadedModel, ModelCache, ModelTooLarge
-from workers.decode_loop import DecodeLoop
+from workers.decode_loop import DecodeLoop, decode_threads_take_every_core
 from workers.drain import Drain
 from workers.embedder import InputTooLong
 from workers.engine import ContextError, SequenceRequest
 from workers.grammar import FormatError, grammar_for_format
-from workers.llama import ModelLoadError
+from workers.llama import ModelLoadError, supports_gpu_offload
 from workers.metrics import WorkerMetrics
 from workers.prepare import JobError
 from workers.publisher import Publisher
@@ -116,6 +116,9 @@ class WorkerRuntime:
             wake=self._wake,
             slot_freed=self._slot_freed,
             state_dirty=self._state_dirty,
+            inline=decode_threads_take_every_core(
+                settings.threads, gpu_offload=settings.n_gpu_layers != 0 and supports_gpu_offload()
+            ),
         )
         self._drain = Drain(
             client,
