@@ -7,9 +7,9 @@ process's requests costs one XREAD, one reply and one wake-up, and each request 
 
 A request that starts following while the reader is blocked wakes it with an entry on this process's wake
 stream (``herd:wake:<id>``, read from its last id, so a wake sent just before the XREAD still counts), and
-the reader's next XREAD includes it. The reader talks to its connection directly (one pooled connection, held
-while anything is followed): redis-py's per-command path (pool checkout, retry wrapper, reply callbacks)
-cost more CPU per token than the read itself.
+the reader's next XREAD includes it. The reader talks to a connection of its own directly (held while
+anything is followed): redis-py's per-command path (pool checkout, retry wrapper, reply callbacks) cost
+more CPU per token than the read itself.
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ class EventStreams:
     async def _run(self) -> None:
         while True:
             if not self._subscriptions:
+                # The connection stays open (no command out): redis-py pings one idle past the client's
+                # health_check_interval before its next command, and reconnects if the ping fails.
                 self._changed.clear()
-                await self._release()
                 await self._changed.wait()
                 continue
             self._changed.clear()
@@ -184,7 +185,13 @@ class EventStreams:
 
     async def _send_xread(self, keys: list[str], ids: list[str]) -> None:
         if self._connection is None:
-            self._connection = await self._client.connection_pool.get_connection()
+            # A connection of its own, made by the pool's settings (TLS, credentials, Sentinel's master)
+            # but never in the pool: with no socket timeout, a send is one write, without the wait_for
+            # (a task per send, and on Python 3.11 one that can swallow a cancellation) a timeout needs.
+            # A dead connection shows in the read's own timeout (`_read_reply`).
+            connection = self._client.connection_pool.make_connection()
+            connection.socket_timeout = None
+            self._connection = connection
         await self._connection.send_command(
             "XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids
         )
@@ -213,18 +220,11 @@ class EventStreams:
             entries = [(entry_id, _fields(flat)) for entry_id, flat in raw_entries]
             subscription.deliver(entries)
 
-    async def _release(self) -> None:
-        """Give the connection back to the pool while nothing is followed."""
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await self._client.connection_pool.release(connection)
-
     async def _drop_connection(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             with contextlib.suppress(*REDIS_DOWN):
                 await connection.disconnect()
-            await self._client.connection_pool.release(connection)
 
     async def close(self) -> None:
         """Stop the reader and delete the wake stream (the app's shutdown)."""
@@ -234,7 +234,7 @@ class EventStreams:
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.1)
-        await self._release()
+        await self._drop_connection()
         with contextlib.suppress(*REDIS_DOWN):
             await self._client.delete(self._wake_key)
 

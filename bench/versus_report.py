@@ -21,10 +21,12 @@ FOLLOW_UP_SLACK_MS = 20.0  # Herd's follow-up TTFT ≤ llama-server's + this
 LINKING_NOTE = (
     "Linking: the peers are static binaries, while Herd runs llama-cpp-python's shared libraries "
     "(position-independent code). llama-batched-bench built both ways from the same source on this "
-    "machine (2026-12-07, interleaved, 3 rounds): a 1-row step is 4% slower shared (16.79 against "
-    "16.12 ms at 1 thread, 12.06 against 11.56 ms at 2); 8 rows take the same time (0.98–1.01×). "
-    "That is most of the engine's gap to llama-server at one stream when the threads have the cores "
-    "to themselves."
+    "machine (2026-12-07, 2 threads, interleaved): with 3 rounds of 64 steps a 1-row step was 4% slower "
+    "shared (12.06 against 11.56 ms) and 8 rows took the same time; with 5 rounds of 200 steps the "
+    "medians were 85.8 tok/s shared against 80.6 static at 1 row and 197.6 against 190.8 at 8, rounds "
+    "spreading ±8%. Shared builds with -fno-semantic-interposition and -Wl,-Bsymbolic (86.0 and 188.9) "
+    "or with GGML_LTO (80.0 and 184.7) were no faster. So the linking is not a measurable part of the "
+    "gap, and Herd keeps llama-cpp-python's default build."
 )
 
 
@@ -174,7 +176,8 @@ def _cpu_section(rows: Sequence[Mapping[str, Any]], threads: int, cpus: int) -> 
         f"With {threads} decode threads on {cpus} CPUs"
         + (
             ", every millisecond the relay spends is taken from the decode: Herd's API, Redis and nginx share "
-            "the cores with its worker, while llama-server answers from its own process."
+            "the cores with its worker, while llama-server answers from its own process. (Herd's worker "
+            "figure includes sending each step's events to Redis, which it does between steps there.)"
             if threads >= cpus
             else ", the relay has CPUs of its own."
         ),

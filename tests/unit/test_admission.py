@@ -131,6 +131,7 @@ def test_a_job_redis_lost_in_a_failover_fails_at_once_and_is_flagged(redis_url: 
         await client.delete(lease_key("job-1"), rq_queue_key(SHARED_QUEUE), "rq:job:job-1")
         event = await asyncio.wait_for(waiting, 5)
         flagged = int(await client.exists(cancel_key("job-1")))
+        await relay.close()
         await client.aclose()
         return event, time.monotonic() - started, flagged
 
@@ -159,6 +160,7 @@ def test_a_job_popped_by_a_worker_that_never_got_it_fails_and_one_started_waits(
         await asyncio.sleep(2.5)
         still_waiting = not waiting.done()
         waiting.cancel()
+        await relay.close()
         await client.aclose()
         return lost, took, still_waiting
 

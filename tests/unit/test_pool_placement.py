@@ -236,6 +236,7 @@ def test_a_job_no_worker_starts_fails_after_the_queue_timeout_and_is_withdrawn(r
         event = await anext(relay.events("j1"))
         took = time.monotonic() - started
         waiting = await admission.waiting()
+        await relay.close()
         await client.aclose()
         return event, took, waiting
 
