@@ -128,15 +128,22 @@ class EventStreams:
             self._task = asyncio.create_task(self._run(), name="event-streams")
         self._changed.set()
         if self._blocked:
-            task = asyncio.create_task(self._wake())
-            self._wakes.add(task)
-            task.add_done_callback(self._wakes.discard)
+            self._send_wake()
         return subscription
 
     def leave(self, subscription: Subscription) -> None:
         """Stop reading the subscription's stream (entries the reader has in flight for it are dropped)."""
         if self._subscriptions.get(subscription.key) is subscription:
             del self._subscriptions[subscription.key]
+            if not self._subscriptions and self._blocked:
+                # The last one: end the read now, after the answer is out, so the next request to follow
+                # finds the reader idle and waits for no wake of its own before its first read.
+                self._send_wake()
+
+    def _send_wake(self) -> None:
+        task = asyncio.create_task(self._wake())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
 
     async def _wake(self) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -151,8 +158,7 @@ class EventStreams:
     async def _run(self) -> None:
         while True:
             if not self._subscriptions:
-                # The connection stays open (no command out): redis-py pings one idle past the client's
-                # health_check_interval before its next command, and reconnects if the ping fails.
+                # The connection stays open (no command out); a send that finds it dead reconnects.
                 self._changed.clear()
                 await self._changed.wait()
                 continue
@@ -184,17 +190,28 @@ class EventStreams:
             self._dispatch(streams)
 
     async def _send_xread(self, keys: list[str], ids: list[str]) -> None:
-        if self._connection is None:
-            # A connection of its own, made by the pool's settings (TLS, credentials, Sentinel's master)
-            # but never in the pool: with no socket timeout, a send is one write, without the wait_for
-            # (a task per send, and on Python 3.11 one that can swallow a cancellation) a timeout needs.
-            # A dead connection shows in the read's own timeout (`_read_reply`).
-            connection = self._client.connection_pool.make_connection()
-            connection.socket_timeout = None
-            self._connection = connection
-        await self._connection.send_command(
-            "XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids
-        )
+        command = ("XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids)
+        if self._connection is not None:
+            try:
+                # No health check: its PING's reconnect would skip Sentinel's discovery of the master.
+                await self._connection.send_command(*command, check_health=False)
+                return
+            except REDIS_DOWN:
+                # Kept open while idle, it may have died meanwhile (a restart): one new try at once.
+                await self._drop_connection()
+        self._connection = await self._connect()
+        await self._connection.send_command(*command, check_health=False)
+
+    async def _connect(self) -> AbstractConnection:
+        """A connection of the reader's own, made with the pool's settings (TLS, credentials, Sentinel's
+        master) but never in the pool. With no socket timeout a send is one write, without the wait_for a
+        timeout needs (a task per send, and on Python 3.11 one that can swallow a cancellation); a dead
+        connection shows in the read's own timeout (`_read_reply`)."""
+        connection = self._client.connection_pool.make_connection()
+        connection.socket_timeout = None
+        # connect(), not the first send's implicit connect: only connect() asks Sentinel for the master.
+        await connection.connect()
+        return connection
 
     async def _read_reply(self) -> Any:
         assert self._connection is not None, "_send_xread first"
@@ -235,6 +252,9 @@ class EventStreams:
             task.cancel()
             await asyncio.wait({task}, timeout=0.1)
         await self._drop_connection()
+        for wake in list(self._wakes):
+            wake.cancel()
+        await asyncio.gather(*self._wakes, return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN):
             await self._client.delete(self._wake_key)
 

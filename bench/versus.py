@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ STEP_ROWS = (1, 2, 4, 8, 16)
 ENGINE_LEVELS = (1, 8)
 NUM_PARALLEL = 8
 NUM_CTX = 4096
+TTFT_TOKENS = 8  # tokens of each dedicated TTFT request
 ROOT = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger("bench")
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1 if short else 3, help="rounds of every level")
     parser.add_argument("--tokens", type=int, default=32 if short else 128, help="tokens per stream")
     parser.add_argument("--turns", type=int, default=2 if short else 4, help="chat follow-ups")
+    parser.add_argument(
+        "--ttft-samples", type=int, default=5 if short else 20, help="single-stream requests for TTFT"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -151,6 +156,18 @@ def main() -> None:
                             "  %s c=%d: %.1f tok/s decode, %d failed, ttft max %.0f ms",
                             name, c, stats.decode_tps, stats.failed, max(stats.ttft_ms, default=0),
                         )  # fmt: skip
+            # TTFT at one stream from more samples than the rounds give: short requests, one server then
+            # the other.
+            ttft: tuple[list[float], list[float]] = ([], [])
+            herd_short = herd_streamer(f"{stack.url}/api/generate", TTFT_TOKENS, NUM_CTX)
+            llama_short = openai_streamer(f"{ls.url}/v1/completions", TTFT_TOKENS)
+            for _ in range(args.ttft_samples):
+                ttft[0].extend(run_phase(herd_short, 1).ttft_ms)
+                ttft[1].extend(run_phase(llama_short, 1).ttft_ms)
+            logger.info(
+                "ttft at 1 stream: herd p50 %.1f ms, llama-server p50 %.1f ms",
+                statistics.median(ttft[0]), statistics.median(ttft[1]),
+            )  # fmt: skip
             logger.info("chat follow-ups")
             chat = chat_follow_ups(
                 {
@@ -212,6 +229,7 @@ def main() -> None:
         native_steps=native_steps,
         cpu={"herd": herd_cpu, "llama_server": ls_cpu},
         engine_alone=(engine_rounds, ls_alone),
+        ttft=ttft,
     )
     data["run"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -166,3 +166,20 @@ def test_the_engine_alone_against_llama_server() -> None:
     assert rows[1]["ratio"] == pytest.approx(44 / 42) and rows[8]["engine_tps"] == 160.0
     data["run"] = _data({1: 40.0}, {1: 42.0})["run"]
     assert "| 8 | 160.0 | 150.0 | 1.07× |" in render_markdown(data).split("engine alone")[1]
+
+
+def test_the_ttft_target_is_judged_on_the_dedicated_single_stream_requests() -> None:
+    rounds = {1: [_phase(1, 40.0, 80.0)]}  # a 1-stream round alone would say +20 ms: not met
+    data = summarize_run(
+        rounds,
+        {1: [_phase(1, 42.0, 60.0)]},
+        **_ONLY_CONCURRENCY,
+        ttft=([31.0, 33.0, 32.0, 90.0], [29.0, 30.0, 28.0, 31.0]),
+    )
+    t1 = data["concurrency"]["ttft_1"]
+    assert t1["herd_p50_ms"] == 32.5 and t1["llama_server_p50_ms"] == 29.5 and t1["samples"] == 4
+    assert t1["difference_ms"] == 3.0 and t1["met"] is True
+    data["run"] = _data({1: 40.0}, {1: 42.0})["run"]
+    page = render_markdown(data)
+    assert "from 4 single-stream requests of each server" in page
+    assert "Herd 32.5 ms, llama-server 29.5 ms" in page

@@ -171,3 +171,29 @@ def test_a_left_stream_is_no_longer_read_and_close_removes_the_wake_stream(redis
     assert got_kept == ["someone"]
     assert got_left == []
     assert remaining == []
+
+
+def test_the_last_follower_leaving_ends_the_read_so_the_next_one_needs_no_wake(redis_url: str) -> None:
+    async def scenario() -> tuple[int, int, list[str]]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        streams = EventStreams(client)
+        first = streams.follow("herd:events:one")
+        await asyncio.sleep(0.1)
+        streams.leave(first)
+        await asyncio.sleep(0.2)
+        # Blocked clients carry the "b" flag; the reader's connection is open but waits for nothing.
+        blocked = sum(1 for c in await client.client_list() if "b" in c.get("flags", ""))
+        wakes = int(await client.xlen(next(iter([k async for k in client.scan_iter("herd:wake:*")]))))
+        second = streams.follow("herd:events:two")
+        await client.xadd("herd:events:two", {"e": "hi"})
+        got = await _take(second, 1)
+        wakes_after = int(await client.xlen(next(iter([k async for k in client.scan_iter("herd:wake:*")]))))
+        streams.leave(second)
+        await streams.close()
+        await client.aclose()
+        return blocked, wakes_after - wakes, got
+
+    blocked, new_wakes, got = asyncio.run(scenario())
+    assert blocked == 0
+    assert new_wakes == 0  # the idle reader took the new follower without a wake
+    assert got == ["hi"]
