@@ -216,8 +216,8 @@ class EventStreams:
     async def _read_reply(self) -> Any:
         assert self._connection is not None, "_send_xread first"
         try:
-            # Past the block and a margin the connection is dead (a cut that closed nothing). The client's own
-            # socket timeout may be shorter than the block, so it does not apply here.
+            # Past the block and a margin the connection is dead (a cut that closed nothing): the reader's
+            # connection has no socket timeout of its own.
             async with asyncio.timeout(BLOCK_MS / 1000 + _READ_MARGIN_S):
                 return await self._connection.read_response(timeout=math.inf)
         except TimeoutError as exc:
@@ -246,8 +246,8 @@ class EventStreams:
     async def close(self) -> None:
         """Stop the reader and delete the wake stream (the app's shutdown)."""
         task, self._task = self._task, None
-        # Cancelled again until it ends: Python 3.11's wait_for (inside redis-py's send) can swallow a
-        # cancellation that arrives just as the send completes.
+        # Cancelled again until it ends: on Python 3.11 a cancellation that lands just as an inner
+        # wait_for completes is lost (seen with redis-py's send on a connection with a socket timeout).
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.1)
