@@ -47,9 +47,9 @@ _WAKE_TTL_MS = 3_600_000
 class Subscription:
     """One job's place in the reader: the entries read for it and not yet taken, or the reader's error."""
 
-    def __init__(self, key: str, last: str) -> None:
+    def __init__(self, key: str) -> None:
         self.key = key
-        self.last = last  # the id after which the reader reads this stream next
+        self.last = "0-0"  # the id after which the reader reads this stream next
         self._entries: list[Entry] = []
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -116,11 +116,11 @@ class EventStreams:
         self._error: BaseException | None = None  # the last read's, until one succeeds
         self._wakes: set[asyncio.Task[None]] = set()
 
-    def follow(self, key: str, last: str = "0-0") -> Subscription:
-        """Start reading stream ``key`` after entry ``last``; call ``leave`` when done with it."""
+    def follow(self, key: str) -> Subscription:
+        """Start reading stream ``key`` from its first entry; call ``leave`` when done with it."""
         if key in self._subscriptions:
             raise ValueError(f"stream {key} is already followed")
-        subscription = Subscription(key, last)
+        subscription = Subscription(key)
         if self._error is not None:
             subscription.fail(self._error)
         self._subscriptions[key] = subscription

@@ -80,10 +80,9 @@ class EventRelay:
         `leased`: the job was admitted with a lease (app/admission.py), which is renewed here and whose
         loss, like the job's in a pop, means Redis lost the job. Model jobs have none.
         """
-        key = events_key(job_id)
-        subscription = self._streams.follow(key)
+        subscription = self._streams.follow(events_key(job_id))
         try:
-            async for event in self._events(job_id, key, subscription, client_gone, leased):
+            async for event in self._events(job_id, subscription, client_gone, leased):
                 yield event
         finally:
             self._streams.leave(subscription)
@@ -91,7 +90,6 @@ class EventRelay:
     async def _events(
         self,
         job_id: str,
-        key: str,
         subscription: Subscription,
         client_gone: Callable[[], Awaitable[bool]] | None,
         leased: bool,
@@ -189,7 +187,7 @@ class EventRelay:
                 if event["type"] in TERMINAL:
                     # The stream expires by itself; deleting it early only saves memory.
                     with contextlib.suppress(*_REDIS_DOWN):
-                        await self._client.delete(key)
+                        await self._client.delete(subscription.key)
                     return
 
     async def close(self) -> None:

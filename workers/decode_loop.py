@@ -102,40 +102,29 @@ class DecodeLoop:
             extra={"publishing": "on the decode thread" if self._inline else "on its own thread"},
         )
         try:
-            if self._inline:
-                self._run_inline(helper)
-            else:
-                self._run_threaded(helper)
+            self._step_until_stopped(helper)
         finally:
             self._outbox.put(None)
             helper.join(timeout=5)
 
-    def _run_threaded(self, publishing: threading.Thread) -> None:
-        while not self._stop.is_set():
-            if not publishing.is_alive():
-                raise RuntimeError("the publishing thread died")
-            engines = self._cache.busy_engines()
-            if not engines:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-            for engine in engines:
-                events = engine.step()
-                if events:
-                    self._outbox.put(events)
-
-    def _run_inline(self, housekeeping: threading.Thread) -> None:
+    def _step_until_stopped(self, helper: threading.Thread) -> None:
         polled = 0.0
         while not self._stop.is_set():
-            if not housekeeping.is_alive():
-                raise RuntimeError("the housekeeping thread died")
+            if not helper.is_alive():
+                raise RuntimeError(f"the {helper.name} thread died")
             engines = self._cache.busy_engines()
             if not engines:
-                # Nothing is stepped: a job still preparing (rendering, loading) may be cancelled.
-                self._wake.wait(timeout=_IDLE_POLL_S)
+                # Inline, nothing stepped still polls: a job still preparing (rendering, loading) may be
+                # cancelled. The publishing thread polls on its own.
+                self._wake.wait(timeout=_IDLE_POLL_S if self._inline else 0.5)
                 self._wake.clear()
             events: list[Event] = []
             for engine in engines:
                 events += engine.step()
+            if not self._inline:
+                if events:
+                    self._outbox.put(events)
+                continue
             now = time.monotonic()
             if events or now - polled >= _IDLE_POLL_S:
                 polled = now
