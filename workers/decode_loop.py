@@ -39,6 +39,7 @@ from workers.cache import ModelCache
 from workers.engine import DoneEvent, Event, TokenEvent
 from workers.publisher import Publisher
 from workers.running import Running, RunningJobs
+from workers.start_gate import StartGate
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class DecodeLoop:
         wake: threading.Event,
         slot_freed: threading.Event,
         state_dirty: threading.Event,
+        gate: StartGate | None = None,
         inline: bool = False,
     ):
         self._cache = cache
@@ -83,6 +85,9 @@ class DecodeLoop:
         self._wake = wake
         self._slot_freed = slot_freed
         self._state_dirty = state_dirty
+        self._gate = gate or StartGate()
+        # True from an idle spell until the first step after it: jobs handed over now start that step.
+        self.idle = True
         # Each step's events, in step order; None tells the publishing thread to end.
         self._outbox: queue.SimpleQueue[list[Event] | None] = queue.SimpleQueue()
 
@@ -114,10 +119,16 @@ class DecodeLoop:
                 raise RuntimeError(f"the {helper.name} thread died")
             engines = self._cache.busy_engines()
             if not engines:
+                self.idle = True
                 # Inline, nothing stepped still polls: a job still preparing (rendering, loading) may be
                 # cancelled. The publishing thread polls on its own.
                 self._wake.wait(timeout=_IDLE_POLL_S if self._inline else 0.5)
                 self._wake.clear()
+            elif self.idle:
+                # The first step after idle: a burst's other jobs, already queued, join it (start_gate.py).
+                if self._gate.wait(self._stop) > 0.001:
+                    engines = self._cache.busy_engines()
+                self.idle = False
             events: list[Event] = []
             for engine in engines:
                 events += engine.step()

@@ -8,8 +8,8 @@ The decode thread calls step(); each step is one `llama_decode`:
   batches, as llama-server builds them. A long prompt is prefilled over several steps while the running
   streams go on, each stalled by one chunk at most, and a new stream starts at the next step. The KV cache
   is unified (one buffer for all sequences), so llama.cpp computes any mix of sequences as one micro-batch.
-  A new request reuses the KV cells of the longest prompt prefix an idle slot still holds
-  (workers/prefix_cache.py): turn N of a chat evaluates only its new tokens.
+  A new request reuses the KV cells of the longest prompt prefix an idle slot still holds, in its own
+  slot or copied into another (workers/prefix_cache.py): turn N of a chat evaluates only its new tokens.
 - **Batch-invariant mode** (HERD_BATCH_INVARIANT=true). A sequence's numbers never depend on the others:
   a step is either one prompt chunk of one sequence, alone, or the next token of the generating
   sequences in batches of at most MAX_DECODE_ROWS; the two kinds alternate. Each sequence has its own KV
@@ -39,7 +39,7 @@ from typing import Any, Literal
 import llama_cpp as llama
 
 from workers.llama import LlamaModel
-from workers.prefix_cache import CachedImage, Slot, SlotTable
+from workers.prefix_cache import CachedImage, Claim, Slot, SlotTable
 from workers.sampling import SamplingParams, SequenceSampler, logprob_entry
 from workers.vision import ImageError, MediaPrompt
 
@@ -118,6 +118,7 @@ class _Sequence:
     sampler: SequenceSampler
     submitted_ns: int
     cached: int = 0  # prompt tokens the slot's cache can give (trimmed at admission)
+    source: Slot | None = None  # another idle slot whose cells hold those tokens, copied at admission
     admitted: bool = False  # its slot's cache trimmed to `cached` by the decode thread
     inputs: list[int] = field(default_factory=list)  # what prefill evaluates: the prompt (or a re-shift)
     prefilled: int = 0  # inputs already in the KV cache
@@ -186,6 +187,10 @@ class BatchEngine:
         # Recurrent and window-sized sliding-window memories cannot move cells: those never shift.
         self.can_shift = bool(llama.llama_memory_can_shift(self._memory))
         self.n_swa = int(llama.llama_model_n_swa(model.handle))
+        # A recurrent state stands for its whole sequence, so no prefix of it can be copied to another.
+        self.can_fork = not (
+            llama.llama_model_is_recurrent(model.handle) or llama.llama_model_is_hybrid(model.handle)
+        )
         self._batch = llama.llama_batch_init(self.n_batch, 0, n_parallel)
         self._slots = SlotTable(n_parallel)
         self._running: list[_Sequence] = []
@@ -220,13 +225,15 @@ class BatchEngine:
         sampler = SequenceSampler(self.model, request.sampling, self.n_ctx)
         with self._lock:
             try:
-                slot, cached = self._slots.take(request.prompt, reuse=self.reuse_prefix)
+                claim: Claim = self._slots.take(request.prompt, reuse=self.reuse_prefix, fork=self.can_fork)
             except LookupError:
                 sampler.free_all()
                 raise NoFreeSlot(
                     f"all {self.n_parallel} sequence slots of {self.model.path.name} are busy"
                 ) from None
-            seq = _Sequence(request, slot, sampler, time.perf_counter_ns(), cached=cached)
+            seq = _Sequence(
+                request, claim.slot, sampler, time.perf_counter_ns(), cached=claim.kept, source=claim.source
+            )
             seq.inputs = request.prompt
             seq.keep = self.shift_keep(request)
             self._running.append(seq)
@@ -278,22 +285,30 @@ class BatchEngine:
             return events + self._mixed_step(decoding, prefilling)
 
     def _admit(self, seq: _Sequence) -> None:
-        """Trim the slot's cached cells to the prefix this prompt shares; the rest is prefilled."""
+        """Trim the slot's cached cells to the prefix this prompt shares (or copy that prefix's cells from
+        the slot that holds them); the rest is prefilled."""
         prompt = seq.request.prompt
         media = seq.request.media
         # The last prompt token is always evaluated: its logits give the first token.
         kept = min(seq.cached, len(prompt) - 1)
         if media is not None:
             kept = media.image_boundary(kept)  # an image's cells are reused whole or not at all
+        holder = seq.source or seq.slot  # the slot whose cells hold the kept prefix
         # Where the first input not kept goes: the cells below that position are the kept ones.
-        kept, pos, images = seq.slot.keep(kept)
-        if 0 < kept < len(seq.slot.cached) and self.n_swa > 0:
+        kept, pos, images = holder.keep(kept)
+        if 0 < kept < len(holder.cached) and self.n_swa > 0:
             # A window-sized cache has dropped the cells before its window: the kept prefix is usable
             # only if the window before its end is still there (llama-server's check).
-            pos_min = int(llama.llama_memory_seq_pos_min(self._memory, seq.seq_id))
+            pos_min = int(llama.llama_memory_seq_pos_min(self._memory, holder.seq_id))
             if pos_min > max(0, pos - self.n_swa):
                 kept = pos = 0
-        if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, pos, -1):
+        if holder is not seq.slot:
+            # A fork: the slot's own cells go, the holder's prefix cells are shared with it (in a
+            # unified cache a copy tags the cells with this sequence too; nothing is computed).
+            llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            if kept:
+                llama.llama_memory_seq_cp(self._memory, holder.seq_id, seq.seq_id, 0, pos)
+        elif not llama.llama_memory_seq_rm(self._memory, seq.seq_id, pos, -1):
             # Some memories (recurrent) cannot drop a tail: start the slot afresh.
             llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
             kept = pos = 0

@@ -62,6 +62,7 @@ from workers.publisher import Publisher
 from workers.running import Running, RunningJobs
 from workers.sampling import GrammarError
 from workers.settings import WorkerSettings
+from workers.start_gate import StartGate
 from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class WorkerRuntime:
         self._state_dirty = threading.Event()
         self._slot_freed = threading.Event()
         self._job_publisher = Publisher(client)  # main thread only
+        self._gate = StartGate()
+        self._reading: list[str] = []  # the queues of the main thread's last pop
         self._decoder = DecodeLoop(
             self.cache,
             self._running,
@@ -116,6 +119,7 @@ class WorkerRuntime:
             wake=self._wake,
             slot_freed=self._slot_freed,
             state_dirty=self._state_dirty,
+            gate=self._gate,
             inline=decode_threads_take_every_core(
                 settings.threads, gpu_offload=settings.n_gpu_layers != 0 and supports_gpu_offload()
             ),
@@ -194,7 +198,24 @@ class WorkerRuntime:
             q.decode() if isinstance(q, bytes) else str(q)
             for q in self.client.smembers(assigned_key(self.settings.worker_id))
         )
-        return [self.queue_name, *held, *(q for q in assigned if q not in held), SHARED_QUEUE]
+        self._reading = [self.queue_name, *held, *(q for q in assigned if q not in held), SHARED_QUEUE]
+        return self._reading
+
+    def _more_jobs_waiting(self) -> bool:
+        """Whether the decode loop, idle now, should wait for more jobs before it starts (start_gate.py):
+        jobs wait in the queues this worker reads, and a slot is free for the next one.
+
+        Asked only while the decode loop is idle, so a worker that is decoding sends no extra command.
+        """
+        if not self._decoder.idle or self.slots_busy + 1 >= self.slots_total:
+            return False
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for name in self._reading:
+                pipe.llen(rq_queue_key(name))
+            return any(pipe.execute())
+        except redis.RedisError:
+            return False  # the job starts now rather than waits on a Redis that is going away
 
     def _fail_predecessor_jobs(self) -> None:
         """Fail, and flag cancelled, the jobs an earlier process under this worker id left running.
@@ -413,6 +434,7 @@ class WorkerRuntime:
             )
             splitter = prepare.output_splitter(job, loaded, tokens)
             self._wait_for_engine_slot(loaded)
+            more_waiting = self._more_jobs_waiting()
             self._running.add(job.job_id, Running(job, loaded, load_ns, splitter))
             try:
                 with self.cache.lock:
@@ -424,6 +446,8 @@ class WorkerRuntime:
             if job.job_id not in self._running:
                 self.cache.release(loaded)
             raise
+        # After the submit: the last job of a burst releases the first step only once it is in it.
+        self._gate.handed_over(more_waiting)
         self._state_dirty.set()
         self._wake.set()
 

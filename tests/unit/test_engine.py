@@ -345,3 +345,54 @@ def test_a_window_sized_cache_shifts_by_evaluating_the_kept_tokens_again(plain_m
         engine.close()
     assert done["a"].reason == "length" and done["a"].eval_tokens == 12
     assert len(prompt) + 12 > 1030 > cached
+
+
+def test_a_prompt_sharing_a_cached_prefix_copies_its_cells_and_leaves_that_cache_whole(
+    plain_model: LlamaModel,
+) -> None:
+    """Ollama's fork: chat B shares chat A's long opening; B takes the empty slot with A's prefix cells
+    copied in (evaluating only its own tokens, with the same output as from scratch), and A's follow-up
+    still finds every one of its cells."""
+    model = plain_model
+    opening = model.tokenize("word " * 120)
+    chat_a = opening + model.tokenize(PROMPTS[0], add_special=False)
+    chat_b = opening + model.tokenize(PROMPTS[1], add_special=False)
+    fresh = BatchEngine(model, n_ctx=512, n_parallel=1)
+    try:
+        fresh.submit(SequenceRequest("b", chat_b, GREEDY, max_tokens=8))
+        expected, _ = run_all(fresh)
+    finally:
+        fresh.close()
+    engine = BatchEngine(model, n_ctx=512, n_parallel=2)
+    try:
+        engine.submit(SequenceRequest("a", chat_a, GREEDY, max_tokens=4))
+        a = run_all(engine)[1]["a"]
+        engine.submit(SequenceRequest("b", chat_b, GREEDY, max_tokens=8))
+        texts, done = run_all(engine)
+        engine.submit(
+            SequenceRequest("a2", a.tokens + model.tokenize(" Then", add_special=False), GREEDY, max_tokens=2)
+        )
+        a2 = run_all(engine)[1]["a2"]
+    finally:
+        engine.close()
+    assert done["b"].cached_tokens == len(opening)
+    assert texts["b"] == expected["b"]
+    assert a2.cached_tokens == len(a.tokens) - 1  # A's slot was not touched by B
+
+
+def test_a_prompt_sent_again_evaluates_only_its_last_token(plain_model: LlamaModel) -> None:
+    """The same prompt again (a retried or repeated request): its slot also holds the reply, which is
+    dropped, and every prompt cell but the last is reused, as llama-server's prompt cache does."""
+    model = plain_model
+    prompt = model.tokenize(PROMPTS[2])
+    engine = BatchEngine(model, n_ctx=256, n_parallel=2)
+    try:
+        engine.submit(SequenceRequest("first", prompt, GREEDY, max_tokens=40))
+        first_texts, first = run_all(engine)
+        engine.submit(SequenceRequest("again", prompt, GREEDY, max_tokens=40))
+        texts, again = run_all(engine)
+    finally:
+        engine.close()
+    assert len(first["first"].tokens) > 2 * len(prompt)  # the reply is longer than the prompt
+    assert again["again"].cached_tokens == len(prompt) - 1
+    assert texts["again"] == first_texts["first"]
