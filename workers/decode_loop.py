@@ -13,7 +13,10 @@ pipeline, which also reads the running jobs' cancel flags) runs in one of two pl
   sends the step's commands without waiting for Redis's answer (Publisher.post): the answers, with the
   cancel flags, are read after the next step.
 
-Either way it also ends the jobs that finished, giving their model back to the cache; the idle models'
+Either way, the events of a step or a few are sent together: a sequence's first output and its end at
+once, its tokens at most HERD_STREAM_INTERVAL_MS later (workers/stream_pacer.py).
+
+It also ends the jobs that finished, giving their model back to the cache; the idle models'
 expiry runs on a housekeeping thread of its own once a second (it takes the cache lock, which a load may
 hold, so never on the decode thread).
 
@@ -40,6 +43,7 @@ from workers.engine import DoneEvent, Event, TokenEvent
 from workers.publisher import Publisher
 from workers.running import Running, RunningJobs
 from workers.start_gate import StartGate
+from workers.stream_pacer import StreamPacer
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ class DecodeLoop:
         slot_freed: threading.Event,
         state_dirty: threading.Event,
         gate: StartGate | None = None,
+        pacer: StreamPacer | None = None,
         inline: bool = False,
     ):
         self._cache = cache
@@ -86,6 +91,7 @@ class DecodeLoop:
         self._slot_freed = slot_freed
         self._state_dirty = state_dirty
         self._gate = gate or StartGate()
+        self._pacer = pacer or StreamPacer(0.0)  # the publishing's own
         # True from an idle spell until the first step after it: jobs handed over now start that step.
         self.idle = True
         # Each step's events, in step order; None tells the publishing thread to end.
@@ -113,7 +119,9 @@ class DecodeLoop:
             helper.join(timeout=5)
 
     def _step_until_stopped(self, helper: threading.Thread) -> None:
-        polled = 0.0
+        polled = 0.0  # when the inline publishing last sent (or polled the cancel flags)
+        held: list[Event] = []  # inline: events not sent yet (the pacer holds tokens)
+        step_s = 0.0  # how long the last step took
         while not self._stop.is_set():
             if not helper.is_alive():
                 raise RuntimeError(f"the {helper.name} thread died")
@@ -129,17 +137,28 @@ class DecodeLoop:
                 if self._gate.wait(self._stop) > 0.001:
                     engines = self._cache.busy_engines()
                 self.idle = False
+            started = time.monotonic()
             events: list[Event] = []
             for engine in engines:
                 events += engine.step()
+            now = time.monotonic()
+            if engines:
+                step_s = now - started
             if not self._inline:
                 if events:
                     self._outbox.put(events)
                 continue
-            now = time.monotonic()
-            if events or now - polled >= _IDLE_POLL_S:
+            held += events
+            if held and self._pacer.due(events, now, step_s):
+                self._pacer.sent(now)
                 polled = now
-                self._send(events)
+                self._send(held)
+                held = []
+            elif not held and now - polled >= _IDLE_POLL_S:
+                polled = now
+                self._send([])
+        if held:
+            self._send(held)  # a stop in mid-stream: what was generated still reaches its client
 
     def _housekeeping_loop(self) -> None:
         """Expire idle models once a second until the decode loop ends (inline publishing)."""
@@ -147,18 +166,20 @@ class DecodeLoop:
             self._cache.expire()
 
     def _publish_loop(self) -> None:
-        """Send the steps' events as they come (all that waited in one round trip); end on None.
+        """Send the steps' events as they come (all that waited in one round trip, tokens paced); end on
+        None.
 
         Also expires idle models, once a second: that takes the cache lock, which a load may hold.
         """
         last_expire = 0.0
+        held: list[Event] = []
         while True:
             now = time.monotonic()
             if now - last_expire >= _EXPIRE_EVERY_S:
                 last_expire = now
                 self._cache.expire()
             try:
-                first = self._outbox.get(timeout=_IDLE_POLL_S)
+                first = self._outbox.get(timeout=self._pacer.wait_s(now) if held else _IDLE_POLL_S)
             except queue.Empty:
                 first = []
             batches = [first]
@@ -168,7 +189,14 @@ class DecodeLoop:
                 except queue.Empty:
                     break
             ending = any(b is None for b in batches)
-            self._send([e for b in batches if b is not None for e in b])
+            new = [e for b in batches if b is not None for e in b]
+            held += new
+            now = time.monotonic()
+            # Nothing held: a poll of the cancel flags (jobs still preparing may have been cancelled).
+            if self._pacer.due(new, now) or ending or not held:
+                self._pacer.sent(now)
+                self._send(held)
+                held = []
             if ending:
                 return
 

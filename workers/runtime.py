@@ -63,6 +63,7 @@ from workers.running import Running, RunningJobs
 from workers.sampling import GrammarError
 from workers.settings import WorkerSettings
 from workers.start_gate import StartGate
+from workers.stream_pacer import StreamPacer
 from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class WorkerRuntime:
             slot_freed=self._slot_freed,
             state_dirty=self._state_dirty,
             gate=self._gate,
+            pacer=StreamPacer(settings.stream_interval_ms / 1000),
             inline=decode_threads_take_every_core(
                 settings.threads, gpu_offload=settings.n_gpu_layers != 0 and supports_gpu_offload()
             ),

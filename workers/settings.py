@@ -132,6 +132,15 @@ class WorkerSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_THREADS"),
         description="CPU threads llama.cpp uses for decoding.",
     )
+    stream_interval_ms: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        validation_alias=AliasChoices("HERD_STREAM_INTERVAL_MS"),
+        description="Longest a generated token waits to be sent with the next ones (each still its own "
+        "line or chunk); a stream's first output and its end go at once. 0: every decode step's tokens "
+        "at once. Fewer sends leave more CPU to decoding (workers/stream_pacer.py).",
+    )
     n_gpu_layers: int = Field(
         default=-1,
         validation_alias=AliasChoices("HERD_GPU_LAYERS"),

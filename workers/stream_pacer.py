@@ -1,0 +1,53 @@
+"""When a worker sends the tokens its decode steps made: at once, or a few steps' worth together.
+
+Each send costs about the same whatever it carries: a Redis pipeline, the API's wake-up and read, nginx's
+write and the client's read. On a CPU worker those run on the cores the decode threads use: at one
+stream, a send per token cost 5-7% of Herd's throughput against llama-server's on a 2-core machine
+(docs/benchmarks.md). Held for up to `HERD_STREAM_INTERVAL_MS`
+(50 ms by default), a stream's tokens travel a few at a time. Every token is still its own event and its
+own NDJSON line or SSE chunk, as Ollama sends it; only their timing is grouped, at 20 updates a second,
+well within how often a reader or a chat UI redraws.
+
+Never held: a sequence's first output (time to first token), a sequence's end (the done or error
+event), and everything once the interval has passed or the next step would pass it. 0 turns pacing off:
+every step's events go when the step ends.
+"""
+
+from __future__ import annotations
+
+from workers.engine import DoneEvent, Event
+
+# A sequence that vanished without a done event (its engine closed) leaves its key behind; past this
+# many the keys are forgotten, which at worst sends one token of a running sequence early.
+_MAX_KEYS = 4096
+
+
+class StreamPacer:
+    """Decides, step by step, whether the events held so far are sent now."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._last_sent = 0.0
+        self._started: set[str] = set()  # sequences whose first output was sent
+
+    def due(self, events: list[Event], now: float, step_s: float = 0.0) -> bool:
+        """Whether to send now, given this step's new `events` (each passed exactly once) and how long a
+        step takes (`step_s`: holding for one more would make the oldest held event that much later)."""
+        urgent = False
+        for event in events:
+            if isinstance(event, DoneEvent):
+                self._started.discard(event.key)
+                urgent = True
+            elif event.key not in self._started:
+                if len(self._started) >= _MAX_KEYS:
+                    self._started.clear()
+                self._started.add(event.key)
+                urgent = True
+        return urgent or now - self._last_sent + step_s >= self.interval_s
+
+    def sent(self, now: float) -> None:
+        self._last_sent = now
+
+    def wait_s(self, now: float) -> float:
+        """How long held events may still wait (0: they are due)."""
+        return max(0.0, self._last_sent + self.interval_s - now)
