@@ -63,7 +63,7 @@ from workers.running import Running, RunningJobs
 from workers.sampling import GrammarError
 from workers.settings import WorkerSettings
 from workers.start_gate import StartGate
-from workers.stream_pacer import StreamPacer
+from workers.stream_pacer import StreamPacer, stream_interval_s
 from workers.watchdog import VitalThreads, die
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class WorkerRuntime:
         self._job_publisher = Publisher(client)  # main thread only
         self._gate = StartGate()
         self._reading: list[str] = []  # the queues of the main thread's last pop
+        inline = decode_threads_take_every_core(
+            settings.threads, gpu_offload=settings.n_gpu_layers != 0 and supports_gpu_offload()
+        )
         self._decoder = DecodeLoop(
             self.cache,
             self._running,
@@ -121,10 +124,8 @@ class WorkerRuntime:
             slot_freed=self._slot_freed,
             state_dirty=self._state_dirty,
             gate=self._gate,
-            pacer=StreamPacer(settings.stream_interval_ms / 1000),
-            inline=decode_threads_take_every_core(
-                settings.threads, gpu_offload=settings.n_gpu_layers != 0 and supports_gpu_offload()
-            ),
+            pacer=StreamPacer(stream_interval_s(settings.stream_interval_ms, inline)),
+            inline=inline,
         )
         self._drain = Drain(
             client,

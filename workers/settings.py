@@ -132,14 +132,16 @@ class WorkerSettings(CommonSettings):
         validation_alias=AliasChoices("HERD_THREADS"),
         description="CPU threads llama.cpp uses for decoding.",
     )
-    stream_interval_ms: int = Field(
-        default=50,
+    stream_interval_ms: int | None = Field(
+        default=None,
         ge=0,
         le=1000,
         validation_alias=AliasChoices("HERD_STREAM_INTERVAL_MS"),
         description="Longest a generated token waits to be sent with the next ones (each still its own "
-        "line or chunk); a stream's first output and its end go at once. 0: every decode step's tokens "
-        "at once. Fewer sends leave more CPU to decoding (workers/stream_pacer.py).",
+        "line or chunk); a stream's first output and its end go at once. Unset or empty: 100 where the "
+        "decode threads take every core (a CPU worker at its default HERD_THREADS), where each send takes "
+        "CPU from decoding; else 0, every decode step's tokens at once, as Ollama sends them "
+        "(workers/stream_pacer.py).",
     )
     n_gpu_layers: int = Field(
         default=-1,
@@ -184,6 +186,11 @@ class WorkerSettings(CommonSettings):
     def _context_length_unset(cls, value: object) -> object:
         # compose passes an unset variable on as "": that is Ollama's unset, the tiered default.
         return default_num_ctx() if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("stream_interval_ms", mode="before")
+    @classmethod
+    def _stream_interval_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("keep_alive_default")
     @classmethod

@@ -1,25 +1,35 @@
 """When a worker sends the tokens its decode steps made: at once, or a few steps' worth together.
 
 Each send costs about the same whatever it carries: a Redis pipeline, the API's wake-up and read, nginx's
-write and the client's read. On a CPU worker those run on the cores the decode threads use: at one
-stream, a send per token cost 5-7% of Herd's throughput against llama-server's on a 2-core machine
-(docs/benchmarks.md). Held for up to `HERD_STREAM_INTERVAL_MS`
-(50 ms by default), a stream's tokens travel a few at a time. Every token is still its own event and its
-own NDJSON line or SSE chunk, as Ollama sends it; only their timing is grouped, at 20 updates a second,
-well within how often a reader or a chat UI redraws.
+write and the client's read. Where the decode threads take every core (a CPU worker at its default
+HERD_THREADS), those run on the decode threads' cores: on a 2-core machine a send per token cost Herd
+5-7% of its throughput against llama-server's at one stream, and sends every 50 ms still 2-4%
+(docs/benchmarks.md). There a stream's tokens are held for up to `HERD_STREAM_INTERVAL_MS` (100 ms by
+default there) and travel a few at a time. Every token is still its own event and its own NDJSON line or
+SSE chunk, as Ollama sends it; only their timing is grouped, at ten updates a second.
 
 Never held: a sequence's first output (time to first token), a sequence's end (the done or error
-event), and everything once the interval has passed or the next step would pass it. 0 turns pacing off:
-every step's events go when the step ends.
+event), and everything once the interval has passed or the next step would pass it. Where the decode
+leaves cores free (a GPU worker, or fewer threads than cores) the default is 0: every step's events go
+when the step ends, as Ollama's do.
 """
 
 from __future__ import annotations
 
 from workers.engine import DoneEvent, Event
 
+# The default interval where the decode threads take every core; elsewhere 0.
+BUSY_CORES_INTERVAL_S = 0.1
 # A sequence that vanished without a done event (its engine closed) leaves its key behind; past this
 # many the keys are forgotten, which at worst sends one token of a running sequence early.
 _MAX_KEYS = 4096
+
+
+def stream_interval_s(setting_ms: int | None, decode_takes_every_core: bool) -> float:
+    """The pacing interval: HERD_STREAM_INTERVAL_MS when set, else by where the relay's CPU comes from."""
+    if setting_ms is not None:
+        return setting_ms / 1000
+    return BUSY_CORES_INTERVAL_S if decode_takes_every_core else 0.0
 
 
 class StreamPacer:

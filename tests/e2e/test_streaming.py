@@ -26,8 +26,8 @@ def _assert_streamed(start: float, arrivals: list[float], tokens: int) -> None:
     total = arrivals[-1] - start
     # Buffered output would arrive in one lump at the end; streamed output arrives as it is decoded.
     assert arrivals[0] - start < 0.5 * total, (arrivals[0] - start, total)
-    # Tokens travel a few together (HERD_STREAM_INTERVAL_MS, 50 ms by default), never in larger lumps.
-    assert len({round(t, 3) for t in arrivals}) >= min(tokens // 2, total / 0.1), (len(set(arrivals)), total)
+    # Tokens may travel a few together (HERD_STREAM_INTERVAL_MS: 100 ms on a CPU worker), never in lumps.
+    assert len({round(t, 3) for t in arrivals}) >= min(tokens // 2, total / 0.25), (len(set(arrivals)), total)
 
 
 def test_ndjson_tokens_reach_the_client_as_they_are_decoded(client: httpx.Client) -> None:

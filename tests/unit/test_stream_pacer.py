@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from workers.engine import DoneEvent, TokenEvent
-from workers.stream_pacer import StreamPacer
+from workers.settings import WorkerSettings
+from workers.stream_pacer import StreamPacer, stream_interval_s
 
 
 def _token(key: str) -> TokenEvent:
@@ -45,3 +49,21 @@ def test_an_interval_of_zero_sends_every_step() -> None:
     pacer.sent(1.0)
     assert pacer.due([_token("a")], now=1.0001)
     assert pacer.due([], now=1.0002)
+
+
+def test_by_default_tokens_are_paced_only_where_decoding_takes_every_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HERD_STREAM_INTERVAL_MS", "")  # compose passes an unset variable on as ""
+    unset = WorkerSettings().stream_interval_ms
+    assert unset is None
+    assert stream_interval_s(unset, decode_takes_every_core=True) == 0.1
+    assert stream_interval_s(unset, decode_takes_every_core=False) == 0.0  # a GPU worker: as Ollama
+    monkeypatch.setenv("HERD_STREAM_INTERVAL_MS", "30")
+    assert stream_interval_s(WorkerSettings().stream_interval_ms, decode_takes_every_core=False) == 0.03
+
+
+def test_an_interval_out_of_range_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERD_STREAM_INTERVAL_MS", "5000")
+    with pytest.raises(ValidationError, match="HERD_STREAM_INTERVAL_MS"):
+        WorkerSettings()
