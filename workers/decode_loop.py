@@ -154,7 +154,9 @@ class DecodeLoop:
                 polled = now
                 self._send(held)
                 held = []
-            elif not held and now - polled >= _IDLE_POLL_S:
+            elif held or now - polled >= _IDLE_POLL_S:
+                # Only the cancel flags (one MGET, nothing that wakes the API): while tokens are held a
+                # client that left is still noticed at the next step.
                 polled = now
                 self._send([])
         if held:
@@ -197,6 +199,8 @@ class DecodeLoop:
                 self._pacer.sent(now)
                 self._send(held)
                 held = []
+            elif new:
+                self._send([])  # tokens held: still the cancel flags at every step
             if ending:
                 return
 
