@@ -2,7 +2,7 @@
 
 Several requests that arrive at once (a team's clients, a batch script) are popped one by one by the
 worker's main thread, each after RQ's bookkeeping of the last. If the decode thread started prefilling
-the first prompt at once, that step would take both the cores from the main thread while it prepares
+the first prompt at once, that step's threads would take every core from the main thread while it prepares
 the others (so each start takes several times longer), and the others' prompts would be prefilled a
 whole step later. llama-server takes every request that came in before a step into that step; this is
 the same for a worker fed from a queue.

@@ -2,9 +2,10 @@
 
 Each send costs about the same whatever it carries: a Redis pipeline, the API's wake-up and read, nginx's
 write and the client's read. Where the decode threads take every core (a CPU worker at its default
-HERD_THREADS), those run on the decode threads' cores: on a 2-core machine a send per token cost Herd
-5-7% of its throughput against llama-server's at one stream, and sends every 50 ms still 2-4%
-(docs/benchmarks.md). There a stream's tokens are held for up to `HERD_STREAM_INTERVAL_MS` (100 ms by
+HERD_THREADS), those run on the decode threads' cores: on a 2-core machine, in interleaved runs against
+llama-server at one stream, a send per token cost Herd 5-7% of its throughput and sends every 50 ms still
+2-4% (the bench's CPU table, docs/benchmarks.md, shows where the relay's time goes). There a stream's
+tokens are held for up to `HERD_STREAM_INTERVAL_MS` (100 ms by
 default there) and travel a few at a time. Every token is still its own event and its own NDJSON line or
 SSE chunk, as Ollama sends it; only their timing is grouped, at ten updates a second.
 
