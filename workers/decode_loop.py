@@ -11,7 +11,8 @@ pipeline, which also reads the running jobs' cancel flags) runs in one of two pl
   core of its own: each wake-up preempts a decode thread mid-step, and ggml's other threads wait for it
   at their next barrier. Between steps only the decode thread works while ggml's others spin, and it
   sends the step's commands without waiting for Redis's answer (Publisher.post): the answers, with the
-  cancel flags, are read after the next step.
+  cancel flags, are read at the next step boundary after they arrive (Publisher.collect). While the
+  pacer holds tokens the flags are read every HELD_POLL_S, not at every step.
 
 Either way, the events of a step or a few are sent together: a sequence's first output and its end at
 once, its tokens at most HERD_STREAM_INTERVAL_MS later (workers/stream_pacer.py).
@@ -50,6 +51,11 @@ log = logging.getLogger(__name__)
 # How often the publishing reads the cancel flags when no step produced anything (a long prompt chunk,
 # or a model still prefilling): a client that left is noticed within this even then.
 _IDLE_POLL_S = 0.1
+# How often the inline publishing reads them while the pacer holds tokens. Each read wakes Redis on the
+# decode threads' cores: at one stream, a read every step was one Redis wake-up per token, about as many
+# as all the rest of its commands (INFO commandstats). The answer is read at the first step boundary
+# after it arrives, so a client that left is noticed within this and a step or two.
+HELD_POLL_S = 0.05
 # How often idle models are expired (their keep_alive ran out).
 _EXPIRE_EVERY_S = 1.0
 
@@ -154,11 +160,13 @@ class DecodeLoop:
                 polled = now
                 self._send(held)
                 held = []
-            elif held or now - polled >= _IDLE_POLL_S:
+            elif now - polled >= (HELD_POLL_S if held else _IDLE_POLL_S):
                 # Only the cancel flags (one MGET, nothing that wakes the API): while tokens are held a
-                # client that left is still noticed at the next step.
+                # client that left is still noticed within a few steps.
                 polled = now
                 self._send([])
+            elif held:
+                self._collect()  # the poll's answer, read as soon as it is in: no command sent
         if held:
             self._send(held)  # a stop in mid-stream: what was generated still reaches its client
 
@@ -212,6 +220,21 @@ class DecodeLoop:
             log.exception("could not publish events")
             time.sleep(0.2)
 
+    def _collect(self) -> None:
+        try:
+            self._cancel(self._publisher.collect())
+        except redis.RedisError:
+            log.exception("could not read the cancel flags")
+
+    def _cancel(self, cancelled: set[str]) -> None:
+        """Stop the sequences whose clients left (their engines drop them at the next step)."""
+        for job_id in cancelled:
+            found = self._running.get(job_id)
+            if found is not None:
+                found.loaded.engine.cancel(job_id)
+        if cancelled:
+            self._wake.set()
+
     def _publish(self, events: list[Event]) -> None:
         publisher = self._publisher
         finished: list[Running] = []
@@ -234,12 +257,7 @@ class DecodeLoop:
             if finished:
                 self._slot_freed.set()
                 self._state_dirty.set()
-        for job_id in cancelled:
-            found = self._running.get(job_id)
-            if found is not None:
-                found.loaded.engine.cancel(job_id)
-        if cancelled:
-            self._wake.set()
+        self._cancel(cancelled)
 
     def _publish_text(self, event: TokenEvent) -> None:
         """A token event, with any thinking and tool calls split off the text first."""

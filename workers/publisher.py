@@ -2,8 +2,8 @@
 
 `flush` waits for Redis's answer (the publishing thread's, and the main thread's for one-off events).
 `post` does not: it sends a step's commands on a connection of its own and reads the answers that came in
-since, so a decode thread that publishes between its steps (workers/decode_loop.py) never waits on Redis.
-A cancel flag is then seen one step later.
+since, so a decode thread that publishes between its steps (workers/decode_loop.py) never waits on Redis;
+`collect` reads those answers without sending anything. A cancel flag is then seen one step later.
 """
 
 from __future__ import annotations
@@ -96,6 +96,15 @@ class Publisher:
             self._connection.send_packed_command(self._connection.pack_commands(commands), check_health=False)
             self._unanswered.append((len(commands), watch))
             return cancelled
+        except redis.RedisError:
+            self._drop_connection()
+            raise
+
+    def collect(self) -> set[str]:
+        """The watched jobs found cancelled in the answers to earlier posts that have arrived; sends
+        nothing. Raises redis.RedisError (the connection is then dropped)."""
+        try:
+            return self._read_answers()
         except redis.RedisError:
             self._drop_connection()
             raise

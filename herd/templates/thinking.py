@@ -9,6 +9,7 @@ streamed output into thinking and content, holding back text that may be the sta
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from herd.contracts import ChatMessage
@@ -85,8 +86,12 @@ def _infer(nodes: list[_Node], ranges: list[_Branch], found: list[tuple[str, str
                     _infer(body, inner, found)
 
 
+@functools.lru_cache(maxsize=64)
 def infer_tags(source: str) -> tuple[str, str]:
-    """Ollama's thinking.InferTags for a Go template: (opening, closing), each "" when none is found."""
+    """Ollama's thinking.InferTags for a Go template: (opening, closing), each "" when none is found.
+
+    Cached by source: a worker asks at every job's start, and a large template takes milliseconds to parse.
+    """
     try:
         template = parse(source)
     except GoTemplateError:

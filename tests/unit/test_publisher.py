@@ -95,3 +95,14 @@ def test_post_on_a_cut_connection_raises_and_the_next_one_reconnects(client: red
     publisher.add("job-1", "done", done_reason="stop")
     publisher.post()
     assert _wait_for(lambda: _kinds(client, "job-1")[-1] == "done")
+
+
+def test_collect_reads_the_answers_that_arrived_and_sends_nothing(client: redis.Redis) -> None:
+    publisher = Publisher(client)
+    client.set(cancel_key("job-2"), "1")
+    publisher.post(watch=["job-1", "job-2"])
+    sent = client.info("commandstats")["cmdstat_mget"]["calls"]
+    # Between polls the decode loop only reads: the poll's answer is reported once it is in.
+    assert _wait_for(lambda: publisher.collect() == {"job-2"})
+    assert publisher.collect() == set()  # each answer is reported once
+    assert client.info("commandstats")["cmdstat_mget"]["calls"] == sent
