@@ -83,7 +83,9 @@ def _short() -> bool:
 def main() -> None:
     short = _short()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=1 if short else 3, help="rounds of every level")
+    # Five: on a shared VM one round swings by 5-7% either way, and the median of three still moved the
+    # 1- and 2-stream ratios by as much from one run to the next.
+    parser.add_argument("--rounds", type=int, default=1 if short else 5, help="rounds of every level")
     parser.add_argument("--tokens", type=int, default=32 if short else 128, help="tokens per stream")
     parser.add_argument("--turns", type=int, default=2 if short else 4, help="chat follow-ups")
     parser.add_argument(
@@ -132,22 +134,33 @@ def main() -> None:
         # CPU seconds by role (bench/cpu_use.py) for each phase, beside its PhaseStats.
         herd_cpu: dict[int, list[dict[str, float]]] = {c: [] for c in LEVELS}
         ls_cpu: dict[int, list[dict[str, float]]] = {c: [] for c in LEVELS}
+        # The A/A control: a second llama-server, identical to the first (see versus_report).
+        control_rounds: dict[int, list[PhaseStats]] = {c: [] for c in LEVELS}
+        control_cpu: dict[int, list[dict[str, float]]] = {c: [] for c in LEVELS}
         with (
             running_stack(Path(models), args.threads, NUM_PARALLEL) as stack,
             server(NUM_PARALLEL, "llama-server") as ls,
+            server(NUM_PARALLEL, "llama-server-control") as ls_control,
         ):
             herd = herd_streamer(f"{stack.url}/api/generate", args.tokens, NUM_CTX)
             llama = openai_streamer(f"{ls.url}/v1/completions", args.tokens)
+            control = openai_streamer(f"{ls_control.url}/v1/completions", args.tokens)
             run_phase(herd, 1)
             run_phase(llama, 1)
+            run_phase(control, 1)
             herd_rss_8, ls_rss_8 = worker_rss(stack), rss_bytes(ls.pid)
+            servers = [
+                ("herd", herd, herd_rounds, herd_cpu),
+                ("llama-server", llama, ls_rounds, ls_cpu),
+                ("llama-server (control)", control, control_rounds, control_cpu),
+            ]
             for i in range(args.rounds):
                 logger.info("concurrency round %d/%d", i + 1, args.rounds)
-                for c in LEVELS:  # level by level, one server then the other: load falls on both alike
-                    for name, streamer, into, cpu in (
-                        ("herd", herd, herd_rounds, herd_cpu),
-                        ("llama-server", llama, ls_rounds, ls_cpu),
-                    ):
+                # Level by level, one server after another, so outside load falls on all alike; the order
+                # rotates from round to round, so none always follows the same one.
+                order = servers[i % len(servers) :] + servers[: i % len(servers)]
+                for c in LEVELS:
+                    for name, streamer, into, cpu in order:
                         before = cpu_by_role()
                         stats = run_phase(streamer, c)
                         cpu[c].append(spent(before, cpu_by_role()))
@@ -230,6 +243,7 @@ def main() -> None:
         cpu={"herd": herd_cpu, "llama_server": ls_cpu},
         engine_alone=(engine_rounds, ls_alone),
         ttft=ttft,
+        control=control_rounds,
     )
     data["run"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

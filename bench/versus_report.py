@@ -45,11 +45,14 @@ def summarize_run(
     cpu: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]] | None = None,
     engine_alone: tuple[Mapping[int, Sequence[PhaseStats]], Mapping[int, Sequence[PhaseStats]]] | None = None,
     ttft: tuple[Sequence[float], Sequence[float]] | None = None,
+    control: Mapping[int, Sequence[PhaseStats]] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the run with its ratio to llama-server and each target's verdict.
 
     ``ttft``: Herd's and llama-server's TTFTs (ms) of the dedicated single-stream requests; the TTFT
     target is judged on them when given, else on the 1-stream phases' (a few samples only).
+    ``control``: the rounds of a second, identical llama-server run beside the two: its ratio to the first
+    is the spread a ratio shows on this machine when nothing differs (the A/A control).
     """
     levels: list[dict[str, Any]] = []
     for c in sorted(herd_rounds):
@@ -121,8 +124,23 @@ def summarize_run(
         for c in sorted(engine_rounds):
             e, ls = summarize(engine_rounds[c]).decode_tps, summarize(ls_alone[c]).decode_tps
             alone.append({"concurrency": c, "engine_tps": e, "llama_server_tps": ls, "ratio": ratio(e, ls)})
+    noise: list[dict[str, Any]] = []
+    for c in sorted(control or {}):
+        assert control is not None
+        a, b = summarize(ls_rounds[c]).decode_tps, summarize(control[c]).decode_tps
+        noise.append(
+            {
+                "concurrency": c,
+                "llama_server_tps": a,
+                "control_tps": b,
+                "ratio": ratio(b, a),
+                "control_per_round": _per_round(control[c], ls_rounds[c]),
+                "herd_per_round": _per_round(herd_rounds[c], ls_rounds[c]),
+            }
+        )
     return {
         "concurrency": {"levels": levels, "ttft_1": ttft_1},
+        "control": noise,
         "cpu": cpu_out,
         "engine_alone": alone,
         "chat": {"servers": chat_out, "follow_up": follow},
@@ -134,6 +152,11 @@ def summarize_run(
             "native_steps": {str(k): dict(v) for k, v in native_steps.items()},
         },
     }
+
+
+def _per_round(server: Sequence[PhaseStats], against: Sequence[PhaseStats]) -> list[float | None]:
+    """Each round's ratio of decode tok/s: the two phases of a round ran one after the other."""
+    return [ratio(a.decode_tps, b.decode_tps) for a, b in zip(server, against, strict=True)]
 
 
 def cpu_ms_per_token(phases: Sequence[Mapping[str, float]], tokens: int) -> dict[str, float]:
@@ -223,6 +246,34 @@ def _engine_alone_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def _control_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    out = [
+        "## The noise floor: llama-server against itself",
+        "",
+        "| streams | llama-server tok/s | a second llama-server tok/s | ratio (A/A) | per round, second ÷ first "
+        "| per round, Herd ÷ llama-server |",
+        "|---:|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        control = ", ".join(_x(r).rstrip("×") for r in row["control_per_round"])
+        herd = ", ".join(_x(r).rstrip("×") for r in row["herd_per_round"])
+        out.append(
+            f"| {row['concurrency']} | {_f(row['llama_server_tps'])} | {_f(row['control_tps'])} "
+            f"| {_x(row['ratio'])} | {control} | {herd} |"
+        )
+    out += [
+        "",
+        "A second llama-server, identical to the first (same binary, GGUF, threads and slots), ran in every "
+        "round beside Herd and the first, the three in an order that rotates from round to round. Its ratio "
+        "to the first is what a ratio reads on this machine when the two servers do not differ at all: a "
+        "ratio of Herd's within that spread of 1.0 is parity as far as this run can tell.",
+        "",
+    ]
+    return out
+
+
 def render_markdown(data: Mapping[str, Any]) -> str:
     run = data["run"]
     out = [
@@ -284,6 +335,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             else "."
         ),
         "",
+        *_control_section(data.get("control") or []),
         *_cpu_section(data.get("cpu") or [], run["threads"], run["cpus"]),
         *_engine_alone_section(data.get("engine_alone") or []),
         "## Chat follow-ups on a ~2,000-token shared history",

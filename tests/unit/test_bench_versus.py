@@ -183,3 +183,21 @@ def test_the_ttft_target_is_judged_on_the_dedicated_single_stream_requests() -> 
     page = render_markdown(data)
     assert "from 4 single-stream requests of each server" in page
     assert "Herd 32.5 ms, llama-server 29.5 ms" in page
+
+
+def test_the_a_a_control_gives_each_rounds_ratio_beside_herds() -> None:
+    data = summarize_run(
+        {1: [_phase(1, 40.0, 80.0), _phase(1, 44.0, 80.0), _phase(1, 42.0, 80.0)]},
+        {1: [_phase(1, 40.0, 75.0), _phase(1, 42.0, 75.0), _phase(1, 42.0, 75.0)]},
+        **_ONLY_CONCURRENCY,
+        control={1: [_phase(1, 38.0, 75.0), _phase(1, 42.0, 75.0), _phase(1, 43.0, 75.0)]},
+    )
+    (row,) = data["control"]
+    # Medians: the first llama-server 42, the second 42: the control reads 1.0 whatever its rounds did.
+    assert row["ratio"] == 1.0
+    assert row["control_per_round"] == pytest.approx([38 / 40, 1.0, 43 / 42])
+    assert row["herd_per_round"] == pytest.approx([1.0, 44 / 42, 1.0])
+    data["run"] = _data({1: 40.0}, {1: 42.0})["run"]
+    page = render_markdown(data)
+    assert "| 1 | 42.0 | 42.0 | 1.00× | 0.95, 1.00, 1.02 | 1.00, 1.05, 1.00 |" in page
+    assert "llama-server against itself" in page
