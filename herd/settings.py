@@ -25,6 +25,11 @@ def default_models_dir() -> Path:
     return Path.home() / ".ollama" / "models"
 
 
+def is_unset(value: object) -> bool:
+    """Whether an environment value means "not set": compose passes an unset variable on as ""."""
+    return isinstance(value, str) and not value.strip()
+
+
 class CommonSettings(BaseSettings):
     """Settings every Herd process kind reads."""
 
@@ -73,8 +78,8 @@ class CommonSettings(BaseSettings):
     @field_validator("redis_ca", "redis_cert", "redis_key", mode="before")
     @classmethod
     def _redis_tls_unset(cls, value: Any) -> Any:
-        # compose passes an unset variable as an empty string: that means none, not the current directory.
-        return None if isinstance(value, str) and not value.strip() else value
+        # Unset means none, not the current directory.
+        return None if is_unset(value) else value
 
     @field_validator("redis_ca", "redis_cert", "redis_key", mode="after")
     @classmethod

@@ -10,7 +10,7 @@ from pydantic import AliasChoices, Field, field_validator
 
 from herd.durations import parse_keep_alive
 from herd.memory import gpu_memory
-from herd.settings import DEFAULT_DRAIN_S, CommonSettings
+from herd.settings import DEFAULT_DRAIN_S, CommonSettings, is_unset
 
 GIB = 1 << 30
 # Ollama's default num_ctx by total GPU memory (server/routes.go, Serve): 47 and 23 GiB rather than 48 and
@@ -184,13 +184,14 @@ class WorkerSettings(CommonSettings):
     @field_validator("context_length", mode="before")
     @classmethod
     def _context_length_unset(cls, value: object) -> object:
-        # compose passes an unset variable on as "": that is Ollama's unset, the tiered default.
-        return default_num_ctx() if isinstance(value, str) and not value.strip() else value
+        # Unset is Ollama's unset: the tiered default.
+        return default_num_ctx() if is_unset(value) else value
 
     @field_validator("stream_interval_ms", mode="before")
     @classmethod
     def _stream_interval_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+        # Unset: the default by where the decode runs (workers/stream_pacer.py).
+        return None if is_unset(value) else value
 
     @field_validator("keep_alive_default")
     @classmethod
