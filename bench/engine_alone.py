@@ -20,7 +20,8 @@ def engine_phases(
     gguf: Path, *, threads: int, num_ctx: int, parallel: int, repack: bool, n_tokens: int
 ) -> tuple[Callable[[int], PhaseStats], Callable[[], None]]:
     """A function running one phase of `c` streams on a loaded engine, and one that unloads it."""
-    from workers.engine import BatchEngine, DoneEvent, SequenceRequest
+    from workers.engine import BatchEngine
+    from workers.engine_io import DoneEvent, SequenceRequest
     from workers.llama import LlamaModel
     from workers.sampling import SamplingParams
 

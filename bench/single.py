@@ -75,7 +75,8 @@ def bench_llama_cpp(gguf: Path, threads: int, repeats: int, n_tokens: int, num_c
 
 def bench_engine(gguf: Path, threads: int, repeats: int, n_tokens: int, num_ctx: int) -> Result:
     """(b) Herd's batching engine, in-process, one sequence."""
-    from workers.engine import BatchEngine, SequenceRequest, TokenEvent
+    from workers.engine import BatchEngine
+    from workers.engine_io import SequenceRequest, TokenEvent
     from workers.llama import LlamaModel
     from workers.sampling import SamplingParams
 

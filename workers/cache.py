@@ -27,7 +27,8 @@ from herd.memory import Estimate, available_ram, estimate, format_gib, gpu_memor
 from herd.store import StoredModel
 from herd.templates.builtin import ChatTemplate, choose_template
 from workers.embedder import Embedder
-from workers.engine import BatchEngine, ContextError
+from workers.engine import BatchEngine
+from workers.engine_io import ContextError
 from workers.llama import LlamaModel, ModelLoadError
 from workers.metrics import EvictionReason, WorkerMetrics
 from workers.vision import Projector

@@ -40,7 +40,7 @@ import redis
 
 from herd.templates.output_split import Split
 from workers.cache import ModelCache
-from workers.engine import DoneEvent, Event, TokenEvent
+from workers.engine_io import DoneEvent, Event, TokenEvent
 from workers.publisher import Publisher
 from workers.running import Running, RunningJobs
 from workers.start_gate import StartGate

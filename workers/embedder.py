@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import llama_cpp as llama
 
-from workers.engine import ContextError
+from workers.engine_io import ContextError
 from workers.llama import LlamaModel
 
 

@@ -34,18 +34,26 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import llama_cpp as llama
 
+from workers.engine_io import (
+    ContextError,
+    DoneEvent,
+    DoneReason,
+    Event,
+    NoFreeSlot,
+    SequenceRequest,
+    TokenEvent,
+)
 from workers.llama import LlamaModel
 from workers.prefix_cache import CachedImage, Claim, Slot, SlotTable
-from workers.sampling import SamplingParams, SequenceSampler, logprob_entry
-from workers.vision import ImageError, MediaPrompt
+from workers.sampling import SequenceSampler, logprob_entry
+from workers.stop_strings import find_stop, stop_prefix_len
+from workers.vision import ImageError
 
 log = logging.getLogger(__name__)
-
-DoneReason = Literal["stop", "length", "cancel", "error"]
 
 # The most generating sequences decoded in one batch in the batch-invariant mode. llama.cpp's CPU matrix
 # kernels take another path, with another summation order, from 8 rows on (from 4 with repacked weights),
@@ -58,57 +66,6 @@ MAX_DECODE_ROWS = 7
 # With context shifting a generation need never fill the context, so one that sets no num_predict (or a
 # larger one) is bounded at this many context windows, as Ollama bounds it (llm/llama_server.go).
 OPEN_ENDED_CONTEXTS = 10
-
-
-class NoFreeSlot(RuntimeError):
-    """Every sequence slot of the context is taken."""
-
-
-class ContextError(RuntimeError):
-    """llama.cpp could not create the context (usually not enough memory for num_ctx × parallel)."""
-
-
-@dataclass
-class SequenceRequest:
-    """What one generation asks of the engine."""
-
-    key: str  # the job id: events and cancellation refer to it
-    prompt: list[int]
-    sampling: SamplingParams
-    max_tokens: int | None = None  # None: until a stop, an end token or the context is full
-    stop: list[str] = field(default_factory=list)
-    # None: no log probabilities; n >= 0: each token's, with the n likeliest alternatives.
-    logprobs: int | None = None
-    # When the context fills: True shifts it (keeping the first num_keep tokens, dropping half of the
-    # rest), False ends the sequence with "length". Ollama's `shift` and `num_keep` (-1: the whole prompt).
-    shift: bool = True
-    num_keep: int = 4
-    # A prompt with images (workers/vision.py): `prompt` holds placeholders where its images go.
-    media: MediaPrompt | None = None
-
-
-@dataclass
-class TokenEvent:
-    key: str
-    text: str
-    # One entry per token whose text is (or ends) in `text`, when the request asked for them.
-    logprobs: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class DoneEvent:
-    key: str
-    reason: DoneReason
-    prompt_tokens: int  # the whole prompt, cached or evaluated (Ollama's prompt_eval_count counts both)
-    prompt_ns: int  # submit to first token: only the evaluated part of the prompt costs time
-    eval_tokens: int
-    eval_ns: int
-    tokens: list[int]  # prompt + generated: Ollama's `context` on /api/generate
-    error: str | None = None
-    cached_tokens: int = 0  # prompt tokens whose KV cells came from the prefix cache, not evaluated
-
-
-Event = TokenEvent | DoneEvent
 
 
 @dataclass
@@ -456,7 +413,7 @@ class BatchEngine:
         text = seq.held + seq.decoder.decode(self.model.piece(token))
         seq.held = ""
         events: list[Event] = []
-        stop_at = _find_stop(text, seq.request.stop)
+        stop_at = find_stop(text, seq.request.stop)
         if stop_at is not None:
             if stop_at > 0 or seq.logprobs:
                 events.append(self._text_event(seq, text[:stop_at]))
@@ -575,20 +532,3 @@ def decode_groups(seqs: list[_Sequence], limit: int) -> list[list[_Sequence]]:
     count = -(-len(seqs) // limit)
     size = -(-len(seqs) // count)
     return [seqs[i : i + size] for i in range(0, len(seqs), size)]
-
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    """Index of the earliest stop string in text, if any."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(found) if found else None
-
-
-def stop_prefix_len(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of text that could be the start of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if stop.startswith(text[-n:]):
-                best = n
-                break
-    return best

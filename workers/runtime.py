@@ -53,7 +53,7 @@ from workers.cache import AUTO_PARALLEL, InvalidKeepAlive, LoadedModel, ModelCac
 from workers.decode_loop import DecodeLoop, decode_threads_take_every_core
 from workers.drain import Drain
 from workers.embedder import InputTooLong
-from workers.engine import ContextError, SequenceRequest
+from workers.engine_io import ContextError, SequenceRequest
 from workers.grammar import FormatError, grammar_for_format
 from workers.llama import ModelLoadError, supports_gpu_offload
 from workers.metrics import WorkerMetrics

@@ -17,7 +17,7 @@ when the step ends, as Ollama's do.
 
 from __future__ import annotations
 
-from workers.engine import DoneEvent, Event
+from workers.engine_io import DoneEvent, Event
 
 # The default interval where the decode threads take every core; elsewhere 0.
 BUSY_CORES_INTERVAL_S = 0.1

@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.tiny_gguf import write_tiny_llama
 from workers import prepare
-from workers.engine import OPEN_ENDED_CONTEXTS, BatchEngine, DoneEvent, SequenceRequest, TokenEvent
+from workers.engine import OPEN_ENDED_CONTEXTS, BatchEngine
+from workers.engine_io import DoneEvent, SequenceRequest, TokenEvent
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams
 

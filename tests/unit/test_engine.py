@@ -13,17 +13,11 @@ import pytest
 from herd.gguf_meta import read_gguf_info
 from herd.memory import MIB, kv_bytes_per_token, kv_cache_bytes
 from tests.support.prompts import OPENINGS
-from workers.engine import (
-    BatchEngine,
-    DoneEvent,
-    NoFreeSlot,
-    SequenceRequest,
-    TokenEvent,
-    decode_groups,
-    stop_prefix_len,
-)
+from workers.engine import BatchEngine, decode_groups
+from workers.engine_io import DoneEvent, NoFreeSlot, SequenceRequest, TokenEvent
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams, SequenceSampler
+from workers.stop_strings import stop_prefix_len
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
 PROMPTS = OPENINGS

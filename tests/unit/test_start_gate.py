@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.prompts import OPENINGS
-from workers.engine import BatchEngine, SequenceRequest, TokenEvent
+from workers.engine import BatchEngine
+from workers.engine_io import SequenceRequest, TokenEvent
 from workers.llama import LlamaModel
 from workers.sampling import SamplingParams
 from workers.start_gate import StartGate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from workers.engine import DoneEvent, TokenEvent
+from workers.engine_io import DoneEvent, TokenEvent
 from workers.settings import WorkerSettings
 from workers.stream_pacer import StreamPacer, stream_interval_s
 

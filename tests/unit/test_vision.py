@@ -31,7 +31,7 @@ from tests.support.tiny_projector import (
 )
 from workers import prepare
 from workers.cache import LoadedModel, ModelCache
-from workers.engine import DoneEvent, SequenceRequest, TokenEvent
+from workers.engine_io import DoneEvent, SequenceRequest, TokenEvent
 from workers.prefix_cache import CachedImage, Slot
 from workers.prepare import JobError
 from workers.sampling import SamplingParams
