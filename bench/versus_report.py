@@ -266,7 +266,8 @@ def _control_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out += [
         "",
         "A second llama-server, identical to the first (same binary, GGUF, threads and slots), ran in every "
-        "round beside Herd and the first, the three in an order that rotates from round to round. Its ratio "
+        "round beside Herd and the first, the three in an order that rotates from round to round and all three "
+        "started afresh for each round. Its ratio "
         "to the first is what a ratio reads on this machine when the two servers do not differ at all: a "
         "ratio of Herd's within that spread of 1.0 is parity as far as this run can tell.",
         "",
@@ -324,7 +325,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     out += [
         "",
         "Decode tok/s: tokens after each stream's first, over the time from the earliest first token to the "
-        "latest last one (the median round). TTFT pools every stream of every round.",
+        "latest last one (the median round). TTFT pools every stream of every round. Each round ran on "
+        "freshly started servers (Herd's whole stack and both llama-servers): identical llama-servers can "
+        "keep a speed gap of 2-4% between them for as long as they run (seen in one of two runs of four of "
+        "them, and in the A/A control when the servers ran for the whole bench), which one process against "
+        "another would read as a difference between the servers.",
         "",
         f"TTFT p50 at 1 stream, Herd − llama-server: {_f(t1['difference_ms'] if t1 else None)} ms "
         f"(target ≤ +{TTFT_1_SLACK_MS:.0f} ms: {_met(t1['met'] if t1 else None)})"
@@ -357,7 +362,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
         "## Memory: resident set size",
         "",
-        "| server | 1 slot | 8 slots (loaded) | 8 slots (after the run) | growth 1 → 8 |",
+        "| server | 1 slot | 8 slots (loaded) | 8 slots (after the TTFT samples and chat turns) | growth 1 → 8 |",
         "|---|---:|---:|---:|---:|",
     ]
     names = {"herd": "Herd worker (NUM_PARALLEL)", "llama_server": "llama-server (-np)"}
