@@ -57,10 +57,17 @@ def summarize_run(
     levels: list[dict[str, Any]] = []
     for c in sorted(herd_rounds):
         h, ls = summarize(herd_rounds[c]), summarize(ls_rounds[c])
-        r = ratio(h.decode_tps, ls.decode_tps)
+        r = paired_ratio(herd_rounds[c], ls_rounds[c])
         target_ok = None if r is None else (r > TPS_RATIO_TARGET if c > 8 else r >= TPS_RATIO_TARGET)
         levels.append(
-            {"concurrency": c, "herd": asdict(h), "llama_server": asdict(ls), "ratio": r, "met": target_ok}
+            {
+                "concurrency": c,
+                "herd": asdict(h),
+                "llama_server": asdict(ls),
+                "ratio": r,
+                "ratio_of_medians": ratio(h.decode_tps, ls.decode_tps),
+                "met": target_ok,
+            }
         )
     one = next((lv for lv in levels if lv["concurrency"] == 1), None)
     ttft_1 = None
@@ -123,7 +130,8 @@ def summarize_run(
         engine_rounds, ls_alone = engine_alone
         for c in sorted(engine_rounds):
             e, ls = summarize(engine_rounds[c]).decode_tps, summarize(ls_alone[c]).decode_tps
-            alone.append({"concurrency": c, "engine_tps": e, "llama_server_tps": ls, "ratio": ratio(e, ls)})
+            r = paired_ratio(engine_rounds[c], ls_alone[c])
+            alone.append({"concurrency": c, "engine_tps": e, "llama_server_tps": ls, "ratio": r})
     noise: list[dict[str, Any]] = []
     for c in sorted(control or {}):
         assert control is not None
@@ -133,7 +141,7 @@ def summarize_run(
                 "concurrency": c,
                 "llama_server_tps": a,
                 "control_tps": b,
-                "ratio": ratio(b, a),
+                "ratio": paired_ratio(control[c], ls_rounds[c]),
                 "control_per_round": _per_round(control[c], ls_rounds[c]),
                 "herd_per_round": _per_round(herd_rounds[c], ls_rounds[c]),
             }
@@ -157,6 +165,13 @@ def summarize_run(
 def _per_round(server: Sequence[PhaseStats], against: Sequence[PhaseStats]) -> list[float | None]:
     """Each round's ratio of decode tok/s: the two phases of a round ran one after the other."""
     return [ratio(a.decode_tps, b.decode_tps) for a, b in zip(server, against, strict=True)]
+
+
+def paired_ratio(server: Sequence[PhaseStats], against: Sequence[PhaseStats]) -> float | None:
+    """The median of the rounds' ratios: each compares two phases that ran one after the other, on the
+    machine as it was then. (A ratio of the two medians may take them from different rounds: with the
+    machine's speed drifting by 20% over a run, that compares the drift, not the servers.)"""
+    return _median([r for r in _per_round(server, against) if r is not None])
 
 
 def cpu_ms_per_token(phases: Sequence[Mapping[str, float]], tokens: int) -> dict[str, float]:
@@ -308,16 +323,16 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
         "## Concurrency: aggregate decode tok/s and time to first token",
         "",
-        "| streams | Herd tok/s | llama-server tok/s | ratio | Herd TTFT p50 / p90 ms | llama-server TTFT p50 / p90 ms "
-        "| failures (Herd / llama-server) | target |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| streams | Herd tok/s | llama-server tok/s | ratio | ratio of the medians | Herd TTFT p50 / p90 ms "
+        "| llama-server TTFT p50 / p90 ms | failures (Herd / llama-server) | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for lv in data["concurrency"]["levels"]:
         h, ls = lv["herd"], lv["llama_server"]
         want = "> 1.0×" if lv["concurrency"] > 8 else "≥ 1.0×"
         out.append(
             f"| {lv['concurrency']} | {_f(h['decode_tps'])} | {_f(ls['decode_tps'])} | {_x(lv['ratio'])} "
-            f"| {_f(h['ttft_p50_ms'], '{:.0f}')} / {_f(h['ttft_p90_ms'], '{:.0f}')} "
+            f"| {_x(lv.get('ratio_of_medians'))} | {_f(h['ttft_p50_ms'], '{:.0f}')} / {_f(h['ttft_p90_ms'], '{:.0f}')} "
             f"| {_f(ls['ttft_p50_ms'], '{:.0f}')} / {_f(ls['ttft_p90_ms'], '{:.0f}')} "
             f"| {h['failed']} / {ls['failed']} of {h['requests']} | {want}: {_met(lv['met'])} |"
         )
@@ -325,7 +340,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     out += [
         "",
         "Decode tok/s: tokens after each stream's first, over the time from the earliest first token to the "
-        "latest last one (the median round). TTFT pools every stream of every round. Each round ran on "
+        "latest last one (the median round). Ratio: the median of the rounds' ratios, each of two phases "
+        "run one after the other (the target is judged on it); the ratio of the two median rounds, which "
+        "earlier runs reported, may pair rounds run minutes apart. TTFT pools every stream of every round. "
+        "Each round ran on "
         "freshly started servers (Herd's whole stack and both llama-servers): identical llama-servers can "
         "keep a speed gap of 2-4% between them for as long as they run (seen in one of two runs of four of "
         "them, and in the A/A control when the servers ran for the whole bench), which one process against "
