@@ -2,9 +2,8 @@
 
 On the same machine, GGUF (the bundled Gemma 3 270M), threads and num_ctx:
 - concurrency: Herd through nginx (the real `herd up` stack, NUM_PARALLEL=8) against llama-server
-  (-np 8) and a second, identical llama-server (the A/A control) at 1, 2, 4, 8 and 16 streams, level
-  by level, one server after another, each round on freshly started servers: aggregate decode tok/s,
-  TTFT p50/p90, failures;
+  (-np 8) at 1, 2, 4, 8 and 16 streams, level by level, one server then the other, for each round:
+  aggregate decode tok/s, TTFT p50/p90, failures;
 - chat follow-ups: TTFT of each new turn on a ~2,000-token shared history, llama-server with its
   prompt cache;
 - memory: the worker's RSS at NUM_PARALLEL 1 and 8 against llama-server's at -np 1 and 8;
@@ -138,32 +137,27 @@ def main() -> None:
         # The A/A control: a second llama-server, identical to the first (see versus_report).
         control_rounds: dict[int, list[PhaseStats]] = {c: [] for c in LEVELS}
         control_cpu: dict[int, list[dict[str, float]]] = {c: [] for c in LEVELS}
-        herd_rss_8 = ls_rss_8 = 0
-        for i in range(args.rounds):
-            logger.info("concurrency round %d/%d", i + 1, args.rounds)
-            # Every round on freshly started servers: identical llama-servers can keep a speed gap of 2-4%
-            # for as long as they run (a process's own memory layout, it seems), which a comparison of
-            # one process against another would take for a difference between the servers.
-            with (
-                running_stack(Path(models), args.threads, NUM_PARALLEL) as stack,
-                server(NUM_PARALLEL, f"llama-server-{i + 1}") as ls,
-                server(NUM_PARALLEL, f"llama-server-control-{i + 1}") as ls_control,
-            ):
-                herd = herd_streamer(f"{stack.url}/api/generate", args.tokens, NUM_CTX)
-                llama = openai_streamer(f"{ls.url}/v1/completions", args.tokens)
-                control = openai_streamer(f"{ls_control.url}/v1/completions", args.tokens)
-                run_phase(herd, 1)
-                run_phase(llama, 1)
-                run_phase(control, 1)
-                if i == 0:
-                    herd_rss_8, ls_rss_8 = worker_rss(stack), rss_bytes(ls.pid)
-                servers = [
-                    ("herd", herd, herd_rounds, herd_cpu),
-                    ("llama-server", llama, ls_rounds, ls_cpu),
-                    ("llama-server (control)", control, control_rounds, control_cpu),
-                ]
-                # Level by level, one server after another, so outside load falls on all alike; the
-                # order rotates from round to round, so none always follows the same one.
+        with (
+            running_stack(Path(models), args.threads, NUM_PARALLEL) as stack,
+            server(NUM_PARALLEL, "llama-server") as ls,
+            server(NUM_PARALLEL, "llama-server-control") as ls_control,
+        ):
+            herd = herd_streamer(f"{stack.url}/api/generate", args.tokens, NUM_CTX)
+            llama = openai_streamer(f"{ls.url}/v1/completions", args.tokens)
+            control = openai_streamer(f"{ls_control.url}/v1/completions", args.tokens)
+            run_phase(herd, 1)
+            run_phase(llama, 1)
+            run_phase(control, 1)
+            herd_rss_8, ls_rss_8 = worker_rss(stack), rss_bytes(ls.pid)
+            servers = [
+                ("herd", herd, herd_rounds, herd_cpu),
+                ("llama-server", llama, ls_rounds, ls_cpu),
+                ("llama-server (control)", control, control_rounds, control_cpu),
+            ]
+            for i in range(args.rounds):
+                logger.info("concurrency round %d/%d", i + 1, args.rounds)
+                # Level by level, one server after another, so outside load falls on all alike; the order
+                # rotates from round to round, so none always follows the same one.
                 order = servers[i % len(servers) :] + servers[: i % len(servers)]
                 for c in LEVELS:
                     for name, streamer, into, cpu in order:
@@ -175,17 +169,11 @@ def main() -> None:
                             "  %s c=%d: %.1f tok/s decode, %d failed, ttft max %.0f ms",
                             name, c, stats.decode_tps, stats.failed, max(stats.ttft_ms, default=0),
                         )  # fmt: skip
-        with (
-            running_stack(Path(models), args.threads, NUM_PARALLEL) as stack,
-            server(NUM_PARALLEL, "llama-server") as ls,
-        ):
             # TTFT at one stream from more samples than the rounds give: short requests, one server then
-            # the other, both warmed first by one.
+            # the other.
             ttft: tuple[list[float], list[float]] = ([], [])
             herd_short = herd_streamer(f"{stack.url}/api/generate", TTFT_TOKENS, NUM_CTX)
             llama_short = openai_streamer(f"{ls.url}/v1/completions", TTFT_TOKENS)
-            run_phase(herd_short, 1)
-            run_phase(llama_short, 1)
             for _ in range(args.ttft_samples):
                 ttft[0].extend(run_phase(herd_short, 1).ttft_ms)
                 ttft[1].extend(run_phase(llama_short, 1).ttft_ms)

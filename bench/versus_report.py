@@ -281,8 +281,7 @@ def _control_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out += [
         "",
         "A second llama-server, identical to the first (same binary, GGUF, threads and slots), ran in every "
-        "round beside Herd and the first, the three in an order that rotates from round to round and all three "
-        "started afresh for each round. Its ratio "
+        "round beside Herd and the first, the three in an order that rotates from round to round. Its ratio "
         "to the first is what a ratio reads on this machine when the two servers do not differ at all: a "
         "ratio of Herd's within that spread of 1.0 is parity as far as this run can tell.",
         "",
@@ -343,11 +342,9 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "latest last one (the median round). Ratio: the median of the rounds' ratios, each of two phases "
         "run one after the other (the target is judged on it); the ratio of the two median rounds, which "
         "earlier runs reported, may pair rounds run minutes apart. TTFT pools every stream of every round. "
-        "Each round ran on "
-        "freshly started servers (Herd's whole stack and both llama-servers): identical llama-servers can "
-        "keep a speed gap of 2-4% between them for as long as they run (seen in one of two runs of four of "
-        "them, and in the A/A control when the servers ran for the whole bench), which one process against "
-        "another would read as a difference between the servers.",
+        "The servers run for the whole bench, warmed by one request each: on a freshly started stack Herd's "
+        "first phase at a new concurrency ran 5-10% below its later ones, so starting the servers afresh "
+        "for each round measured cold starts, not the steady state.",
         "",
         f"TTFT p50 at 1 stream, Herd − llama-server: {_f(t1['difference_ms'] if t1 else None)} ms "
         f"(target ≤ +{TTFT_1_SLACK_MS:.0f} ms: {_met(t1['met'] if t1 else None)})"
@@ -380,7 +377,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
         "## Memory: resident set size",
         "",
-        "| server | 1 slot | 8 slots (loaded) | 8 slots (after the TTFT samples and chat turns) | growth 1 → 8 |",
+        "| server | 1 slot | 8 slots (loaded) | 8 slots (after the run) | growth 1 → 8 |",
         "|---|---:|---:|---:|---:|",
     ]
     names = {"herd": "Herd worker (NUM_PARALLEL)", "llama_server": "llama-server (-np)"}
