@@ -149,6 +149,10 @@ def main() -> None:
             run_phase(llama, 1)
             run_phase(control, 1)
             herd_rss_8, ls_rss_8 = worker_rss(stack), rss_bytes(ls.pid)
+            # And once at the top level, untimed: every slot and batch size in use once before the rounds
+            # (Herd's first phase at a new concurrency ran 5-10% below its later ones on a fresh stack).
+            for streamer in (herd, llama, control):
+                run_phase(streamer, max(LEVELS))
             servers = [
                 ("herd", herd, herd_rounds, herd_cpu),
                 ("llama-server", llama, ls_rounds, ls_cpu),

@@ -342,9 +342,9 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "latest last one (the median round). Ratio: the median of the rounds' ratios, each of two phases "
         "run one after the other (the target is judged on it); the ratio of the two median rounds, which "
         "earlier runs reported, may pair rounds run minutes apart. TTFT pools every stream of every round. "
-        "The servers run for the whole bench, warmed by one request each: on a freshly started stack Herd's "
-        "first phase at a new concurrency ran 5-10% below its later ones, so starting the servers afresh "
-        "for each round measured cold starts, not the steady state.",
+        "The servers run for the whole bench, warmed before the rounds by one request and one untimed phase "
+        "of 16 streams each: on a freshly started stack Herd's first phase at a new concurrency ran 5-10% "
+        "below its later ones.",
         "",
         f"TTFT p50 at 1 stream, Herd − llama-server: {_f(t1['difference_ms'] if t1 else None)} ms "
         f"(target ≤ +{TTFT_1_SLACK_MS:.0f} ms: {_met(t1['met'] if t1 else None)})"
